@@ -1,0 +1,229 @@
+"""Placing files in end_storage: path safety, temp files, durable no-overwrite commit, source removal.
+
+Everything here keeps one promise: a name in end_storage is either absent or a complete, verified,
+fsynced file. Work happens under a recognisable temp name in the final folder (same filesystem), and
+the final name appears only through os.link, which never replaces an existing file.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path, PurePosixPath
+
+from legampi.formats import IngestError
+
+ARCHIVE_EXTENSION = '.c4gh'
+TEMP_MARKER = '.legampi-tmp-'
+DIR_MODE = 0o750
+_TEMP_RE = re.compile(r'^\..+' + re.escape(TEMP_MARKER) + r'\d+-[0-9a-f]{8,}$')
+
+
+def temp_name(final_name: str) -> str:
+    """Hidden temp name next to `final_name`, unique per process and call, recognisable by recovery."""
+    return f'.{final_name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}'
+
+
+def is_temp_name(name: str) -> bool:
+    """True for leftovers of an interrupted write (data file or sidecar), which recovery may delete."""
+    return bool(_TEMP_RE.match(os.path.basename(name)))
+
+
+def final_name_of_temp(name: str) -> str:
+    """The final file name a temp name was standing in for."""
+    base = os.path.basename(name)
+    if not is_temp_name(base):
+        raise ValueError(f'{name} is not a legampi temp name')
+    return base[1:base.rindex(TEMP_MARKER)]
+
+
+def _norm_ext(e: str) -> str:
+    return (e if e.startswith('.') else '.' + e).lower()
+
+
+def check_rel(rel: str) -> PurePosixPath:
+    """Refuse registered paths that could point outside the workspace."""
+    if not rel or '\x00' in rel:
+        raise IngestError('unsafe_path', f'{rel!r}: empty path or NUL byte in the registered path')
+    p = PurePosixPath(rel)
+    if p.is_absolute() or rel.startswith('/'):
+        raise IngestError('unsafe_path', f'{rel}: registered path is absolute; it must be relative to '
+                                         'the processing folder')
+    if any(part == '..' for part in p.parts):
+        raise IngestError('unsafe_path', f'{rel}: registered path contains "..": refused')
+    if not p.parts or p.name in ('', '.'):
+        raise IngestError('unsafe_path', f'{rel}: registered path names no file')
+    return p
+
+
+def archive_name(rel: str, extensions: tuple[str, ...] | list[str]) -> str:
+    """Relative archive path: the input's encryption extension replaced by `.c4gh` (added if none)."""
+    p = check_rel(rel)
+    name = p.name
+    dot = name.rfind('.')
+    suffix = name[dot:].lower() if dot > 0 else ''
+    if suffix and suffix in {_norm_ext(e) for e in extensions}:
+        name = name[:dot]
+    return str(p.with_name(name + ARCHIVE_EXTENSION))
+
+
+def safe_source(processing: Path, rel: str) -> Path:
+    """Absolute source path for `rel`, refusing symlinks and anything resolving outside `processing`."""
+    p = check_rel(rel)
+    root = Path(processing).resolve()
+    src = root.joinpath(*p.parts)
+    if src.is_symlink():
+        raise IngestError('unsafe_path', f'{rel}: source is a symbolic link; refusing to follow it')
+    resolved = src.resolve()
+    if resolved != src or not resolved.is_relative_to(root):
+        raise IngestError('unsafe_path', f'{rel}: source resolves to {resolved}, outside the processing '
+                                         f'folder {root} (a symlinked folder?)')
+    return src
+
+
+def open_source(src: Path, rel: str) -> int:
+    """Open the source read-only without following a symlink swapped in after the checks."""
+    try:
+        return os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise IngestError('unsafe_path',
+                              f'{rel}: source is a symbolic link; refusing to follow it') from None
+        raise
+
+
+def final_path(end_storage: Path, rel: str, extensions: tuple[str, ...] | list[str]) -> Path:
+    """Absolute archive path of `rel` inside end_storage."""
+    return Path(end_storage).joinpath(*PurePosixPath(archive_name(rel, extensions)).parts)
+
+
+def make_dirs(path: Path, top: Path, mode: int = DIR_MODE) -> None:
+    """Create `path` and missing parents below `top` with `mode` (not left to the umask)."""
+    path = Path(path)
+    top_abs = Path(top).absolute()
+    if path.absolute() != top_abs and top_abs not in path.absolute().parents:
+        raise IngestError('unsafe_path', f'{path} is outside {top}')
+    missing = []
+    p = path
+    while not p.exists() and p != top_abs and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue  # another rank created it meanwhile; a non-directory makes the next step fail
+        os.chmod(d, mode)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory entry change (link, unlink, rename) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class TempArchiveFile:
+    """A file being written under a temp name in its final folder; commit() links it into place."""
+
+    def __init__(self, final: Path, mode: int = 0o640, checksum: str = 'sha256') -> None:
+        self.final = Path(final)
+        self.mode = mode
+        self.temp = self.final.parent / temp_name(self.final.name)
+        self.hasher = hashlib.new(checksum)
+        self.checksum_type = checksum
+        self.size = 0
+        self.committed = False
+        self._fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                                       | os.O_NOFOLLOW, mode)
+        os.fchmod(self._fd, mode)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hash and write all of `data` (os.write may write less than asked)."""
+        if self._fd is None:
+            raise ValueError('write to a closed archive temp file')
+        view = memoryview(data)
+        self.hasher.update(view)
+        total = len(view)
+        off = 0
+        while off < total:
+            off += os.write(self._fd, view[off:])
+        self.size += total
+
+    def finish(self) -> str:
+        """fsync and close the temp file; return the hex checksum of the bytes written."""
+        if self._fd is None:
+            raise ValueError('archive temp file already closed')
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self.hasher.hexdigest()
+
+    def commit(self) -> Path:
+        """Link the temp file to its final name (never replacing one) and make it durable."""
+        if self._fd is not None:
+            raise ValueError('finish() the archive temp file before commit()')
+        try:
+            os.link(self.temp, self.final)
+        except FileExistsError:
+            raise IngestError('conflict', f'{self.final}: archived copy already exists; not overwritten '
+                                          '(run `legampi recover` to reconcile it)') from None
+        self.committed = True
+        os.unlink(self.temp)
+        fsync_dir(self.final.parent)
+        return self.final
+
+    def abort(self) -> None:
+        """Drop the temp file (idempotent); never touches the final name."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        try:
+            os.unlink(self.temp)
+        except FileNotFoundError:
+            return
+
+    def uncommit(self) -> None:
+        """Remove a just-committed final file (used when its sidecar cannot be written)."""
+        if self.committed:
+            os.unlink(self.final)
+            self.committed = False
+            fsync_dir(self.final.parent)
+
+
+def remove_source(path: str | os.PathLike) -> bool:
+    """Delete an ingested source after the DB commit; False if it was already gone (rerun)."""
+    p = Path(path)
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        return False
+    fsync_dir(p.parent)
+    return True
+
+
+def quarantine_source(src: Path, quarantine: Path, rel: str) -> Path:
+    """Move a failed source to quarantine/<rel> without overwriting an earlier quarantined copy."""
+    dest = Path(quarantine).joinpath(*check_rel(rel).parts)
+    make_dirs(dest.parent, quarantine)
+    target = dest
+    n = 1
+    while target.exists() or target.is_symlink():
+        target = dest.with_name(f'{dest.name}.{n}')
+        n += 1
+    try:
+        os.link(src, target)
+        os.unlink(src)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
+            raise
+        shutil.move(str(src), str(target))  # other filesystem: copy then delete
+    fsync_dir(target.parent)
+    return target

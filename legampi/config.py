@@ -1,0 +1,366 @@
+"""Configuration: one INI file (seed-compatible sections), validated before anything is touched.
+
+Every error names the file, the section and the key, so an operator can fix it without reading code.
+Secrets are never stored in the INI in clear if it can be avoided: each secret may come from an
+environment variable (``*_env`` keys, with defaults) or a file (``*_file`` keys). They are wrapped in
+:class:`Secret`, whose ``repr``/``str`` never show the value.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+ENV_CONFIG = "LEGAMPI_CONFIG"
+
+SECTIONS = ("database", "func_conf", "api", "workspaces", "crypto")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the CLI prints it and exits with status 2."""
+
+    def __init__(self, path: Path | str | None, section: str | None, key: str | None, message: str):
+        self.path, self.section, self.key = path, section, key
+        where = str(path) if path else "<config>"
+        if section:
+            where += f": [{section}]"
+            if key:
+                where += f" {key}"
+        super().__init__(f"{where}: {message}")
+
+
+class Secret:
+    """A secret string that does not leak through repr, str, logging or exceptions."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str):
+        self._value = value
+        self.source = source  # e.g. "env LEGAMPI_INBOX_PASSPHRASE" (names the origin, never the value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(<hidden>, from {self.source})"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # secrets are not pickled to other ranks by accident
+        raise TypeError("Secret values are not picklable; pass them explicitly")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str  # sqlite:///ABS/PATH or postgresql://user@host:port/db (never contains the password)
+    password: Secret | None = field(default=None, repr=False)
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.url.startswith("sqlite:") else "postgresql"
+
+
+@dataclass(frozen=True)
+class FuncConfig:
+    chunk_size: int = 4 * 1024 * 1024
+    age_limit: int = 300
+    pass_limit: int = 3
+    extensions: tuple[str, ...] = (".c4gh", ".cip", ".gpg")
+    res_url: str | None = None
+    claim_timeout: int = 3600
+    batch_size: int = 200
+    flush_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    api_url: str | None = None
+    api_user: str | None = None
+    api_pass: Secret | None = field(default=None, repr=False)
+    timeout: float = 30.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class Workspaces:
+    receiving: Path
+    processing: Path
+    end_storage: Path
+    metadata: Path | None = None
+    quarantine: Path | None = None
+    keep_processed: bool = False
+
+
+@dataclass(frozen=True)
+class CryptoConfig:
+    archive_public_key: Path
+    inbox_secret_key: Path | None = None
+    inbox_passphrase: Secret | None = field(default=None, repr=False)
+    archive_secret_key: Path | None = None
+    archive_passphrase: Secret | None = field(default=None, repr=False)
+    reencrypt: str = "full"
+    archive_checksum: str = "sha256"
+    legacy_password: Secret | None = field(default=None, repr=False)
+    legacy_cipher: str = "aes128"
+    gnupg_home: Path | None = None
+    gpg_passphrase: Secret | None = field(default=None, repr=False)
+    decrypt_via: str = "local"
+    res_source_format: str = "aes128"
+    res_source_key: str | None = None
+    file_mode: int = 0o640
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None
+    database: DatabaseConfig
+    func: FuncConfig
+    api: ApiConfig
+    workspaces: Workspaces
+    crypto: CryptoConfig
+
+
+class _Reader:
+    """Typed access to one parsed INI file that turns every problem into a ConfigError."""
+
+    def __init__(self, parser: configparser.ConfigParser, path: Path | None, env: dict[str, str]):
+        self.p, self.file, self.env = parser, path, env
+
+    def err(self, section: str | None, key: str | None, message: str) -> ConfigError:
+        return ConfigError(self.file, section, key, message)
+
+    def has(self, section: str, key: str) -> bool:
+        return self.p.has_option(section, key) and self.p.get(section, key).strip() != ""
+
+    def str(self, section: str, key: str, default: str | None = None, required: bool = False) -> str | None:
+        if self.has(section, key):
+            return self.p.get(section, key).strip()
+        if required:
+            raise self.err(section, key, "missing (required)")
+        return default
+
+    def int(self, section: str, key: str, default: int, minimum: int = 0) -> int:
+        raw = self.str(section, key)
+        if raw is None:
+            return default
+        try:
+            value = int(raw, 0)
+        except ValueError:
+            raise self.err(section, key, f"must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise self.err(section, key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def float(self, section: str, key: str, default: float) -> float:
+        raw = self.str(section, key)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self.err(section, key, f"must be a number, got {raw!r}") from None
+        if value < 0:
+            raise self.err(section, key, f"must not be negative, got {value}")
+        return value
+
+    def bool(self, section: str, key: str, default: bool) -> bool:
+        raw = self.str(section, key)
+        if raw is None:
+            return default
+        if raw.lower() in ("1", "yes", "true", "on"):
+            return True
+        if raw.lower() in ("0", "no", "false", "off"):
+            return False
+        raise self.err(section, key, f"must be yes or no, got {raw!r}")
+
+    def choice(self, section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = (self.str(section, key) or default).lower()
+        if raw not in choices:
+            raise self.err(section, key, f"must be one of {', '.join(choices)}, got {raw!r}")
+        return raw
+
+    def path(self, section: str, key: str, required: bool = False) -> Path | None:
+        raw = self.str(section, key, required=required)
+        if raw is None:
+            return None
+        p = Path(os.path.expanduser(raw))
+        if not p.is_absolute():
+            base = self.file.parent if self.file else Path.cwd()
+            p = base / p
+        return Path(os.path.normpath(p))
+
+    def secret(self, section: str, key: str, default_env: str | None = None) -> Secret | None:
+        """A secret from `<key>_env` (an environment variable name), `<key>_file`, or `<key>` in the INI."""
+        env_name = self.str(section, f"{key}_env", default_env)
+        file_name = self.path(section, f"{key}_file")
+        if file_name is not None:
+            try:
+                value = file_name.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise self.err(section, f"{key}_file", f"cannot read secret file {file_name}: "
+                               f"{exc.strerror}") from None
+            return Secret(value, f"file {file_name}")
+        if env_name and env_name in self.env:
+            return Secret(self.env[env_name], f"env {env_name}")
+        if self.p.has_option(section, key):  # seed compatibility: secret written in the INI itself
+            return Secret(self.p.get(section, key), f"[{section}] {key}")
+        return None
+
+
+def _database(r: _Reader) -> DatabaseConfig:
+    password = r.secret("database", "passwd", "LEGAMPI_DB_PASSWORD")
+    url = r.str("database", "url")
+    if url is None:
+        host = r.str("database", "host")
+        if host is None:
+            raise r.err("database", "url", "missing: give url = sqlite:///ABSOLUTE/PATH or "
+                        "postgresql://USER@HOST:PORT/DB (or the seed's host/user/db keys)")
+        user = r.str("database", "user", "")
+        db = r.str("database", "db", required=True)
+        port = r.int("database", "port", 5432, 1)
+        auth = f"{quote(user or '', safe='')}@" if user else ""
+        url = f"postgresql://{auth}{host}:{port}/{quote(db or '', safe='')}"
+    if url.startswith("sqlite:///"):
+        target = url[len("sqlite:///"):]
+        if not target.startswith("/"):
+            raise r.err("database", "url", f"SQLite path must be absolute (sqlite:////abs/path.db), got {url!r}")
+        parent = Path(target).parent
+        if not parent.is_dir():
+            raise r.err("database", "url", f"folder of the SQLite database does not exist: {parent}")
+    elif url.startswith(("postgresql://", "postgres://")):
+        rest = url.split("://", 1)[1]
+        userinfo = rest.split("@", 1)[0] if "@" in rest else ""
+        if ":" in userinfo:
+            raise r.err("database", "url", "must not contain a password; use passwd_env or passwd_file")
+    else:
+        raise r.err("database", "url", "must start with sqlite:/// or postgresql://")
+    return DatabaseConfig(url=url, password=password)
+
+
+def _func(r: _Reader) -> FuncConfig:
+    raw_ext = r.str("func_conf", "extensions", ".c4gh,.cip,.gpg") or ""
+    exts = tuple(e.strip() for e in raw_ext.split(",") if e.strip())
+    for e in exts:
+        if not e.startswith(".") or "/" in e:
+            raise r.err("func_conf", "extensions", f"each extension must look like .c4gh, got {e!r}")
+    return FuncConfig(
+        chunk_size=r.int("func_conf", "chunk_size", FuncConfig.chunk_size, 4096),
+        age_limit=r.int("func_conf", "age_limit", FuncConfig.age_limit),
+        pass_limit=r.int("func_conf", "pass_limit", FuncConfig.pass_limit, 1),
+        extensions=exts,
+        res_url=r.str("func_conf", "res_url"),
+        claim_timeout=r.int("func_conf", "claim_timeout", FuncConfig.claim_timeout, 1),
+        batch_size=r.int("func_conf", "batch_size", FuncConfig.batch_size, 1),
+        flush_interval=r.float("func_conf", "flush_interval", FuncConfig.flush_interval),
+    )
+
+
+def _api(r: _Reader) -> ApiConfig:
+    url = r.str("api", "api_url")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise r.err("api", "api_url", f"must be an http(s) URL, got {url!r}")
+    return ApiConfig(
+        api_url=url,
+        api_user=r.str("api", "api_user"),
+        api_pass=r.secret("api", "api_pass", "LEGAMPI_API_PASSWORD"),
+        timeout=r.float("api", "timeout", ApiConfig.timeout),
+        retries=r.int("api", "retries", ApiConfig.retries),
+    )
+
+
+def _workspaces(r: _Reader) -> Workspaces:
+    def folder(key: str, required: bool) -> Path | None:
+        p = r.path("workspaces", key, required=required)
+        if p is None:
+            return None
+        if not p.is_dir():
+            raise r.err("workspaces", key, f"folder does not exist: {p}")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise r.err("workspaces", key, f"folder is not writable: {p}")
+        return p
+
+    ws = Workspaces(
+        receiving=folder("receiving", True),  # type: ignore[arg-type]
+        processing=folder("processing", True),  # type: ignore[arg-type]
+        end_storage=folder("end_storage", True),  # type: ignore[arg-type]
+        metadata=folder("metadata", False),
+        quarantine=folder("quarantine", False),
+        keep_processed=r.bool("workspaces", "keep_processed", False),
+    )
+    seen: dict[Path, str] = {}
+    for key in ("receiving", "processing", "end_storage", "quarantine", "metadata"):
+        p = getattr(ws, key)
+        if p is None:
+            continue
+        real = p.resolve()
+        if real in seen and not {key, seen[real]} <= {"metadata", "receiving"}:
+            raise r.err("workspaces", key, f"is the same folder as {seen[real]} ({real})")
+        seen.setdefault(real, key)
+    return ws
+
+
+def _crypto(r: _Reader) -> CryptoConfig:
+    def key_file(key: str, required: bool = False) -> Path | None:
+        p = r.path("crypto", key, required=required)
+        if p is not None and not p.is_file():
+            raise r.err("crypto", key, f"key file does not exist: {p}")
+        return p
+
+    mode_raw = r.str("crypto", "file_mode", "0640") or "0640"
+    try:
+        file_mode = int(mode_raw, 8)
+    except ValueError:
+        raise r.err("crypto", "file_mode", f"must be an octal mode like 0640, got {mode_raw!r}") from None
+    if file_mode & ~0o777 or file_mode & 0o002:
+        raise r.err("crypto", "file_mode", f"must be a permission mode not writable by others, got {mode_raw}")
+    c = CryptoConfig(
+        archive_public_key=key_file("archive_public_key", required=True),  # type: ignore[arg-type]
+        inbox_secret_key=key_file("inbox_secret_key"),
+        inbox_passphrase=r.secret("crypto", "inbox_passphrase", "LEGAMPI_INBOX_PASSPHRASE"),
+        archive_secret_key=key_file("archive_secret_key"),
+        archive_passphrase=r.secret("crypto", "archive_passphrase", "LEGAMPI_ARCHIVE_PASSPHRASE"),
+        reencrypt=r.choice("crypto", "reencrypt", "full", ("full", "header")),
+        archive_checksum=r.choice("crypto", "archive_checksum", "sha256", ("sha256", "md5")),
+        legacy_password=r.secret("crypto", "legacy_password", "LEGAMPI_LEGACY_PASSWORD"),
+        legacy_cipher=r.choice("crypto", "legacy_cipher", "aes128", ("aes128", "aes256")),
+        gnupg_home=r.path("crypto", "gnupg_home"),
+        gpg_passphrase=r.secret("crypto", "gpg_passphrase", "LEGAMPI_GPG_PASSPHRASE"),
+        decrypt_via=r.choice("crypto", "decrypt_via", "local", ("local", "res")),
+        res_source_format=r.str("crypto", "res_source_format", "aes128") or "aes128",
+        res_source_key=r.str("crypto", "res_source_key"),
+        file_mode=file_mode,
+    )
+    if c.gnupg_home is not None and not c.gnupg_home.is_dir():
+        raise r.err("crypto", "gnupg_home", f"folder does not exist: {c.gnupg_home}")
+    return c
+
+
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
+    """Load and validate the configuration from PATH or $LEGAMPI_CONFIG."""
+    env = dict(os.environ if env is None else env)
+    if path is None:
+        path = env.get(ENV_CONFIG)
+    if not path:
+        raise ConfigError(None, None, None, f"no configuration: give -c PATH or set {ENV_CONFIG}")
+    cfg_path = Path(path).absolute()
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(cfg_path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise ConfigError(cfg_path, None, None, f"cannot read: {exc.strerror}") from None
+    except configparser.Error as exc:
+        raise ConfigError(cfg_path, None, None, f"not a valid INI file: {exc.message}") from None
+    for section in ("database", "workspaces", "crypto"):
+        if not parser.has_section(section):
+            raise ConfigError(cfg_path, section, None, "missing section")
+    r = _Reader(parser, cfg_path, env)
+    func = _func(r)
+    crypto = _crypto(r)
+    if crypto.decrypt_via == "res" and not func.res_url:
+        raise r.err("func_conf", "res_url", "required when [crypto] decrypt_via = res")
+    return Config(path=cfg_path, database=_database(r), func=func, api=_api(r),
+                  workspaces=_workspaces(r), crypto=crypto)

@@ -1,0 +1,522 @@
+"""The tracking database: the only module that speaks SQL.
+
+SQLite (standard library) is the embedded default, PostgreSQL (psycopg2) the production backend. SQL is
+written once with ``?`` placeholders and translated for psycopg2; every value is a bound parameter.
+Timestamps are written as ISO-8601 UTC strings (PostgreSQL casts them to TIMESTAMPTZ) and read back as
+ISO strings from both backends, so callers never see backend differences.
+
+The database is the checkpoint of the whole system: a file is ``available`` only after its archived copy
+was verified and this module committed the row; everything else can be redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import DatabaseConfig
+
+SCHEMA_VERSION = 1
+STATUSES = ("pending", "received", "processing", "available", "failed")
+DATASET_DATES = ("date_requested", "date_download_start", "date_download_end", "date_processing_end")
+
+FILE_COLUMNS = ("file_id", "dataset_id", "file_name", "size", "md5", "sha256", "status", "archive_path",
+                "archive_checksum", "archive_checksum_type", "archive_key", "plain_size", "archive_size",
+                "error", "attempts", "claimed_by", "claimed_at", "created_at", "updated_at")
+DATASET_COLUMNS = ("dataset_id", "n_files", "n_bytes") + DATASET_DATES
+
+
+class DatabaseError(Exception):
+    """The database cannot be reached or used; the message never contains a password."""
+
+
+def now() -> str:
+    """The current UTC time as the ISO-8601 string stored in every timestamp column."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
+    return value
+
+
+def schema_file(backend: str) -> Path:
+    """Locate sql/<backend>.sql in the source tree or in an installed share/legampi/sql."""
+    candidates = [Path(__file__).resolve().parent.parent / "sql" / f"{backend}.sql",
+                  Path(sys.prefix) / "share" / "legampi" / "sql" / f"{backend}.sql"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise DatabaseError(f"schema file {backend}.sql not found (looked in {', '.join(map(str, candidates))})")
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+@dataclass
+class Event:
+    file_id: str | None
+    dataset_id: str | None
+    event: str
+    status: str | None = None
+    details: str | None = None
+
+
+class Database:
+    """A connection to the tracking database with the queries legampi needs."""
+
+    def __init__(self, conn: Any, backend: str, label: str):
+        self.conn, self.backend, self.label = conn, backend, label
+        self._in_tx = False
+
+    # ------------------------------------------------------------------ connection
+    @classmethod
+    def connect(cls, cfg: DatabaseConfig) -> Database:
+        if cfg.backend == "sqlite":
+            path = cfg.url[len("sqlite:///"):]
+            try:
+                conn = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except sqlite3.Error as exc:
+                raise DatabaseError(f"cannot open SQLite database {path}: {exc}") from None
+            return cls(conn, "sqlite", path)
+        import psycopg2  # imported lazily: the embedded default does not need it
+
+        kwargs: dict[str, Any] = {"dsn": cfg.url, "connect_timeout": 10}
+        if cfg.password is not None:
+            kwargs["password"] = cfg.password.reveal()
+        label = cfg.url
+        try:
+            conn = psycopg2.connect(**kwargs)
+        except psycopg2.Error as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if cfg.password is not None:
+                msg = msg.replace(cfg.password.reveal(), "<hidden>")
+            raise DatabaseError(f"cannot connect to PostgreSQL {label}: {msg}") from None
+        conn.autocommit = True
+        return cls(conn, "postgresql", label)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing a dead connection has nothing left to report
+            self.conn.close()
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.backend == "postgresql" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur = self.conn.cursor()
+        try:
+            cur.execute(self._sql(sql), tuple(params))
+        except Exception as exc:
+            raise self._wrap(exc) from exc
+        return cur
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.execute(sql, params)
+        names = [d[0] for d in cur.description]
+        return [{k: _iso(v) for k, v in zip(names, row)} for row in cur.fetchall()]
+
+    def _wrap(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.Error):
+            return DatabaseError(f"SQLite {self.label}: {exc}")
+        mod = type(exc).__module__
+        if mod.startswith("psycopg2"):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return DatabaseError(f"PostgreSQL {self.label}: {first}")
+        return exc
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """One atomic unit. SQLite takes the write lock at once so concurrent jobs serialise cleanly."""
+        if self._in_tx:
+            yield self
+            return
+        self.execute("BEGIN IMMEDIATE" if self.backend == "sqlite" else "BEGIN")
+        self._in_tx = True
+        try:
+            yield self
+        except BaseException:
+            self._in_tx = False
+            with contextlib.suppress(Exception):  # the original error is what the caller must see
+                self.execute("ROLLBACK")
+            raise
+        self._in_tx = False
+        self.execute("COMMIT")
+
+    # ------------------------------------------------------------------ schema
+    def schema_version(self) -> int | None:
+        try:
+            rows = self.query("SELECT max(version) AS v FROM schema_version")
+        except DatabaseError:
+            if self.backend == "postgresql":
+                with contextlib.suppress(Exception):
+                    self.conn.rollback()
+            return None
+        return rows[0]["v"] if rows else None
+
+    def init_schema(self) -> tuple[int | None, int]:
+        """Create or upgrade the schema idempotently; returns (version before, version after)."""
+        before = self.schema_version()
+        text = schema_file(self.backend).read_text(encoding="utf-8")
+        with self.transaction():
+            for stmt in _split_sql(text):
+                self.execute(stmt)
+        return before, SCHEMA_VERSION
+
+    def require_schema(self) -> None:
+        v = self.schema_version()
+        if v is None:
+            raise DatabaseError(f"{self.label}: no legampi schema; run `legampi init-db` first")
+        if v != SCHEMA_VERSION:
+            raise DatabaseError(f"{self.label}: schema version {v}, this legampi needs {SCHEMA_VERSION}; "
+                                "run `legampi init-db`")
+
+    # ------------------------------------------------------------------ generic bulk helpers
+    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                    conflict: str = "") -> None:
+        """Multi-row INSERT: one statement for many rows (no per-row round trip)."""
+        if not rows:
+            return
+        per = max(1, 30000 // max(1, len(columns)))
+        ph = "(" + ",".join("?" * len(columns)) + ")"
+        for chunk in _chunks(list(rows), min(per, 500)):
+            sql = (f"INSERT INTO {table} ({','.join(columns)}) VALUES " + ",".join([ph] * len(chunk))
+                   + (f" {conflict}" if conflict else ""))
+            self.execute(sql, [v for row in chunk for v in row])
+
+    def add_events(self, events: Iterable[Event], job_id: str | None = None, at: str | None = None) -> None:
+        at = at or now()
+        self.insert_many("file_event", ("file_id", "dataset_id", "event", "status", "details", "job_id", "at"),
+                         [(e.file_id, e.dataset_id, e.event, e.status, e.details, job_id, at) for e in events])
+
+    # ------------------------------------------------------------------ files and datasets
+    def files(self, dataset_id: str | None = None, status: str | None = None,
+              names: Sequence[str] | None = None, file_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        if dataset_id is not None:
+            where.append("dataset_id = ?")
+            params.append(dataset_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        base = f"SELECT {','.join(FILE_COLUMNS)} FROM file"
+        if names is None and file_ids is None:
+            sql = base + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY dataset_id, file_name"
+            return self.query(sql, params)
+        key, values = ("file_name", names) if names is not None else ("file_id", file_ids)
+        out: list[dict[str, Any]] = []
+        for chunk in _chunks(list(values or ()), 500):
+            cond = where + [f"{key} IN ({','.join('?' * len(chunk))})"]
+            out += self.query(base + " WHERE " + " AND ".join(cond), params + list(chunk))
+        return out
+
+    def datasets(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT {','.join(DATASET_COLUMNS)} FROM dataset_log"
+        if dataset_id is not None:
+            return self.query(sql + " WHERE dataset_id = ?", (dataset_id,))
+        return self.query(sql + " ORDER BY dataset_id")
+
+    def status_counts(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
+        sql = ("SELECT dataset_id, status, count(*) AS files, coalesce(sum(size), 0) AS bytes FROM file"
+               + (" WHERE dataset_id = ?" if dataset_id else "") + " GROUP BY dataset_id, status")
+        return self.query(sql, (dataset_id,) if dataset_id else ())
+
+    def events(self, file_id: str | None = None, dataset_id: str | None = None,
+               event: str | None = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        for col, val in (("file_id", file_id), ("dataset_id", dataset_id), ("event", event)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        sql = "SELECT id, file_id, dataset_id, event, status, details, job_id, at FROM file_event"
+        return self.query(sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id", params)
+
+    def refresh_dataset_totals(self, dataset_ids: Iterable[str]) -> None:
+        """n_files/n_bytes are derived from the file table so they are always the true totals."""
+        for ds in sorted(set(dataset_ids)):
+            self.execute("UPDATE dataset_log SET n_files = (SELECT count(*) FROM file WHERE dataset_id = ?), "
+                         "n_bytes = (SELECT coalesce(sum(size), 0) FROM file WHERE dataset_id = ?) "
+                         "WHERE dataset_id = ?", (ds, ds, ds))
+
+    def stamp_dataset(self, dataset_ids: Iterable[str], column: str, at: str | None = None,
+                      only_if_null: bool = True, when_no_status_in: Sequence[str] = ()) -> list[str]:
+        """Set one of the four dataset dates; optionally only once every file has left the given statuses."""
+        if column not in DATASET_DATES:
+            raise ValueError(f"unknown dataset date {column!r}")
+        at = at or now()
+        stamped = []
+        for ds in sorted(set(dataset_ids)):
+            sql = f"UPDATE dataset_log SET {column} = ? WHERE dataset_id = ?"
+            params: list[Any] = [at, ds]
+            if only_if_null:
+                sql += f" AND {column} IS NULL"
+            if when_no_status_in:
+                sql += (f" AND NOT EXISTS (SELECT 1 FROM file WHERE dataset_id = ? AND status IN "
+                        f"({','.join('?' * len(when_no_status_in))}))")
+                params += [ds, *when_no_status_in]
+            if self.execute(sql, params).rowcount:
+                stamped.append(ds)
+        return stamped
+
+    def set_status(self, file_id: str, status: str, event: str, details: str | None = None,
+                   job_id: str | None = None, error: str | None = None) -> dict[str, Any]:
+        """Manual or single status change, recorded as an event."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
+        with self.transaction():
+            rows = self.files(file_ids=[file_id])
+            if not rows:
+                raise KeyError(file_id)
+            ts = now()
+            self.execute("UPDATE file SET status = ?, error = ?, claimed_by = NULL, claimed_at = NULL, "
+                         "updated_at = ? WHERE file_id = ?", (status, error, ts, file_id))
+            self.add_events([Event(file_id, rows[0]["dataset_id"], event, status, details)], job_id, ts)
+            if status == "available":
+                self.stamp_dataset([rows[0]["dataset_id"]], "date_processing_end", ts,
+                                   when_no_status_in=STATUSES[:3] + ("failed",))
+        return rows[0]
+
+    # ------------------------------------------------------------------ registration
+    def register(self, dataset_id: str, entries: Sequence[dict[str, Any]], source: str) -> tuple[int, int]:
+        """Insert a manifest's files in one transaction; returns (added, unchanged).
+
+        Each entry has file_id, file_name, md5, sha256, size and ``line`` (for messages). A contradiction
+        with what is registered raises ValueError naming the line, and nothing is written.
+        """
+        ts = now()
+        with self.transaction():
+            by_id = {r["file_id"]: r for r in self.files(file_ids=[e["file_id"] for e in entries])}
+            by_name = {r["file_name"]: r for r in self.files(names=[e["file_name"] for e in entries])}
+            new, unchanged = [], 0
+            for e in entries:
+                old = by_id.get(e["file_id"])
+                where = f"{source}:{e['line']}"
+                if old is None:
+                    clash = by_name.get(e["file_name"])
+                    if clash is not None:
+                        raise ValueError(f"{where}: file name {e['file_name']!r} is already registered as file "
+                                         f"{clash['file_id']} of dataset {clash['dataset_id']}")
+                    new.append(e)
+                    continue
+                if old["dataset_id"] != dataset_id:
+                    raise ValueError(f"{where}: file {e['file_id']} is already registered in dataset "
+                                     f"{old['dataset_id']}, not {dataset_id}")
+                for k in ("file_name", "md5", "sha256", "size"):
+                    if e.get(k) is not None and old.get(k) is not None and str(e[k]) != str(old[k]).strip():
+                        raise ValueError(f"{where}: file {e['file_id']} is registered with {k} {old[k]}, "
+                                         f"the manifest says {e[k]}")
+                unchanged += 1
+            self.insert_many("dataset_log", ("dataset_id", "date_requested"), [(dataset_id, ts)],
+                             conflict="ON CONFLICT (dataset_id) DO NOTHING")
+            self.insert_many("file", ("file_id", "dataset_id", "file_name", "size", "md5", "sha256", "status",
+                                      "created_at", "updated_at"),
+                             [(e["file_id"], dataset_id, e["file_name"], e.get("size"), e.get("md5"),
+                               e.get("sha256"), "pending", ts, ts) for e in new])
+            self.insert_many("filedataset", ("dataset_id", "file_id"), [(dataset_id, e["file_id"]) for e in new],
+                             conflict="ON CONFLICT DO NOTHING")
+            self.add_events([Event(e["file_id"], dataset_id, "registered", "pending", f"from {source}")
+                             for e in new], at=ts)
+            self.refresh_dataset_totals([dataset_id])
+        return len(new), unchanged
+
+    # ------------------------------------------------------------------ transfer monitor
+    def tracking(self) -> dict[str, dict[str, Any]]:
+        return {r["name"]: r for r in self.query(
+            "SELECT name, size, mtime, passes, first_seen, last_seen FROM trackingtable")}
+
+    def apply_monitor_pass(self, upserts: Sequence[tuple[str, int, float, int]], forget: Sequence[str],
+                           moved: Sequence[dict[str, Any]], sizes: dict[str, int]) -> None:
+        """Write one monitor pass: tracking rows, files moved to processing, dataset dates."""
+        ts = now()
+        with self.transaction():
+            old = self.tracking()
+            new_rows = [(n, s, m, p, ts, ts) for n, s, m, p in upserts if n not in old]
+            self.insert_many("trackingtable", ("name", "size", "mtime", "passes", "first_seen", "last_seen"),
+                             new_rows)
+            for n, s, m, p in upserts:
+                if n in old:
+                    self.execute("UPDATE trackingtable SET size = ?, mtime = ?, passes = ?, last_seen = ? "
+                                 "WHERE name = ?", (s, m, p, ts, n))
+            for chunk in _chunks(list(forget), 500):
+                self.execute(f"DELETE FROM trackingtable WHERE name IN ({','.join('?' * len(chunk))})", chunk)
+            for name, size in sizes.items():
+                self.execute("UPDATE file SET size = ? WHERE file_name = ? AND (size IS NULL OR size <> ?)",
+                             (size, name, size))
+            seen = self.files(names=[r[0] for r in new_rows]) if new_rows else []
+            self.stamp_dataset({r["dataset_id"] for r in seen} | {f["dataset_id"] for f in moved},
+                               "date_download_start", ts)
+            for f in moved:
+                self.execute("UPDATE file SET status = 'received', updated_at = ? WHERE file_id = ? AND "
+                             "status = 'pending'", (ts, f["file_id"]))
+            self.add_events([Event(f["file_id"], f["dataset_id"], "received", "received",
+                                   "moved to processing") for f in moved], at=ts)
+            touched = {f["dataset_id"] for f in moved} | {r["dataset_id"] for r in seen}
+            self.refresh_dataset_totals(touched)
+            self.stamp_dataset({f["dataset_id"] for f in moved}, "date_download_end", ts,
+                               when_no_status_in=("pending",))
+
+    # ------------------------------------------------------------------ jobs and claims
+    def job_start(self, job_id: str, command: str, host: str, ranks: int) -> None:
+        ts = now()
+        with self.transaction():
+            self.insert_many("job", ("job_id", "command", "host", "pid", "ranks", "started_at", "heartbeat_at"),
+                             [(job_id, command, host, os.getpid(), ranks, ts, ts)])
+
+    def job_heartbeat(self, job_id: str) -> None:
+        self.execute("UPDATE job SET heartbeat_at = ? WHERE job_id = ?", (now(), job_id))
+
+    def job_end(self, job_id: str, exit_status: int, summary: str,
+                ranks: Sequence[tuple[int, str, int, int, float]] = ()) -> None:
+        with self.transaction():
+            self.execute("UPDATE job SET ended_at = ?, exit_status = ?, summary = ? WHERE job_id = ?",
+                         (now(), exit_status, summary, job_id))
+            self.insert_many("job_rank", ("job_id", "rank", "host", "files", "bytes", "seconds"),
+                             [(job_id, *r) for r in ranks])
+
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.query("SELECT job_id, command, host, pid, ranks, started_at, heartbeat_at, ended_at, "
+                          "exit_status, summary FROM job ORDER BY started_at DESC LIMIT ?", (limit,))
+
+    def job_ranks(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
+        if not job_ids:
+            return []
+        return self.query("SELECT job_id, rank, host, files, bytes, seconds FROM job_rank WHERE job_id IN "
+                          f"({','.join('?' * len(job_ids))}) ORDER BY job_id, rank", list(job_ids))
+
+    def claim(self, file_ids: Sequence[str], job_id: str, retry_failed: bool = False) -> list[str]:
+        """Atomically mark files as `processing` for this job; returns those it got (no double claims)."""
+        allowed = ["pending", "received"] + (["failed"] if retry_failed else [])
+        ts = now()
+        got: list[str] = []
+        with self.transaction():
+            for chunk in _chunks(list(file_ids), 500):
+                cur = self.execute(
+                    f"UPDATE file SET status = 'processing', claimed_by = ?, claimed_at = ?, updated_at = ?, "
+                    f"attempts = attempts + 1 WHERE file_id IN ({','.join('?' * len(chunk))}) AND status IN "
+                    f"({','.join('?' * len(allowed))}) RETURNING file_id, dataset_id",
+                    [job_id, ts, ts, *chunk, *allowed])
+                rows = cur.fetchall()
+                got += [r[0] for r in rows]
+                self.add_events([Event(r[0], r[1], "claimed", "processing") for r in rows], job_id, ts)
+            self.job_heartbeat(job_id)
+        return got
+
+    def release(self, file_ids: Sequence[str], job_id: str | None, reason: str) -> int:
+        """Give claims back (status `received`) so a later job takes them; only this job's claims."""
+        ts = now()
+        n = 0
+        with self.transaction():
+            for chunk in _chunks(list(file_ids), 500):
+                marks = ",".join("?" * len(chunk))
+                where = f"file_id IN ({marks}) AND status = 'processing'"
+                params: list[Any] = list(chunk)
+                if job_id is not None:
+                    where += " AND claimed_by = ?"
+                    params.append(job_id)
+                rows = self.query(f"SELECT file_id, dataset_id, claimed_by FROM file WHERE {where}", params)
+                self.execute(f"UPDATE file SET status = 'received', claimed_by = NULL, claimed_at = NULL, "
+                             f"updated_at = ? WHERE {where}", [ts, *params])
+                self.add_events([Event(r["file_id"], r["dataset_id"], "released", "received",
+                                       f"{reason} (claimed by {r['claimed_by']})") for r in rows], job_id, ts)
+                n += len(rows)
+        return n
+
+    def stale_claims(self, claim_timeout: int, this_host: str, alive: Any) -> list[dict[str, Any]]:
+        """Claims whose job has ended, died (same host, pid gone) or stopped heart-beating."""
+        cutoff = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=claim_timeout)).isoformat(
+            timespec="microseconds")
+        rows = self.query(
+            "SELECT f.file_id, f.dataset_id, f.file_name, f.claimed_by, f.claimed_at, j.host, j.pid, j.ended_at, "
+            "j.heartbeat_at FROM file f LEFT JOIN job j ON j.job_id = f.claimed_by WHERE f.status = 'processing'")
+        stale = []
+        for r in rows:
+            if r["host"] is None:
+                dead = (r["claimed_at"] or "") < cutoff
+            elif r["ended_at"] is not None:
+                dead = True
+            elif r["host"] == this_host and not alive(r["pid"]):
+                dead = True
+            else:
+                dead = (r["heartbeat_at"] or "") < cutoff
+            if dead:
+                stale.append(r)
+        return stale
+
+    def record_results(self, results: Sequence[Any], job_id: str | None) -> list[Any]:
+        """Write a batch of FileResults in one transaction; returns those recorded as available.
+
+        Only rows still claimed by this job are updated (a released or re-claimed file is not overwritten).
+        """
+        if not results:
+            return []
+        ts = now()
+        with self.transaction():
+            rows = {r["file_id"]: r for r in self.files(file_ids=[x.file_id for x in results])}
+            ok = [x for x in results if x.file_id in rows and
+                  (job_id is None or rows[x.file_id]["claimed_by"] == job_id)]
+            cols = ("file_id", "status", "md5", "sha256", "archive_path", "archive_checksum", "archive_checksum_type",
+                    "archive_key", "plain_size", "archive_size", "error")
+            casts = {"plain_size": "BIGINT", "archive_size": "BIGINT"}
+            sets = ", ".join(f"{c} = CAST(v.column{i + 1} AS {casts.get(c, 'TEXT')})"
+                             for i, c in enumerate(cols) if c not in ("file_id", "md5", "sha256"))
+            for chunk in _chunks(ok, 200):
+                values = []
+                for x in chunk:
+                    done = x.status == "available"
+                    values += [x.file_id, x.status, x.md5 if done else None, x.sha256 if done else None,
+                               x.archive_path, x.archive_checksum, x.archive_checksum_type, x.archive_key,
+                               x.plain_size, x.archive_size, x.error]
+                ph = ",".join(["(" + ",".join("?" * len(cols)) + ")"] * len(chunk))
+                self.execute(f"UPDATE file SET {sets}, md5 = coalesce(file.md5, CAST(v.column3 AS TEXT)), "
+                             f"sha256 = coalesce(file.sha256, CAST(v.column4 AS TEXT)), "
+                             f"claimed_by = NULL, claimed_at = NULL, updated_at = ? FROM (VALUES {ph}) AS v "
+                             f"WHERE file.file_id = v.column1", [ts, *values])
+            self.add_events([Event(x.file_id, rows[x.file_id]["dataset_id"], x.status, x.status,
+                                   _result_details(x)) for x in ok], job_id, ts)
+            datasets = {rows[x.file_id]["dataset_id"] for x in ok if x.status == "available"}
+            self.stamp_dataset(datasets, "date_processing_end", ts,
+                               when_no_status_in=("pending", "received", "processing", "failed"))
+            if job_id is not None:
+                self.job_heartbeat(job_id)
+        return [x for x in ok if x.status == "available"]
+
+
+def _result_details(x: Any) -> str:
+    if x.status == "available":
+        return (f"archived {x.archive_path} {x.archive_checksum_type}:{x.archive_checksum} "
+                f"{x.bytes_read} bytes in {x.seconds:.3f}s on {x.host} rank {x.rank}")
+    text = f"{x.error_kind}: {x.error}"
+    if getattr(x, "quarantined_to", None):
+        text += f" (source moved to {x.quarantined_to})"
+    return text
+
+
+def _split_sql(text: str) -> list[str]:
+    """Split a schema file on ';' at line ends, ignoring comment-only chunks."""
+    out, buf = [], []
+    for line in text.splitlines():
+        stripped = line.split("--", 1)[0].rstrip()
+        buf.append(stripped)
+        if stripped.endswith(";"):
+            stmt = "\n".join(buf).strip().rstrip(";").strip()
+            if stmt:
+                out.append(stmt)
+            buf = []
+    tail = "\n".join(buf).strip()
+    if tail:
+        out.append(tail)
+    return out

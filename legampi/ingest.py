@@ -1,0 +1,453 @@
+"""What rank 0 does around the pipeline: plan and claim, record results in batches, recover after crashes.
+
+Plain Python: it neither knows nor cares how many ranks there are. ``parallel`` moves tasks and results;
+this module decides which files to process and makes the database the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from . import archive, checksum
+from .config import Config
+from .db import Database, DatabaseError, Event
+from .monitor import scan, share
+from .stream import FileResult, FileTask
+
+log = logging.getLogger("legampi.ingest")
+
+
+def make_job_id() -> str:
+    """Slurm's job (and array task) id when there is one, else host:pid:time — unique per run."""
+    env = os.environ
+    if env.get("SLURM_JOB_ID"):
+        jid = f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" \
+            if env.get("SLURM_ARRAY_TASK_ID") else f"slurm-{env['SLURM_JOB_ID']}"
+        return f"{jid}-{int(time.time())}"
+    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
+
+
+def array_share(branches: int | None, branch: int | None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """--branches/--branch, or the Slurm array task's position (ID - MIN + 1 of COUNT), or the whole."""
+    env = dict(os.environ if env is None else env)
+    if branches is not None or branch is not None:
+        if branches is None or branch is None:
+            raise ValueError("give both --branches and --branch")
+        return branches, branch
+    if env.get("SLURM_ARRAY_TASK_COUNT") and env.get("SLURM_ARRAY_TASK_ID"):
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return count, int(env["SLURM_ARRAY_TASK_ID"]) - first + 1
+    return 1, 1
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Plan:
+    tasks: list[FileTask]
+    unregistered: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # registered but not eligible (e.g. failed, claimed)
+
+
+def plan(db: Database, cfg: Config, job_id: str, branches: int = 1, branch: int = 1,
+         retry_failed: bool = False, dataset: str | None = None, limit: int | None = None) -> Plan:
+    """List processing, join with the database, claim eligible files for this job in one transaction."""
+    listing = dict(scan(cfg.workspaces.processing))
+    names = share(list(listing), branches, branch) if branches > 1 else sorted(listing)
+    rows = {r["file_name"]: r for r in db.files(names=names)}
+    eligible = ("pending", "received") + (("failed",) if retry_failed else ())
+    wanted, out = [], Plan([])
+    for name in names:
+        r = rows.get(name)
+        if archive.is_temp_name(name):
+            continue
+        if r is None:
+            out.unregistered.append(name)
+        elif r["status"] in eligible and (dataset is None or r["dataset_id"] == dataset):
+            wanted.append(r)
+        elif r["status"] != "available":
+            out.skipped.append(f"{name} ({r['status']})")
+    if limit is not None:
+        wanted = wanted[:limit]
+    got = set(db.claim([r["file_id"] for r in wanted], job_id, retry_failed=retry_failed))
+    out.tasks = [FileTask(r["file_id"], r["dataset_id"], r["file_name"], r["md5"], r["sha256"],
+                          listing[r["file_name"]].st_size) for r in wanted if r["file_id"] in got]
+    for name in out.unregistered:
+        log.warning("unregistered file in processing, left alone: %s", cfg.workspaces.processing / name)
+    return out
+
+
+class Recorder:
+    """Buffers results on rank 0 and writes them in batches: one transaction, many rows per statement.
+
+    Sources are removed only after their row is committed as `available` (unless keep_processed).
+    A database that goes away is retried with backoff; if it stays away the error propagates and the
+    job ends non-zero, leaving archived-but-unrecorded files for `legampi recover` to record.
+    """
+
+    def __init__(self, db: Database, cfg: Config, job_id: str, reconnect: Callable[[], Database] | None = None,
+                 retries: int = 5, backoff: float = 1.0):
+        self.db, self.cfg, self.job_id = db, cfg, job_id
+        self.reconnect, self.retries, self.backoff = reconnect, retries, backoff
+        self.buffer: list[FileResult] = []
+        self.done: list[FileResult] = []
+        self.last_flush = time.monotonic()
+        self.last_beat = time.monotonic()
+
+    def add(self, result: FileResult) -> None:
+        self.buffer.append(result)
+        self.done.append(result)
+        if result.status == "failed":
+            log.error("FAILED %s (file %s): %s", result.rel, result.file_id, result.error)
+        else:
+            log.info("archived %s (file %s) -> %s", result.rel, result.file_id, result.archive_path)
+        if len(self.buffer) >= self.cfg.func.batch_size:
+            self.flush()
+
+    def tick(self) -> None:
+        """Called while rank 0 waits: flush on time, keep the job's heartbeat fresh."""
+        now = time.monotonic()
+        if self.buffer and now - self.last_flush >= self.cfg.func.flush_interval:
+            self.flush()
+        elif now - self.last_beat >= 30:
+            self._with_retry(lambda: self.db.job_heartbeat(self.job_id))
+            self.last_beat = now
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        batch, self.buffer = self.buffer, []
+        try:
+            recorded = self._with_retry(lambda: self.db.record_results(batch, self.job_id))
+        except BaseException:
+            self.buffer = batch + self.buffer
+            raise
+        self.last_flush = self.last_beat = time.monotonic()
+        if not self.cfg.workspaces.keep_processed:
+            removed = []
+            for r in recorded:
+                src = self.cfg.workspaces.processing / r.rel
+                try:
+                    archive.remove_source(src)
+                    removed.append(Event(r.file_id, None, "source-removed", "available", str(src)))
+                except OSError as exc:
+                    log.error("archived and recorded, but cannot remove source %s: %s", src, exc)
+            if removed:
+                self._with_retry(lambda: self.db.add_events(removed, self.job_id))
+
+    def _with_retry(self, fn: Callable[[], Any]) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except DatabaseError as exc:
+                if attempt == self.retries or self.reconnect is None:
+                    raise
+                log.error("database error (%s); reconnecting, attempt %d of %d", exc, attempt + 1, self.retries)
+                time.sleep(self.backoff * (2 ** attempt))
+                try:
+                    self.db.close()
+                    self.db = self.reconnect()
+                except DatabaseError as exc2:
+                    log.error("reconnect failed: %s", exc2)
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class RecoveryReport:
+    released: list[str] = field(default_factory=list)
+    recorded: list[str] = field(default_factory=list)
+    temp_removed: list[str] = field(default_factory=list)
+    sources_removed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"released {len(self.released)} stale claim(s)", f"recorded {len(self.recorded)} archived "
+               f"copy(ies) that had no row", f"removed {len(self.temp_removed)} temporary file(s)",
+               f"removed {len(self.sources_removed)} processed source(s)"]
+        out += [f"  released: {x}" for x in self.released] + [f"  recorded: {x}" for x in self.recorded]
+        out += [f"  temp removed: {x}" for x in self.temp_removed]
+        out += [f"  source removed: {x}" for x in self.sources_removed]
+        out += [f"  PROBLEM: {x}" for x in self.problems]
+        return out
+
+
+def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryReport:
+    """Bring database and disk back in line after any crash; safe to run any time, also beside live jobs.
+
+    1. Claims of dead jobs (ended, pid gone on this host, or silent for claim_timeout) are released.
+    2. Temporary files in end_storage are removed unless a live job holds the file's claim.
+    3. A verified archived copy without its row (a crash between rename and commit) is recorded.
+    4. Sources of `available` files still in processing are removed (unless keep_processed).
+    """
+    rep = RecoveryReport()
+    ws, exts = cfg.workspaces, cfg.func.extensions
+    host = socket.gethostname()
+    stale = db.stale_claims(cfg.func.claim_timeout, host, pid_alive)
+    stale_ids = {r["file_id"] for r in stale}
+    by_archive: dict[str, dict[str, Any]] = {}
+    files = db.files()
+    for f in files:
+        by_archive[archive.archive_name(f["file_name"], exts)] = f
+    live_claims = {f["file_id"] for f in files if f["status"] == "processing" and f["file_id"] not in stale_ids}
+
+    # 2. temp files
+    for rel, _st in list(scan(ws.end_storage)):
+        if not archive.is_temp_name(rel):
+            continue
+        final = (PurePosixPath(rel).parent / archive.final_name_of_temp(rel)).as_posix()
+        for algo in (".sha256", ".md5"):  # a sidecar's temp belongs to the archived file's owner too
+            final = final.removesuffix(algo) if final.endswith(".c4gh" + algo) else final
+        owner = by_archive.get(final)
+        if owner is not None and owner["file_id"] in live_claims:
+            continue
+        (ws.end_storage / rel).unlink(missing_ok=True)
+        rep.temp_removed.append(rel)
+
+    # 3. archived copies with no row, and 1. stale claims
+    results: list[FileResult] = []
+    for f in files:
+        if f["status"] == "available" or f["file_id"] in live_claims:
+            continue
+        final_rel = archive.archive_name(f["file_name"], exts)
+        final = ws.end_storage / final_rel
+        if not final.is_file():
+            continue
+        algo = cfg.crypto.archive_checksum
+        side = checksum.sidecar_path(final, algo)
+        if side.exists():
+            ok, expected, found = checksum.check_sidecar(side)
+            if not ok:
+                rep.problems.append(f"{final}: archive checksum {found} does not match its sidecar {expected}; "
+                                    "left for an operator (not recorded)")
+                continue
+            digest = found
+        else:
+            digest = checksum.hash_file(final, algo)
+            checksum.write_sidecar(final, digest, algo, cfg.crypto.file_mode)
+        results.append(FileResult(
+            file_id=f["file_id"], rel=f["file_name"], status="available", archive_path=str(final),
+            md5=f["md5"], sha256=f["sha256"], archive_checksum=digest, archive_checksum_type=algo,
+            archive_size=final.stat().st_size, host=host))
+    recovered_ids = {r.file_id for r in results}
+    if results:
+        # Recovery writes under its own claim so record_results' ownership check holds.
+        rid = job_id or f"recover-{host}-{os.getpid()}"
+        ids = [r.file_id for r in results]
+        db.release(list(stale_ids & set(ids)), None, "recovering archived copy")
+        got = set(db.claim(ids, rid, retry_failed=True))
+        for r in db.record_results([r for r in results if r.file_id in got], rid):
+            rep.recorded.append(f"{r.rel} -> {r.archive_path}")
+            _remove_source(cfg, r.rel, rep)
+    release = [r["file_id"] for r in stale if r["file_id"] not in recovered_ids]
+    if release:
+        db.release(release, None, "claim of a dead job")
+        rep.released += [f"{r['file_name']} (job {r['claimed_by']})" for r in stale if r["file_id"] in release]
+
+    # 4. processed sources left behind
+    for f in files:
+        if f["status"] == "available" and f["file_id"] not in recovered_ids:
+            _remove_source(cfg, f["file_name"], rep)
+    return rep
+
+
+def _remove_source(cfg: Config, rel: str, rep: RecoveryReport) -> None:
+    if cfg.workspaces.keep_processed:
+        return
+    src = cfg.workspaces.processing / rel
+    if src.is_file() and not src.is_symlink():
+        archive.remove_source(src)
+        rep.sources_removed.append(rel)
+
+
+@dataclass
+class Summary:
+    job_id: str
+    files: int = 0
+    available: int = 0
+    failed: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    ranks: dict[int, list[float]] = field(default_factory=dict)  # rank -> [files, bytes, seconds]
+    hosts: dict[int, str] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    released: int = 0
+    stopped: bool = False
+
+    @classmethod
+    def of(cls, job_id: str, results: Sequence[FileResult], wall: float) -> Summary:
+        s = cls(job_id, seconds=wall)
+        for r in results:
+            s.files += 1
+            s.bytes += r.bytes_read
+            if r.status == "available":
+                s.available += 1
+            else:
+                s.failed += 1
+                s.failures.append(f"{r.rel} (file {r.file_id}): {r.error}")
+            acc = s.ranks.setdefault(r.rank, [0, 0, 0.0])
+            acc[0] += 1
+            acc[1] += r.bytes_read
+            acc[2] += r.seconds
+            s.hosts[r.rank] = r.host
+        return s
+
+    def rank_rows(self) -> list[tuple[int, str, int, int, float]]:
+        return [(k, self.hosts.get(k, ""), int(v[0]), int(v[1]), float(v[2])) for k, v in sorted(self.ranks.items())]
+
+    def lines(self) -> list[str]:
+        mbs = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
+        out = [f"job {self.job_id}: {self.files} file(s), {self.available} available, {self.failed} failed, "
+               f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s = {mbs:.1f} MB/s overall"
+               + (" (stopped early by signal)" if self.stopped else "")]
+        for rank, host, files, nbytes, secs in self.rank_rows():
+            rate = nbytes / secs / 1e6 if secs > 0 else 0.0
+            out.append(f"  rank {rank} on {host}: {files} file(s), {nbytes / 1e6:.1f} MB, busy {secs:.1f}s, "
+                       f"{rate:.1f} MB/s")
+        if self.released:
+            out.append(f"  {self.released} claimed file(s) not started were released for the next run")
+        out += [f"  FAILED {f}" for f in self.failures]
+        return out
+
+
+
+class Progress:
+    """Rank 0's progress: a live line on a terminal, a log line every interval in batch jobs."""
+
+    def __init__(self, total_files: int, total_bytes: int, interval: float, stream: Any = None):
+        import sys
+
+        self.total_files, self.total_bytes, self.interval = total_files, total_bytes, interval
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.files = self.bytes = self.failed = 0
+        self.start = self.last = time.monotonic()
+
+    def add(self, r: FileResult) -> None:
+        self.files += 1
+        self.bytes += r.bytes_read
+        self.failed += r.status == "failed"
+
+    def line(self) -> str:
+        el = max(time.monotonic() - self.start, 1e-9)
+        rate = self.bytes / el
+        left = (self.total_bytes - self.bytes) / rate if rate > 0 else float("nan")
+        eta = f"{left / 60:.1f} min" if left == left else "?"
+        return (f"{self.files}/{self.total_files} files, {self.bytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB, "
+                f"{rate / 1e6:.1f} MB/s, {self.failed} failed, ~{eta} left")
+
+    def tick(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty and (force or now - self.last >= 0.5):
+            self.stream.write("\r" + self.line() + "\x1b[K")
+            self.stream.flush()
+            self.last = now
+        elif not self.tty and (force or now - self.last >= self.interval):
+            log.info("progress: %s", self.line())
+            self.last = now
+
+    def close(self) -> None:
+        if self.tty:
+            self.tick(force=True)
+            self.stream.write("\n")
+
+
+def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, schedule: str = "dynamic",
+                branches: int = 1, branch: int = 1, retry_failed: bool = False, dataset: str | None = None,
+                limit: int | None = None, recover_first: bool = True, progress_interval: float = 60.0,
+                should_stop: Callable[[], bool] = lambda: False, out: Any = None) -> int:
+    """`legampi process` on every rank: rank 0 plans, claims and records; workers stream files.
+
+    Exit status: 0 when every file handed out was archived (or the job was stopped by a signal and
+    released what it had not started), 1 when some failed, 2 when the job could not start.
+    """
+    import sys
+
+    from .stream import PipelineContext, process_file
+
+    out = out or sys.stdout
+    db: Database | None = None
+    ctx = None
+    problem = ""
+    if team.coordinator:
+        try:
+            db = connect()
+            db.require_schema()
+        except DatabaseError as exc:
+            problem = str(exc)
+    if not team.coordinator or team.size == 1:
+        try:
+            ctx = PipelineContext.from_config(cfg)
+        except Exception as exc:  # noqa: BLE001 - any key/passphrase problem must reach rank 0 as text
+            problem = f"cannot prepare the pipeline: {exc}"
+    problems = team.agree(not problem, problem)
+    if problems:
+        if team.coordinator:
+            for p in problems:
+                log.error("not starting: %s", p)
+        return 2
+
+    host = socket.gethostname()
+
+    def work(task: FileTask) -> FileResult:
+        r = process_file(task, ctx)
+        r.host, r.rank = host, team.rank
+        return r
+
+    code = 0
+    if team.coordinator:
+        assert db is not None
+        job_id = make_job_id()
+        db.job_start(job_id, "process", host, team.size)
+        if recover_first:
+            for line in recover(db, cfg, job_id).lines():
+                log.info("recover: %s", line)
+        p = plan(db, cfg, job_id, branches, branch, retry_failed, dataset, limit)
+        log.info("job %s: %d file(s) claimed, %d byte(s), %d worker rank(s), schedule %s", job_id, len(p.tasks),
+                 sum(t.size or 0 for t in p.tasks), max(team.size - 1, 1), schedule)
+        recorder = Recorder(db, cfg, job_id, reconnect=connect)
+        progress = Progress(len(p.tasks), sum(t.size or 0 for t in p.tasks), progress_interval)
+
+        def on_result(r: FileResult) -> None:
+            recorder.add(r)
+            progress.add(r)
+
+        def tick() -> None:
+            recorder.tick()
+            progress.tick()
+
+        t0 = time.monotonic()
+        team.run(p.tasks, work, on_result, tick, should_stop, schedule,
+                             key=lambda t: t.size or 0, name=lambda t: t.rel)
+        recorder.flush()
+        progress.close()
+        done = {r.file_id for r in recorder.done}
+        leftover = [t.file_id for t in p.tasks if t.file_id not in done]
+        summary = Summary.of(job_id, recorder.done, time.monotonic() - t0)
+        summary.stopped = should_stop()
+        if leftover:
+            summary.released = recorder.db.release(leftover, job_id, "not started before the job stopped")
+        code = 1 if summary.failed else 0
+        lines = summary.lines()
+        recorder.db.job_end(job_id, code, "\n".join(lines), summary.rank_rows())
+        for line in lines:
+            print(line, file=out)
+        out.flush()
+    else:
+        team.run(None, work, lambda r: None, should_stop=should_stop, schedule=schedule)
+    return int(team.bcast(code))

@@ -1,0 +1,254 @@
+"""The only module that imports mpi4py: rank roles, dispatch, gather, abort.
+
+Rank 0 coordinates (and alone talks to the database); ranks 1..n run the work function on the tasks they
+are handed and send each result back as soon as it is ready. With one rank the same loop runs in-process.
+Waiting never spins a core: MPICH's blocking receive busy-polls, so receives here are Iprobe + sleep with
+a short exponential backoff (<= 10 ms), which costs nothing measurable next to file streaming.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger("legampi.parallel")
+
+TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING = range(1, 7)
+MAX_WAIT = 0.01
+
+
+class LaunchError(RuntimeError):
+    """The job was started in a way that cannot work (e.g. srun without --mpi=pmi2)."""
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 (Slurm's warning before the walltime): finish in-flight files, then stop."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def install(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            if self.signum is None:
+                log.warning("received %s: finishing files in flight, then stopping", signal.Signals(signum).name)
+            self.signum = signum
+        for s in signals:
+            signal.signal(s, handler)
+
+
+class Team:
+    """This job's ranks. Rank 0 coordinates; the others work."""
+
+    def __init__(self, use_mpi: bool = True):
+        self.comm: Any = None
+        self.rank, self.size = 0, 1
+        if use_mpi:
+            from mpi4py import MPI
+
+            self.MPI = MPI
+            self.comm = MPI.COMM_WORLD
+            self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+
+    @property
+    def coordinator(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def workers(self) -> int:
+        return max(0, self.size - 1)
+
+    def check_launch(self, env: dict[str, str] | None = None) -> None:
+        """Refuse launches that would silently run N copies of a one-rank job."""
+        env = dict(os.environ if env is None else env)
+        step_tasks = env.get("SLURM_STEP_NUM_TASKS")
+        if step_tasks and int(step_tasks) > 1 and self.size == 1:
+            raise LaunchError(
+                f"Slurm started {step_tasks} tasks but MPI sees a communicator of size 1: every task would run "
+                "alone. Start with `srun --mpi=pmi2 legampi ...` (the PyPI mpich needs PMI2), or with one task.")
+
+    # ------------------------------------------------------------------ collective helpers
+    def agree(self, ok: bool, message: str = "") -> list[str]:
+        """All ranks learn every rank's problem; returns the messages of the ranks that are not ok."""
+        if self.comm is None or self.size == 1:
+            return [] if ok else [message]
+        everyone = self.comm.allgather((ok, self.rank, message))
+        return [f"rank {r}: {m}" for good, r, m in everyone if not good]
+
+    def bcast(self, obj: Any) -> Any:
+        if self.comm is None or self.size == 1:
+            return obj
+        return self.comm.bcast(obj, root=0)
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank now (an exception on one rank must not leave the others waiting forever)."""
+        sys.stderr.flush()
+        if self.comm is not None and self.size > 1:
+            self.comm.Abort(code)
+        os._exit(code)
+
+    # ------------------------------------------------------------------ messaging
+    def _recv(self, source: int, idle: Callable[[], None] | None = None) -> tuple[Any, int, int]:
+        status = self.MPI.Status()
+        delay = 0.0002
+        while not self.comm.Iprobe(source=source, tag=self.MPI.ANY_TAG, status=status):
+            if idle is not None:
+                idle()
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_WAIT)
+        src, tag = status.Get_source(), status.Get_tag()
+        return self.comm.recv(source=src, tag=tag), src, tag
+
+    # ------------------------------------------------------------------ the run
+    def run(self, tasks: Sequence[Any] | None, work: Callable[[Any], Any] | None,
+            on_result: Callable[[Any], None], tick: Callable[[], None] = lambda: None,
+            should_stop: Callable[[], bool] = lambda: False, schedule: str = "dynamic",
+            key: Callable[[Any], int] = lambda t: 0, name: Callable[[Any], str] = str) -> list[Any]:
+        """Process TASKS (given on rank 0) with WORK on the worker ranks; returns the unstarted tasks.
+
+        Rank 0 calls on_result for every result as it arrives, and tick while it waits. Workers return [].
+        """
+        if self.size == 1:
+            if work is None:
+                raise ValueError("one rank: a work function is needed to run in-process")
+            queue = order(list(tasks or ()), schedule, key, name, 1)[0]
+            while queue and not should_stop():
+                on_result(work(queue.popleft()))
+                tick()
+            return list(queue)
+        if self.rank == 0:
+            return self._coordinate(list(tasks or ()), on_result, tick, should_stop, schedule, key, name)
+        if work is None:
+            raise ValueError("worker ranks need a work function")
+        self._work(work, should_stop)
+        return []
+
+    def _coordinate(self, tasks: list[Any], on_result: Callable[[Any], None], tick: Callable[[], None],
+                    should_stop: Callable[[], bool], schedule: str, key: Callable[[Any], int],
+                    name: Callable[[Any], str]) -> list[Any]:
+        workers = list(range(1, self.size))
+        queues = order(tasks, schedule, key, name, len(workers))
+        dynamic = schedule == "dynamic"
+        pending: deque[Any] = queues[0] if dynamic else deque()
+        outstanding: dict[int, list[Any]] = {w: [] for w in workers}
+        active = set(workers)
+        stopping = False
+
+        held = dict.fromkeys(workers, 0)  # bytes outstanding per worker
+
+        def wants(w: int) -> bool:
+            # Keep >= 2 files queued per worker, more when they are small (so a worker never waits on
+            # rank 0), but never more than 64 MB or 256 files, so largest-first stays balanced.
+            n = len(outstanding[w])
+            return bool(pending) and (n < 2 or (n < 256 and held[w] + key(pending[0]) <= 64 * 1024 * 1024))
+
+        def feed(w: int, most: int | None = None) -> None:
+            if dynamic:
+                batch: list[Any] = []
+                while wants(w) and (most is None or len(batch) < most):
+                    t = pending.popleft()
+                    batch.append(t)
+                    outstanding[w].append(t)
+                    held[w] += key(t)
+            else:
+                batch = list(queues[w - 1])
+                queues[w - 1].clear()
+                outstanding[w].extend(batch)
+            if batch:
+                self.comm.send(batch, dest=w, tag=TASKS)
+
+        def finish_if_idle(w: int) -> None:
+            if w in active and not outstanding[w]:
+                self.comm.send(None, dest=w, tag=STOP)
+                active.discard(w)
+
+        def cancel() -> None:
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                pending.clear()
+                for w in sorted(active):
+                    self.comm.send(None, dest=w, tag=CANCEL)
+
+        if dynamic:  # deal the first files round-robin, one at a time, so small jobs spread over all ranks
+            while pending and any(wants(w) for w in workers):
+                for w in workers:
+                    if wants(w):
+                        feed(w, most=1)
+        for w in workers:
+            feed(w)
+            finish_if_idle(w)
+
+        def idle() -> None:
+            tick()
+            if should_stop():
+                cancel()
+
+        unstarted: list[Any] = []
+        while active:
+            msg, src, tag = self._recv(self.MPI.ANY_SOURCE, idle)
+            if tag == RESULT:
+                fid = getattr(msg, "file_id", None)
+                held[src] -= sum(key(t) for t in outstanding[src] if getattr(t, "file_id", t) == fid)
+                outstanding[src] = [t for t in outstanding[src] if getattr(t, "file_id", t) != fid]
+                on_result(msg)
+                if should_stop():
+                    cancel()
+                if not stopping:
+                    feed(src)
+            elif tag == DROPPED:
+                dropped = set(msg)
+                unstarted += [t for t in outstanding[src] if getattr(t, "file_id", t) in dropped]
+                outstanding[src] = [t for t in outstanding[src] if getattr(t, "file_id", t) not in dropped]
+            elif tag == STOPPING:
+                cancel()
+            finish_if_idle(src)
+        return unstarted + list(pending)
+
+    def _work(self, work: Callable[[Any], Any], should_stop: Callable[[], bool]) -> None:
+        queue: deque[Any] = deque()
+        told = False
+        status = self.MPI.Status()
+        while True:
+            while not queue or self.comm.Iprobe(source=0, tag=self.MPI.ANY_TAG, status=status):
+                msg, _src, tag = self._recv(0)
+                if tag == TASKS:
+                    queue.extend(msg)
+                elif tag == CANCEL:
+                    self.comm.send([getattr(t, "file_id", t) for t in queue], dest=0, tag=DROPPED)
+                    queue.clear()
+                elif tag == STOP:
+                    return
+            if should_stop() and not told:
+                self.comm.send(None, dest=0, tag=STOPPING)
+                told = True
+            task = queue.popleft()
+            self.comm.send(work(task), dest=0, tag=RESULT)
+
+
+def order(tasks: list[Any], schedule: str, key: Callable[[Any], int], name: Callable[[Any], str],
+          workers: int) -> list[deque[Any]]:
+    """Dynamic: one queue, largest first. Static: the seed's formula over the sorted listing, file number
+    ``branch + branches*n`` (1-based) going to worker ``branch`` (1..branches = workers)."""
+    if schedule == "dynamic":
+        return [deque(sorted(tasks, key=lambda t: (-key(t), name(t))))]
+    if schedule != "static":
+        raise ValueError(f"unknown schedule {schedule!r}")
+    ordered = sorted(tasks, key=name)
+    return [deque(t for i, t in enumerate(ordered, 1) if (i - b) % workers == 0) for b in range(1, workers + 1)]
+
+
+def report_crash(team: Team, exc: BaseException) -> None:
+    """Print which rank failed and why, then end the whole job with a non-zero status."""
+    sys.stderr.write(f"legampi: rank {team.rank} of {team.size} failed: {type(exc).__name__}: {exc}\n")
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    team.abort(1)

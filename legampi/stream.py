@@ -1,0 +1,297 @@
+"""The single-pass file pipeline: read, decrypt, checksum, re-encrypt, checksum, write, verify, commit.
+
+One pass over the source with bounded buffers (a few MB whatever the file size): the plaintext only
+ever lives in memory, and a file reaches its final name in end_storage only after every check passed.
+`process_file` never raises for a per-file problem; it returns a FileResult that rank 0 records.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from legampi import archive, checksum
+from legampi.formats import IngestError, detect_format, open_plaintext
+from legampi.formats import crypt4gh as c4gh
+from legampi.formats.legacy_aes import WRONG_PASSWORD_HINT
+from legampi.keys import fingerprint, load_public_key, load_secret_key
+
+LOG = logging.getLogger(__name__)
+HOST = socket.gethostname()
+# Failures caused by the file's content: moving such a source aside lets the rest of a dataset go on.
+# Environment failures (io, nospace, conflict, unsafe_path) leave the source where it is.
+QUARANTINE_KINDS = frozenset({'checksum', 'corrupt', 'truncated', 'key', 'format'})
+_HEX = re.compile(r'^[0-9a-f]+$')
+
+
+@dataclass
+class FileTask:
+    """One file to ingest, as rank 0 hands it to a worker."""
+
+    file_id: str
+    dataset_id: str
+    rel: str                 # posix path relative to the processing folder, as registered
+    md5: str | None          # expected plaintext md5 (lower-case hex) from the manifest
+    sha256: str | None       # expected plaintext sha256, when the manifest has it
+    size: int | None = None  # size of the source file, for scheduling
+
+
+@dataclass
+class FileResult:
+    """What happened to one file; everything rank 0 needs to update the tracking database."""
+
+    file_id: str
+    rel: str
+    status: str              # 'available' or 'failed'
+    archive_path: str | None = None   # absolute path of the archived file
+    md5: str | None = None            # computed plaintext md5
+    sha256: str | None = None         # computed plaintext sha256
+    archive_checksum: str | None = None
+    archive_checksum_type: str | None = None   # 'sha256' or 'md5'
+    archive_key: str | None = None    # fingerprint of the archive public key used
+    plain_size: int | None = None
+    archive_size: int | None = None
+    bytes_read: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    error_kind: str | None = None
+    quarantined_to: str | None = None
+    host: str = ''
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """Everything a worker needs to process files; secrets are kept out of repr()."""
+
+    processing: Path
+    end_storage: Path
+    quarantine: Path | None
+    extensions: tuple[str, ...]            # e.g. ('.c4gh', '.cip', '.gpg')
+    inbox_secret_key: bytes | None = field(repr=False)   # raw 32-byte X25519 secret
+    archive_public_key: bytes = field(repr=False)        # raw 32-byte public key
+    reencrypt: str = 'full'                # 'full' | 'header'
+    archive_checksum: str = 'sha256'       # 'sha256' | 'md5'
+    legacy_password: str | None = field(default=None, repr=False)
+    legacy_cipher: str = 'aes128'          # 'aes128' | 'aes256'
+    gnupg_home: Path | None = None
+    gpg_passphrase: str | None = field(default=None, repr=False)
+    decrypt_via: str = 'local'             # 'local' | 'res'
+    res_url: str | None = None
+    res_source_format: str = 'aes128'
+    res_source_key: str | None = field(default=None, repr=False)
+    file_mode: int = 0o640
+    chunk_size: int = 4 * 1024 * 1024      # bytes read per I/O call (rounded to whole segments)
+
+    def __post_init__(self) -> None:
+        checks = [('reencrypt', self.reencrypt, ('full', 'header')),
+                  ('archive_checksum', self.archive_checksum, checksum.ALGOS),
+                  ('legacy_cipher', self.legacy_cipher, ('aes128', 'aes256')),
+                  ('decrypt_via', self.decrypt_via, ('local', 'res'))]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f'{name} = {value!r}; expected one of {", ".join(allowed)}')
+        if len(self.archive_public_key) != 32:
+            raise ValueError('archive public key must be 32 bytes')
+        if self.inbox_secret_key is not None and len(self.inbox_secret_key) != 32:
+            raise ValueError('inbox secret key must be 32 bytes')
+        if self.chunk_size < 65536:
+            raise ValueError(f'chunk_size = {self.chunk_size}; at least 65536 bytes')
+        object.__setattr__(self, 'extensions', tuple(
+            (e if e.startswith('.') else '.' + e).lower() for e in self.extensions))
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PipelineContext:
+        """Build the context from legampi.config's object (attribute names are the contract)."""
+        ws, func, crypto = cfg.workspaces, cfg.func, cfg.crypto
+
+        def reveal(secret: Any) -> str | None:
+            return None if secret is None else secret.reveal()
+
+        inbox = None
+        if crypto.inbox_secret_key is not None:
+            inbox = load_secret_key(crypto.inbox_secret_key, reveal(crypto.inbox_passphrase))
+        return cls(
+            processing=Path(ws.processing), end_storage=Path(ws.end_storage),
+            quarantine=Path(ws.quarantine) if ws.quarantine is not None else None,
+            extensions=tuple(func.extensions),
+            inbox_secret_key=inbox,
+            archive_public_key=load_public_key(crypto.archive_public_key),
+            reencrypt=crypto.reencrypt, archive_checksum=crypto.archive_checksum,
+            legacy_password=reveal(crypto.legacy_password), legacy_cipher=crypto.legacy_cipher,
+            gnupg_home=Path(crypto.gnupg_home) if crypto.gnupg_home is not None else None,
+            gpg_passphrase=reveal(crypto.gpg_passphrase),
+            decrypt_via=crypto.decrypt_via, res_url=func.res_url,
+            res_source_format=crypto.res_source_format, res_source_key=crypto.res_source_key,
+            file_mode=crypto.file_mode, chunk_size=func.chunk_size)
+
+    def secrets(self) -> list[str]:
+        """Secret strings to scrub from any message that leaves the worker."""
+        return [s for s in (self.legacy_password, self.gpg_passphrase, self.res_source_key) if s]
+
+
+def _io_error(rel: str, stage: str, e: OSError) -> IngestError:
+    kind = 'nospace' if e.errno in (errno.ENOSPC, errno.EDQUOT) else 'io'
+    reason = e.strerror or str(e)
+    if kind == 'nospace':
+        reason = 'no space left on device' if e.errno == errno.ENOSPC else 'disk quota exceeded'
+    return IngestError(kind, f'{rel}: {stage}: {reason}')
+
+
+def _scrub(text: str, ctx: PipelineContext) -> str:
+    for s in ctx.secrets():
+        if len(s) >= 4:
+            text = text.replace(s, '***')
+    return text
+
+
+def _valid_hex(value: str | None, length: int, what: str, rel: str) -> str | None:
+    if value is None or value == '':
+        return None
+    v = value.strip().lower()
+    if len(v) != length or not _HEX.match(v):
+        raise IngestError('checksum', f'{rel}: manifest {what} {value!r} is not a valid {what} digest')
+    return v
+
+
+def _hashing(chunks: Iterable[bytes | memoryview], hashers: list[Any], count: list[int]) -> Iterator[Any]:
+    for chunk in chunks:
+        for h in hashers:
+            h.update(chunk)
+        count[0] += len(chunk)
+        yield chunk
+
+
+def process_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> FileResult:
+    """Ingest one file; failures come back as a FileResult with status 'failed', never as exceptions."""
+    t0 = time.monotonic()
+    res = FileResult(file_id=task.file_id, rel=task.rel, status='failed', host=HOST, rank=rank)
+    src: Path | None = None
+    try:
+        src = archive.safe_source(ctx.processing, task.rel)
+        _process(task, ctx, src, res)
+        res.status = 'available'
+    except IngestError as e:
+        res.error, res.error_kind = e.message, e.kind
+    except OSError as e:
+        err = _io_error(task.rel, 'I/O error', e)
+        res.error, res.error_kind = err.message, err.kind
+    except Exception as e:  # a bug must not take the whole MPI job down: record it on the file
+        LOG.exception('unexpected error while processing %s', task.rel)
+        res.error, res.error_kind = f'{task.rel}: unexpected {type(e).__name__}: {e}', 'io'
+    if res.status == 'failed':
+        for name in ('archive_path', 'archive_checksum', 'archive_checksum_type', 'archive_size'):
+            setattr(res, name, None)
+        if ctx.quarantine is not None and src is not None and res.error_kind in QUARANTINE_KINDS:
+            try:
+                moved = archive.quarantine_source(src, ctx.quarantine, task.rel)
+                res.quarantined_to = str(moved)
+                res.error = f'{res.error}; source moved to {moved}'
+            except (OSError, IngestError) as e:
+                res.error = f'{res.error}; moving the source to quarantine failed: {e}'
+        res.error = _scrub(res.error or 'unknown failure', ctx).replace('\n', ' ')
+    res.seconds = time.monotonic() - t0
+    return res
+
+
+def _process(task: FileTask, ctx: PipelineContext, src: Path, res: FileResult) -> None:
+    rel = task.rel
+    expected_md5 = _valid_hex(task.md5, 32, 'md5', rel)
+    expected_sha = _valid_hex(task.sha256, 64, 'sha256', rel)
+    fmt = detect_format(rel, ctx.extensions)
+    final = archive.final_path(ctx.end_storage, rel, ctx.extensions)
+    if os.path.lexists(final):
+        raise IngestError('conflict', f'{rel}: archived copy already exists at {final}; not overwritten '
+                                      '(run `legampi recover` to reconcile it)')
+    try:
+        fd = archive.open_source(src, rel)
+    except OSError as e:
+        raise _io_error(rel, 'cannot open source', e) from None
+    source = open(fd, 'rb', buffering=0)
+    writer: archive.TempArchiveFile | None = None
+    stages: list[Any] = []  # generators to close on failure (a gpg child must not outlive its file)
+    try:
+        st0 = os.fstat(fd)
+        md5, sha = hashlib.md5(), hashlib.sha256()
+        count = [0]
+        if fmt == 'crypt4gh' and ctx.reencrypt == 'header':
+            if ctx.inbox_secret_key is None:
+                raise IngestError('key', f'{rel}: is Crypt4GH but no inbox secret key is configured')
+
+            def sink(plain: memoryview) -> None:
+                md5.update(plain)
+                sha.update(plain)
+                count[0] += len(plain)
+            out: Iterator[Any] = c4gh.reencrypt_header_stream(source, ctx.inbox_secret_key,
+                                                              ctx.archive_public_key, sink,
+                                                              chunk_size=ctx.chunk_size, label=rel)
+            stages.append(out)
+        else:
+            from_res = ctx.decrypt_via == 'res' and fmt in ('legacy_aes', 'openpgp')
+            plain = open_plaintext(src if from_res else source, fmt, ctx, label=rel)
+            hashed = _hashing(plain, [md5, sha], count)
+            out = c4gh.encrypt_stream(hashed, ctx.archive_public_key,
+                                      batch_segments=c4gh.segments_per_read(ctx.chunk_size))
+            stages += [plain, hashed, out]
+        try:
+            archive.make_dirs(final.parent, ctx.end_storage)
+            writer = archive.TempArchiveFile(final, ctx.file_mode, ctx.archive_checksum)
+        except OSError as e:
+            raise _io_error(rel, f'cannot create the archive temp file in {final.parent}', e) from None
+        while True:
+            try:
+                block = next(out)
+            except StopIteration:
+                break
+            except OSError as e:
+                raise _io_error(rel, 'reading or decrypting the source', e) from None
+            try:
+                writer.write(block)
+            except OSError as e:
+                raise _io_error(rel, f'writing the archive temp file in {final.parent}', e) from None
+        try:
+            archive_hex = writer.finish()
+        except OSError as e:
+            raise _io_error(rel, f'flushing the archive temp file in {final.parent}', e) from None
+        st1 = os.stat(src, follow_symlinks=False)
+        if (st1.st_ino, st1.st_size, st1.st_mtime_ns) != (st0.st_ino, st0.st_size, st0.st_mtime_ns):
+            raise IngestError('io', f'{rel}: source changed while it was being processed (still being '
+                                    'written?); try again once the transfer has finished')
+        md5_hex, sha_hex = md5.hexdigest(), sha.hexdigest()
+        hint = f' ({WRONG_PASSWORD_HINT})' if fmt == 'legacy_aes' else ''
+        if expected_md5 is not None and md5_hex != expected_md5:
+            raise IngestError('checksum', f'{rel}: plaintext md5 mismatch: manifest expects {expected_md5}, '
+                                          f'computed {md5_hex}{hint}')
+        if expected_sha is not None and sha_hex != expected_sha:
+            raise IngestError('checksum', f'{rel}: plaintext sha256 mismatch: manifest expects '
+                                          f'{expected_sha}, computed {sha_hex}{hint}')
+        try:
+            writer.commit()
+        except OSError as e:
+            raise _io_error(rel, f'moving the archived file into place at {final}', e) from None
+        try:
+            checksum.write_sidecar(final, archive_hex, ctx.archive_checksum, ctx.file_mode)
+        except OSError as e:
+            writer.uncommit()
+            raise _io_error(rel, f'writing the checksum sidecar next to {final}', e) from None
+        res.archive_path = str(final.absolute())
+        res.md5, res.sha256 = md5_hex, sha_hex
+        res.archive_checksum, res.archive_checksum_type = archive_hex, ctx.archive_checksum
+        res.archive_key = fingerprint(ctx.archive_public_key)
+        res.plain_size = count[0]
+        res.archive_size = writer.size
+        res.bytes_read = st0.st_size
+    finally:
+        for gen in reversed(stages):
+            gen.close()
+        source.close()
+        if writer is not None and not writer.committed:
+            writer.abort()

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: the benchmark's quick smoke mode (so it cannot rot), then every test suite in one
+# pytest run (unit, database on SQLite and PostgreSQL, real mpiexec, Slurm, browser).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python benchmarks/ingest.py --smoke
+python -m pytest -q -p no:cacheprovider tests "$@"

@@ -292,6 +292,96 @@ def cmd_log_event(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify_archive(cfg: Config, args: argparse.Namespace) -> int:
+    from .verify import run_verify
+
+    return run_verify(cfg, _mpi_team(args), _connect(cfg), args.dataset, args.decrypt)
+
+
+def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    from .report import collect, render_report
+
+    html = render_report(collect(_db(cfg), args.dataset))
+    out = Path(args.output)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, out)
+    print(f"report written to {out}")
+    return EXIT_OK
+
+
+def cmd_demo(cfg: Config | None, args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(Path(args.folder) if args.folder else None, args.files, args.ranks)
+
+
+def cmd_testdata(cfg: Config, args: argparse.Namespace) -> int:
+    from .keys import load_secret_key, public_from_secret
+    from .testdata import make_dataset, sizes_from_spec
+
+    sizes = sizes_from_spec(args.files, args.size, args.sizes, args.seed)
+    keys: dict[str, Any] = {}
+    if args.format == "c4gh":
+        if cfg.crypto.inbox_secret_key is None:
+            raise ConfigError(cfg.path, "crypto", "inbox_secret_key", "missing (c4gh test files are made for it)")
+        pw = cfg.crypto.inbox_passphrase.reveal() if cfg.crypto.inbox_passphrase else None
+        keys["inbox_pk"] = public_from_secret(load_secret_key(cfg.crypto.inbox_secret_key, pw))
+    elif args.format == "cip":
+        keys["legacy_password"] = cfg.crypto.legacy_password.reveal() if cfg.crypto.legacy_password else None
+        keys["legacy_cipher"] = cfg.crypto.legacy_cipher
+    elif args.format == "gpg":
+        keys["gpg_home"] = cfg.crypto.gnupg_home
+    metadata = cfg.workspaces.metadata or cfg.workspaces.receiving
+    entries = make_dataset(cfg.workspaces.receiving, metadata, args.dataset, sizes, args.format, seed=args.seed,
+                           **keys)
+    print(f"{len(entries)} {args.format} file(s), {sum(sizes)} plaintext bytes, in {cfg.workspaces.receiving}; "
+          f"manifests {metadata / (args.dataset + '.tab')} and {metadata / (args.dataset + '.json')}")
+    return EXIT_OK
+
+
+def cmd_count(cfg: Config, args: argparse.Namespace) -> int:
+    from .monitor import scan
+
+    ws = cfg.workspaces
+    rows = []
+    for name in ("receiving", "processing", "end_storage", "quarantine"):
+        folder = getattr(ws, name)
+        if folder is not None:
+            listing = list(scan(folder))
+            rows.append([name, len(listing), human(sum(st.st_size for _, st in listing)), str(folder)])
+    _print_table(rows, ["workspace", "files", "bytes", "folder"])
+    return EXIT_OK
+
+
+def cmd_track(cfg: Config, args: argparse.Namespace) -> int:
+    from .archive import archive_name
+    from .monitor import scan
+
+    state = Path(args.state) if args.state else (cfg.workspaces.metadata or cfg.workspaces.processing) / \
+        "legampi-track.json"
+    data = json.loads(state.read_text(encoding="utf-8")) if state.exists() else {}
+    if args.action == "start":
+        data = {"receiving": sorted(n for n, _ in scan(cfg.workspaces.receiving))}
+    elif args.action == "end":
+        data["end_storage"] = sorted(n for n, _ in scan(cfg.workspaces.end_storage))
+    if args.action in ("start", "end"):
+        state.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        key = "receiving" if args.action == "start" else "end_storage"
+        print(f"recorded {len(data[key])} file(s) of {key} in {state}")
+        return EXIT_OK
+    if "receiving" not in data or "end_storage" not in data:
+        print(f"{state}: run `legampi track start` before the transfer and `track end` after processing",
+              file=sys.stderr)
+        return EXIT_FAILED
+    archived = set(data["end_storage"])
+    lost = [n for n in data["receiving"] if archive_name(n, cfg.func.extensions) not in archived]
+    print(f"{len(data['receiving']) - len(lost)} of {len(data['receiving'])} file(s) arrived in the archive")
+    for n in lost:
+        print(f"  LOST {n}")
+    return EXIT_FAILED if lost else EXIT_OK
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -373,6 +463,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("event", choices=["requested", "download_start", "download_end", "processing_end",
                                       "date_requested", "date_download_start", "date_download_end",
                                       "date_processing_end"])
+
+    sp = add("verify-archive", cmd_verify_archive, "fixity audit: hash every archived file again and compare "
+             "with the database and sidecars (run under mpiexec/srun like process)")
+    sp.add_argument("--dataset")
+    sp.add_argument("--decrypt", action="store_true",
+                    help="also decrypt with [crypto] archive_secret_key and compare plaintext md5/sha256")
+
+    sp = add("report", cmd_report, "write a self-contained HTML report (datasets, timeline, throughput, failures)")
+    sp.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    sp.add_argument("--dataset")
+
+    sp = add("demo", cmd_demo, "run the whole pipeline on throwaway keys and data in a new folder (SQLite, "
+             "local folders, the packaged mpiexec)", needs_config=False)
+    sp.add_argument("folder", nargs="?", help="an empty or new folder (default: a new temporary folder)")
+    sp.add_argument("--files", type=int, default=36)
+    sp.add_argument("--ranks", type=int, default=3, help="MPI ranks for process (default 3: 2 workers)")
+
+    sp = add("testdata", cmd_testdata, "write encrypted test files into receiving and their manifests (tab and "
+             "EGA JSON) into metadata, with real checksums")
+    sp.add_argument("--dataset", default="EGAD00000000001")
+    sp.add_argument("--files", type=int, default=10)
+    sp.add_argument("--size", help="every file this size, e.g. 10MB (default 1MB)")
+    sp.add_argument("--sizes", help="lognormal:MEDIAN,SIGMA, e.g. lognormal:20MB,1.5")
+    sp.add_argument("--format", choices=["c4gh", "cip", "gpg", "plain"], default="c4gh")
+    sp.add_argument("--seed", type=int, default=1)
+
+    add("count", cmd_count, "files and bytes per workspace (the seed's FileCount)")
+
+    sp = add("track", cmd_track, "record receiving before a transfer, the archive after, and list what was lost "
+             "(the seed's TrackItems)")
+    sp.add_argument("action", choices=["start", "end", "compare"])
+    sp.add_argument("--state", help="where to keep the lists (default: metadata/legampi-track.json)")
     return p
 
 
@@ -380,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format, args.log_file)
-    team_cmd = args.command in ("process",)
+    team_cmd = args.command in ("process", "verify-archive")
     try:
         cfg = config_mod.load(args.config) if args.needs_config else None
         code = args.func(cfg, args)

@@ -128,7 +128,7 @@ class Database:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cur = self.execute(sql, params)
         names = [d[0] for d in cur.description]
-        return [{k: _iso(v) for k, v in zip(names, row)} for row in cur.fetchall()]
+        return [{k: _iso(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
 
     def _wrap(self, exc: Exception) -> Exception:
         if isinstance(exc, sqlite3.Error):
@@ -245,6 +245,14 @@ class Database:
         sql = "SELECT id, file_id, dataset_id, event, status, details, job_id, at FROM file_event"
         return self.query(sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id", params)
 
+    def archived_timeline(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
+        """When each file became available, with its size: the report's timeline."""
+        sql = ("SELECT e.at, coalesce(f.size, 0) AS bytes, e.dataset_id FROM file_event e JOIN file f "
+               "ON f.file_id = e.file_id WHERE e.event = 'available'")
+        if dataset_id is not None:
+            return self.query(sql + " AND e.dataset_id = ? ORDER BY e.at", (dataset_id,))
+        return self.query(sql + " ORDER BY e.at")
+
     def refresh_dataset_totals(self, dataset_ids: Iterable[str]) -> None:
         """n_files/n_bytes are derived from the file table so they are always the true totals."""
         for ds in sorted(set(dataset_ids)):
@@ -354,8 +362,8 @@ class Database:
             for chunk in _chunks(list(forget), 500):
                 self.execute(f"DELETE FROM trackingtable WHERE name IN ({','.join('?' * len(chunk))})", chunk)
             for name, size in sizes.items():
-                self.execute("UPDATE file SET size = ? WHERE file_name = ? AND (size IS NULL OR size <> ?)",
-                             (size, name, size))
+                # a size from the manifest is kept; the observed size only fills a gap
+                self.execute("UPDATE file SET size = ? WHERE file_name = ? AND size IS NULL", (size, name))
             seen = self.files(names=[r[0] for r in new_rows]) if new_rows else []
             self.stamp_dataset({r["dataset_id"] for r in seen} | {f["dataset_id"] for f in moved},
                                "date_download_start", ts)
@@ -396,6 +404,13 @@ class Database:
             return []
         return self.query("SELECT job_id, rank, host, files, bytes, seconds FROM job_rank WHERE job_id IN "
                           f"({','.join('?' * len(job_ids))}) ORDER BY job_id, rank", list(job_ids))
+
+    def job_failures(self, job_ids: Sequence[str]) -> dict[str, int]:
+        if not job_ids:
+            return {}
+        rows = self.query("SELECT job_id, count(*) AS n FROM file_event WHERE event = 'failed' AND job_id IN "
+                          f"({','.join('?' * len(job_ids))}) GROUP BY job_id", list(job_ids))
+        return {r["job_id"]: int(r["n"]) for r in rows}
 
     def claim(self, file_ids: Sequence[str], job_id: str, retry_failed: bool = False) -> list[str]:
         """Atomically mark files as `processing` for this job; returns those it got (no double claims)."""

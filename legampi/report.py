@@ -656,3 +656,31 @@ def render_report(data: dict) -> str:
         + "\n".join(body)
         + "\n</main>\n</body>\n</html>\n"
     )
+
+
+def collect(db: Any, dataset: str | None = None, runs: int = 10) -> dict[str, Any]:
+    """Gather the report's data from the tracking database (the shape render_report takes)."""
+    from .cli import status_data
+
+    status = status_data(db, dataset)
+    jobs = [j for j in db.jobs(runs) if j["command"] == "process"]
+    ranks: dict[str, list[dict[str, Any]]] = {}
+    for r in db.job_ranks([j["job_id"] for j in jobs]):
+        ranks.setdefault(r["job_id"], []).append(
+            {"rank": r["rank"], "host": r["host"], "files": r["files"], "bytes": r["bytes"], "seconds": r["seconds"]})
+    failures = db.job_failures([j["job_id"] for j in jobs])
+    run_rows = []
+    for j in jobs:
+        rr = ranks.get(j["job_id"], [])
+        run_rows.append({"job_id": j["job_id"], "started_at": j["started_at"], "ended_at": j["ended_at"],
+                         "files": sum(x["files"] for x in rr), "bytes": sum(x["bytes"] for x in rr),
+                         "failed": failures.get(j["job_id"], 0), "ranks": rr})
+    failed = [{"file_id": f["file_id"], "dataset_id": f["dataset_id"], "file_name": f["file_name"],
+               "error": f["error"], "updated_at": f["updated_at"]} for f in status["files"] if f["status"] == "failed"]
+    audits = [{"at": e["at"], "file_id": e["file_id"] or "", "dataset_id": e["dataset_id"] or "",
+               "result": e["event"].removeprefix("audit-"), "details": e["details"] or ""}
+              for e in db.events(dataset_id=dataset) if e["event"].startswith("audit-")]
+    return {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "title": "legampi archive report" + (f": dataset {dataset}" if dataset else ""),
+            "datasets": status["datasets"], "archived": db.archived_timeline(dataset), "runs": run_rows,
+            "failed": failed, "audits": audits}

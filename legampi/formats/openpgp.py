@@ -72,6 +72,9 @@ def classify_failure(status: dict[str, list[str]], returncode: int, produced: in
     if 'BADMDC' in status:
         return IngestError('corrupt', f'{label}: OpenPGP integrity check failed (BADMDC): the file is '
                                       'corrupted or truncated')
+    if 'DECRYPTION_FAILED' in status and not {'DECRYPTION_INFO', 'PLAINTEXT', 'BADMDC'} & status.keys():
+        return IngestError('key', f'{label}: gpg could not decrypt the session key (wrong gpg passphrase or '
+                                  'no matching secret key in the gnupg home)')
     keywords = ' '.join(k for k in status if k not in ('KEY_CONSIDERED', 'ENC_TO', 'PLAINTEXT'))
     return IngestError('corrupt', f'{label}: gpg decryption failed (exit {returncode}; status: '
                                   f'{keywords or "none"})')
@@ -85,7 +88,8 @@ def decrypt_stream(src: BinaryIO | str | os.PathLike, gnupg_home: Path | str | N
                                  'from an fd')
     own = isinstance(src, (str, os.PathLike))
     source = open(src, 'rb', buffering=0) if own else src
-    args = [GPG, '--batch', '--no-tty', '--quiet', '--no-auto-check-trustdb', '--pinentry-mode', 'loopback']
+    # no --quiet: with it gpg 2.2 omits the `ERROR pkdecrypt_failed` status that names a bad passphrase
+    args = [GPG, '--batch', '--no-tty', '--no-auto-check-trustdb', '--pinentry-mode', 'loopback']
     if gnupg_home is not None:
         args += ['--homedir', str(gnupg_home)]
     pass_fds: list[int] = []

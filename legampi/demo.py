@@ -1,0 +1,92 @@
+"""`legampi demo`: the whole pipeline on a fresh machine with the embedded default, in one folder.
+
+Throwaway inbox and archive key pairs, a dataset of a few dozen encrypted files of mixed sizes and its
+manifest, then the operator's real sequence: init-db, register, monitor passes until the transfer is
+seen as finished, `process` under the packaged mpiexec with several ranks, and the status table.
+Nothing outside the demo folder is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .testdata import make_dataset, sizes_from_spec
+
+
+def _keypair(folder: Path, name: str) -> tuple[Path, Path]:
+    from crypt4gh.keys.c4gh import generate
+
+    sk, pk = folder / f"{name}.sec", folder / f"{name}.pub"
+    generate(str(sk), str(pk), passphrase=None, comment=f"legampi demo {name}".encode())
+    os.chmod(sk, 0o600)
+    return sk, pk
+
+
+def mpiexec_path() -> str:
+    """The mpiexec next to this Python (the PyPI mpich wheel's), else the one on PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.exists():
+        return str(local)
+    found = shutil.which("mpiexec")
+    if not found:
+        raise FileNotFoundError("mpiexec not found: `pip install mpich` or load the site's MPI module")
+    return found
+
+
+def run(folder: Path | None, files: int, ranks: int, out=None) -> int:
+    out = out or sys.stdout
+    root = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="legampi-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    if any(root.iterdir()):
+        print(f"legampi demo: {root} is not empty; give a new or empty folder", file=sys.stderr)
+        return 2
+    for d in ("receiving", "processing", "archive", "metadata", "keys"):
+        (root / d).mkdir()
+    inbox_sk, inbox_pk = _keypair(root / "keys", "inbox")
+    archive_sk, archive_pk = _keypair(root / "keys", "archive")
+    cfg = root / "legampi.ini"
+    cfg.write_text(f"""# legampi demo configuration (embedded default: SQLite, local folders)
+[database]
+url = sqlite:///{root / 'tracking.db'}
+
+[func_conf]
+# the demo does not wait for real transfers: files older than 0 s, unchanged over 2 passes, have arrived
+age_limit = 0
+pass_limit = 2
+
+[workspaces]
+receiving = {root / 'receiving'}
+processing = {root / 'processing'}
+end_storage = {root / 'archive'}
+metadata = {root / 'metadata'}
+
+[crypto]
+inbox_secret_key = {inbox_sk}
+archive_public_key = {archive_pk}
+archive_secret_key = {archive_sk}
+""", encoding="utf-8")
+    from crypt4gh.keys import get_public_key
+
+    sizes = sizes_from_spec(files, None, "lognormal:256KiB,1.5", seed=7)
+    print(f"legampi demo in {root}: writing {files} Crypt4GH files "
+          f"({sum(sizes) / 1e6:.1f} MB of plaintext) into receiving/", file=out)
+    make_dataset(root / "receiving", root / "metadata", "EGAD00000000001", sizes, "c4gh",
+                 inbox_pk=get_public_key(str(inbox_pk)))
+    legampi = [sys.executable, "-m", "legampi", "-c", str(cfg)]
+    steps = [("init-db",), ("register", str(root / "metadata" / "EGAD00000000001.json"))]
+    steps += [("monitor",)] * 3
+    for step in steps:
+        print(f"$ legampi {' '.join(step)}", file=out, flush=True)
+        subprocess.run([*legampi, *step], check=True)
+    print(f"$ mpiexec -n {ranks} legampi process", file=out, flush=True)
+    code = subprocess.run([mpiexec_path(), "-n", str(ranks), *legampi, "process"]).returncode
+    print("$ legampi status --brief", file=out, flush=True)
+    subprocess.run([*legampi, "status", "--brief"], check=True)
+    print(f"\nArchive: {root / 'archive'} (decrypt a file with: crypt4gh decrypt --sk {archive_sk} < FILE.c4gh)\n"
+          f"Config:  {cfg}\nNext:    legampi -c {cfg} status", file=out)
+    return code

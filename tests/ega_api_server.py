@@ -1,0 +1,134 @@
+"""Stand-in for the EGA metadata API, for tests only.
+
+`GET /elixir/data/metadata/datasets/<DATASET_ID>/files` with HTTP basic auth answers with the JSON
+shape the real API uses: a list of objects with fileId, datasetId, fileName, fileSize, checksum,
+checksumType, unencryptedChecksum, unencryptedChecksumType and fileStatus. Switches make it answer
+5xx a given number of times before succeeding, always 401, or hang until the client times out.
+Bound to 127.0.0.1 on a free port (port 0), served from a background thread.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PATH_TEMPLATE = "/elixir/data/metadata/datasets/{dataset}/files"
+
+
+def ega_file(file_id: str, dataset_id: str, name: str, size: int, md5: str, sha256: str | None = None,
+             status: str = "available") -> dict[str, Any]:
+    """One file object in the API's shape (plaintext md5 in checksum, plaintext sha256 in unencryptedChecksum)."""
+    obj: dict[str, Any] = {"fileId": file_id, "datasetId": dataset_id, "fileName": name, "fileSize": size,
+                           "checksum": md5, "checksumType": "MD5", "fileStatus": status}
+    if sha256 is not None:
+        obj["unencryptedChecksum"] = sha256
+        obj["unencryptedChecksumType"] = "SHA256"
+    return obj
+
+
+class EgaApiServer:
+    """Threaded HTTP server in the background; use as a context manager.
+
+    datasets: dataset id -> list of file objects (see ega_file) served as JSON.
+    fail_first: answer `fail_status` (a 5xx) to this many requests before answering normally.
+    always_status: answer every request with this status (e.g. 401) regardless of credentials.
+    hang: never answer (until the server stops), so the client's timeout fires.
+    body: serve these raw bytes instead of the JSON (for garbage answers).
+    """
+
+    def __init__(self, datasets: dict[str, list[dict[str, Any]]], user: str = "ega-test-user",
+                 password: str = "ega-test-password", fail_first: int = 0, fail_status: int = 500,
+                 always_status: int | None = None, hang: bool = False, body: bytes | None = None) -> None:
+        self.datasets = datasets
+        self.user, self.password = user, password
+        self.fail_first, self.fail_status = fail_first, fail_status
+        self.always_status, self.hang, self.body = always_status, hang, body
+        self.requests: list[dict[str, Any]] = []  # path, user, password_ok, status answered
+        self._release = threading.Event()
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("server not started")
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        """The URL template for `[api] api_url`, with the literal DATASETID placeholder."""
+        return self.base + PATH_TEMPLATE.format(dataset="DATASETID")
+
+    def start(self) -> EgaApiServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+                return  # requests are recorded in server.requests
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib name
+                user, pw_ok = server._credentials(self.headers.get("Authorization", ""))
+                with server._lock:
+                    n = len(server.requests)
+                    rec = {"path": self.path, "user": user, "password_ok": pw_ok, "status": None}
+                    server.requests.append(rec)
+                if server.hang:
+                    server._release.wait(30)
+                    return
+                if server.always_status is not None:
+                    return self._answer(rec, server.always_status, b'{"error": "forced"}')
+                if n < server.fail_first:
+                    return self._answer(rec, server.fail_status, b'{"error": "try again later"}')
+                if user != server.user or not pw_ok:
+                    return self._answer(rec, 401, b'{"error": "unauthorised"}')
+                for ds, files in server.datasets.items():
+                    if self.path == PATH_TEMPLATE.format(dataset=ds):
+                        body = server.body if server.body is not None else json.dumps(files).encode()
+                        return self._answer(rec, 200, body)
+                return self._answer(rec, 404, b'{"error": "no such dataset"}')
+
+            def _answer(self, rec: dict[str, Any], status: int, body: bytes) -> None:
+                rec["status"] = status
+                self.send_response(status)
+                if status == 401:
+                    self.send_header("WWW-Authenticate", 'Basic realm="ega"')
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="ega-api", daemon=True)
+        self._thread.start()
+        return self
+
+    def _credentials(self, header: str) -> tuple[str | None, bool]:
+        if not header.startswith("Basic "):
+            return None, False
+        try:
+            user, _, pw = base64.b64decode(header[6:]).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None, False
+        return user, pw == self.password
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(10)
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> EgaApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

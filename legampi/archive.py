@@ -108,7 +108,7 @@ def make_dirs(path: Path, top: Path, mode: int = DIR_MODE) -> None:
         raise IngestError('unsafe_path', f'{path} is outside {top}')
     missing = []
     p = path
-    while not p.exists() and p != top_abs and p != p.parent:
+    while not p.exists() and p != p.parent:
         missing.append(p)
         p = p.parent
     for d in reversed(missing):

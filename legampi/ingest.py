@@ -49,13 +49,21 @@ def array_share(branches: int | None, branch: int | None, env: dict[str, str] | 
 
 
 def pid_alive(pid: int) -> bool:
+    """Is process PID of this host still running? A zombie (exited, not yet reaped) counts as dead."""
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:  # no /proc: fall back to signal 0
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
 
 
 @dataclass

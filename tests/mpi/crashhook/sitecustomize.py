@@ -1,0 +1,21 @@
+"""Test-only fault injection, loaded through PYTHONPATH: makes one rank raise inside the pipeline.
+
+LEGAMPI_TEST_CRASH_RANK=R makes rank R raise RuntimeError on its first file, which must end the whole
+MPI job promptly with a non-zero status (no hang until the walltime).
+"""
+
+import os
+
+if os.environ.get("LEGAMPI_TEST_CRASH_RANK"):
+    import legampi.stream as _stream
+
+    _real = _stream.process_file
+
+    def process_file(task, ctx, **kw):  # noqa: ANN001, ANN003, ANN201
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.Get_rank() == int(os.environ["LEGAMPI_TEST_CRASH_RANK"]):
+            raise RuntimeError(f"injected crash on rank {MPI.COMM_WORLD.Get_rank()}")
+        return _real(task, ctx, **kw)
+
+    _stream.process_file = process_file

@@ -240,7 +240,7 @@ def encrypt_stream(chunks: Iterable[bytes | bytearray | memoryview], recipient_p
         if rest:
             pview[:rest] = mv[pos:]
             plen = rest
-    if plen > 1:
+    if plen:
         olen += encrypt(oview[olen:olen + plen + CIPHER_DIFF], pview[:plen], session_key)
     if olen:
         yield oview[:olen]

@@ -206,8 +206,8 @@ def start_mpi(ws: Workspace, n: int, *args: str, tag: str = "job") -> subprocess
     """Start `mpiexec -n N legampi -c CONFIG ARGS` in the background; output goes to files under root."""
     logs = ws.root / "logs"
     logs.mkdir(exist_ok=True)
-    out = open(logs / f"{tag}.out", "w")  # noqa: SIM115 - closed by finish()
-    err = open(logs / f"{tag}.err", "w")  # noqa: SIM115
+    out = open(logs / f"{tag}.out", "w")  # closed by finish()
+    err = open(logs / f"{tag}.err", "w")
     cmd = [MPIEXEC, "-n", str(n), LEGAMPI, "-c", str(ws.config), *args] if n else \
         [LEGAMPI, "-c", str(ws.config), *args]
     p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ws.root)
@@ -329,7 +329,4 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
             for p in all_files(root)}
 
 
-@pytest.fixture
-def pg_only(db_url: str) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL-only scenario")
+PG_ONLY = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

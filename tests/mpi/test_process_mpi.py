@@ -33,9 +33,9 @@ def _events(ws, event: str) -> list[dict]:
 
 
 def _plain_of(ws, archived: Path) -> bytes:
-    from crypt4gh.keys import get_private_key
-
     import io
+
+    from crypt4gh.keys import get_private_key
 
     sk = get_private_key(str(ws.archive_sk), lambda: None)
     out = io.BytesIO()

@@ -11,7 +11,7 @@ if os.environ.get("LEGAMPI_TEST_CRASH_RANK"):
 
     _real = _stream.process_file
 
-    def process_file(task, ctx, **kw):  # noqa: ANN001, ANN003, ANN201
+    def process_file(task, ctx, **kw):
         from mpi4py import MPI
 
         if MPI.COMM_WORLD.Get_rank() == int(os.environ["LEGAMPI_TEST_CRASH_RANK"]):

@@ -141,7 +141,11 @@ class TempArchiveFile:
         self.committed = False
         self._fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
                                        | os.O_NOFOLLOW, mode)
-        os.fchmod(self._fd, mode)
+        try:
+            os.fchmod(self._fd, mode)  # the umask must not decide the archive's permissions
+        except BaseException:
+            self.abort()
+            raise
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hash and write all of `data` (os.write may write less than asked)."""

@@ -505,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     team_cmd = args.command in ("process", "verify-archive")
     try:
         cfg = config_mod.load(args.config) if args.needs_config else None
+        if not team_cmd and _launched_by_mpi():
+            return _rank0_only(cfg, args)
         code = args.func(cfg, args)
     except ConfigError as exc:
         print(f"legampi: configuration error: {exc}", file=sys.stderr)
@@ -520,6 +522,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if team_cmd and _world_size() > 1 and not isinstance(exc, SystemExit):
             _crash(exc)
         raise
+    return code
+
+
+def _launched_by_mpi() -> bool:
+    from .parallel import launched_by_mpi
+
+    return launched_by_mpi()
+
+
+def _rank0_only(cfg: Config | None, args: argparse.Namespace) -> int:
+    """A one-rank command started under mpiexec/srun runs on rank 0 only; the other ranks wait for its
+    exit status (so `mpiexec -n 4 legampi monitor` is one pass, not four racing ones)."""
+    from .parallel import Team
+
+    team = Team()
+    code = EXIT_FAILED
+    try:
+        if team.coordinator:
+            code = args.func(cfg, args)
+    finally:
+        code = team.bcast(code)
     return code
 
 

@@ -65,7 +65,7 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class FuncConfig:
-    chunk_size: int = 4 * 1024 * 1024
+    chunk_size: int = 1024 * 1024
     age_limit: int = 300
     pass_limit: int = 3
     extensions: tuple[str, ...] = (".c4gh", ".cip", ".gpg")

@@ -361,9 +361,12 @@ class Database:
                                  "WHERE name = ?", (s, m, p, ts, n))
             for chunk in _chunks(list(forget), 500):
                 self.execute(f"DELETE FROM trackingtable WHERE name IN ({','.join('?' * len(chunk))})", chunk)
+            moved_names = {f["file_name"] for f in moved}
             for name, size in sizes.items():
-                # a size from the manifest is kept; the observed size only fills a gap
-                self.execute("UPDATE file SET size = ? WHERE file_name = ? AND size IS NULL", (size, name))
+                # a size from the manifest is kept; the observed size only fills a gap, and only once the
+                # transfer has finished (a growing file's first partial size must not stick)
+                if name in moved_names:
+                    self.execute("UPDATE file SET size = ? WHERE file_name = ? AND size IS NULL", (size, name))
             seen = self.files(names=[r[0] for r in new_rows]) if new_rows else []
             self.stamp_dataset({r["dataset_id"] for r in seen} | {f["dataset_id"] for f in moved},
                                "date_download_start", ts)

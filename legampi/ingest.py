@@ -206,6 +206,9 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     rep = RecoveryReport()
     ws, exts = cfg.workspaces, cfg.func.extensions
     host = socket.gethostname()
+    # List temp files BEFORE reading the database: a live job commits its claim before it creates a temp
+    # file, so every temp seen here has its claim in the snapshot below and is not mistaken for debris.
+    temps = [rel for rel, _st in scan(ws.end_storage) if archive.is_temp_name(rel)]
     stale = db.stale_claims(cfg.func.claim_timeout, host, pid_alive)
     stale_ids = {r["file_id"] for r in stale}
     by_archive: dict[str, dict[str, Any]] = {}
@@ -215,9 +218,7 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     live_claims = {f["file_id"] for f in files if f["status"] == "processing" and f["file_id"] not in stale_ids}
 
     # 2. temp files
-    for rel, _st in list(scan(ws.end_storage)):
-        if not archive.is_temp_name(rel):
-            continue
+    for rel in temps:
         final = (PurePosixPath(rel).parent / archive.final_name_of_temp(rel)).as_posix()
         for algo in (".sha256", ".md5"):  # a sidecar's temp belongs to the archived file's owner too
             final = final.removesuffix(algo) if final.endswith(".c4gh" + algo) else final
@@ -290,6 +291,7 @@ class Summary:
     available: int = 0
     failed: int = 0
     bytes: int = 0
+    bytes_available: int = 0
     seconds: float = 0.0
     ranks: dict[int, list[float]] = field(default_factory=dict)  # rank -> [files, bytes, seconds]
     hosts: dict[int, str] = field(default_factory=dict)
@@ -305,6 +307,7 @@ class Summary:
             s.bytes += r.bytes_read
             if r.status == "available":
                 s.available += 1
+                s.bytes_available += r.bytes_read
             else:
                 s.failed += 1
                 s.failures.append(f"{r.rel} (file {r.file_id}): {r.error}")
@@ -321,7 +324,9 @@ class Summary:
     def lines(self) -> list[str]:
         mbs = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
         out = [f"job {self.job_id}: {self.files} file(s), {self.available} available, {self.failed} failed, "
-               f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s = {mbs:.1f} MB/s overall"
+               f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s = {mbs:.1f} MB/s overall "
+               f"({self.bytes_available / 1e6:.1f} MB available, "
+               f"{(self.bytes - self.bytes_available) / 1e6:.1f} MB failed)"
                + (" (stopped early by signal)" if self.stopped else "")]
         for rank, host, files, nbytes, secs in self.rank_rows():
             rate = nbytes / secs / 1e6 if secs > 0 else 0.0

@@ -20,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger("legampi.parallel")
 
-TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING = range(1, 7)
+TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING, RESULT_OF_JOB = range(1, 8)
 MAX_WAIT = 0.01
 
 
@@ -85,9 +85,15 @@ class Team:
         return [f"rank {r}: {m}" for good, r, m in everyone if not good]
 
     def bcast(self, obj: Any) -> Any:
+        """Rank 0's OBJ on every rank. Point-to-point with polling receives, because workers often wait
+        here while rank 0 finishes its database work and MPICH's collective would spin their cores."""
         if self.comm is None or self.size == 1:
             return obj
-        return self.comm.bcast(obj, root=0)
+        if self.rank == 0:
+            for w in range(1, self.size):
+                self.comm.send(obj, dest=w, tag=RESULT_OF_JOB)
+            return obj
+        return self._recv(0)[0]
 
     def abort(self, code: int = 1) -> None:
         """End every rank now (an exception on one rank must not leave the others waiting forever)."""
@@ -233,6 +239,15 @@ class Team:
                 told = True
             task = queue.popleft()
             self.comm.send(work(task), dest=0, tag=RESULT)
+
+
+def launched_by_mpi(env: dict[str, str] | None = None) -> bool:
+    """Was this process started by mpiexec/srun as one of several ranks? (Tells without importing MPI.)"""
+    env = dict(os.environ if env is None else env)
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "MPI_LOCALNRANKS"):
+        if env.get(var, "").isdigit() and int(env[var]) > 1:
+            return True
+    return False
 
 
 def order(tasks: list[Any], schedule: str, key: Callable[[Any], int], name: Callable[[Any], str],

@@ -114,7 +114,10 @@ class PipelineContext:
         ws, func, crypto = cfg.workspaces, cfg.func, cfg.crypto
 
         def reveal(secret: Any) -> str | None:
-            return None if secret is None else secret.reveal()
+            # config.Secret has .reveal(); accept a plain str too (res_source_key may be either)
+            if secret is None:
+                return None
+            return secret.reveal() if hasattr(secret, 'reveal') else str(secret)
 
         inbox = None
         if crypto.inbox_secret_key is not None:
@@ -130,7 +133,7 @@ class PipelineContext:
             gnupg_home=Path(crypto.gnupg_home) if crypto.gnupg_home is not None else None,
             gpg_passphrase=reveal(crypto.gpg_passphrase),
             decrypt_via=crypto.decrypt_via, res_url=func.res_url,
-            res_source_format=crypto.res_source_format, res_source_key=crypto.res_source_key,
+            res_source_format=crypto.res_source_format, res_source_key=reveal(crypto.res_source_key),
             file_mode=crypto.file_mode, chunk_size=func.chunk_size)
 
     def secrets(self) -> list[str]:
@@ -220,6 +223,11 @@ def _process(task: FileTask, ctx: PipelineContext, src: Path, res: FileResult) -
     stages: list[Any] = []  # generators to close on failure (a gpg child must not outlive its file)
     try:
         st0 = os.fstat(fd)
+        try:
+            archive.make_dirs(final.parent, ctx.end_storage)
+            writer = archive.TempArchiveFile(final, ctx.file_mode, ctx.archive_checksum)
+        except OSError as e:
+            raise _io_error(rel, f'cannot create the archive temp file in {final.parent}', e) from None
         md5, sha = hashlib.md5(), hashlib.sha256()
         count = [0]
         if fmt == 'crypt4gh' and ctx.reencrypt == 'header':
@@ -241,11 +249,6 @@ def _process(task: FileTask, ctx: PipelineContext, src: Path, res: FileResult) -
             out = c4gh.encrypt_stream(hashed, ctx.archive_public_key,
                                       batch_segments=c4gh.segments_per_read(ctx.chunk_size))
             stages += [plain, hashed, out]
-        try:
-            archive.make_dirs(final.parent, ctx.end_storage)
-            writer = archive.TempArchiveFile(final, ctx.file_mode, ctx.archive_checksum)
-        except OSError as e:
-            raise _io_error(rel, f'cannot create the archive temp file in {final.parent}', e) from None
         while True:
             try:
                 block = next(out)

@@ -47,10 +47,10 @@ class ResServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = 'HTTP/1.1'
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: object) -> None:
                 return  # keep test output clean; requests are recorded in server.requests
 
-            def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            def do_GET(self) -> None:
                 q = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
                 server.requests.append(q)
                 path = q.get('filePath', '')
@@ -58,7 +58,8 @@ class ResServer:
                 if q.get('destinationFormat') != 'plain' or fmt not in KEY_BYTES or 'sourceKey' not in q:
                     return self._fail(400, 'bad parameters')
                 p = Path(path)
-                if not p.is_absolute() or (server.root is not None and not p.resolve().is_relative_to(server.root)):
+                outside = server.root is not None and not p.resolve().is_relative_to(server.root)
+                if not p.is_absolute() or outside:
                     return self._fail(403, 'path not allowed')
                 if not p.is_file():
                     return self._fail(404, 'no such file')

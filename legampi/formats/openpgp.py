@@ -82,7 +82,10 @@ def classify_failure(status: dict[str, list[str]], returncode: int, produced: in
 
 def decrypt_stream(src: BinaryIO | str | os.PathLike, gnupg_home: Path | str | None, passphrase: str | None,
                    chunk_size: int = 4 << 20, label: str = '<stream>') -> Iterator[memoryview]:
-    """Plaintext chunks of an OpenPGP file; gpg is killed and reaped if the caller stops early."""
+    """Plaintext chunks of an OpenPGP file; gpg is killed and reaped if the caller stops early.
+
+    A generator: gpg starts at the first next(), so a pipeline that fails before reading leaks no child.
+    """
     if passphrase is not None and ('\n' in passphrase or '\r' in passphrase):
         raise IngestError('key', f'{label}: the gpg passphrase contains a newline, which gpg cannot read '
                                  'from an fd')
@@ -128,7 +131,7 @@ def decrypt_stream(src: BinaryIO | str | os.PathLike, gnupg_home: Path | str | N
     proc.stderr.close()
     status_thread.start()
     stderr_thread.start()
-    return _run(proc, status_thread, stderr_thread, source if own else None, chunk_size, label)
+    yield from _run(proc, status_thread, stderr_thread, source if own else None, chunk_size, label)
 
 
 def _run(proc: subprocess.Popen, status_thread: _Drain, stderr_thread: _Drain, own_source: BinaryIO | None,

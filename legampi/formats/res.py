@@ -22,7 +22,10 @@ def fetch_plaintext(url: str | None, path: str, source_format: str, source_key: 
                     chunk_size: int = 4 << 20, label: str = '<stream>',
                     timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
                     session: requests.Session | None = None) -> Iterator[bytes]:
-    """Plaintext chunks of `path` as decrypted by RES (`destinationFormat=plain`)."""
+    """Plaintext chunks of `path` as decrypted by RES (`destinationFormat=plain`).
+
+    A generator: the request is made at the first next(), and the response is always closed.
+    """
     if not url:
         raise IngestError('io', f'{label}: decrypt_via = res but no res_url is configured')
     params = {'filePath': path, 'sourceFormat': source_format, 'destinationFormat': 'plain'}
@@ -35,7 +38,7 @@ def fetch_plaintext(url: str | None, path: str, source_format: str, source_key: 
         # `from None`: the exception text carries the full URL including sourceKey.
         raise IngestError('io', f'{label}: cannot reach the re-encryption service '
                                 f'({type(e).__name__})') from None
-    return _body(resp, chunk_size, label)
+    yield from _body(resp, chunk_size, label)
 
 
 def _body(resp: requests.Response, chunk_size: int, label: str) -> Iterator[bytes]:

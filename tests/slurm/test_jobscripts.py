@@ -32,6 +32,7 @@ JOBSCRIPTS = REPO / "jobscripts"
 BIN = Path(sys.executable).parent
 LEGAMPI = str(BIN / "legampi")
 VENV = str(BIN.parent)
+CRASH_HOOK = REPO / "tests" / "mpi" / "crashhook"  # LEGAMPI_TEST_CRASH_RANK=R: rank R raises
 JOB_TIMEOUT = 240.0
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 postgresql_only = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -85,6 +86,16 @@ def _events(ws: Workspace, event: str) -> list[dict[str, Any]]:
         db.close()
 
 
+def _slurm_jobs(events: list[dict[str, Any]]) -> list[str]:
+    """The Slurm job of each event: legampi's job id is slurm-<job>[_<task>]-<start time>."""
+    out = []
+    for ev in events:
+        m = re.fullmatch(r"slurm-(\d+(?:_\d+)?)-\d+", ev["job_id"] or "")
+        assert m, f"event {ev} has no Slurm job id"
+        out.append(m.group(1))
+    return out
+
+
 def _plain_of(ws: Workspace, archived: Path) -> bytes:
     from crypt4gh.keys import get_private_key
     from crypt4gh.lib import decrypt
@@ -125,12 +136,12 @@ def test_ingest_archives_every_file(slurm_cluster: SlurmCluster, workspace: Work
     assert "12 file(s), 12 available, 0 failed" in out
     # rank 0 coordinates, ranks 1 and 2 stream: one MPI world of 3 under srun, not 3 singletons
     assert set(re.findall(r" rank (\d+) on ", out)) == {"1", "2"}, out
-    assert f"legampi process exited 0" in out
+    assert "legampi process exited 0" in out
     assert _by_status(workspace) == {"available": {e["name"] for e in entries}}
     for e in entries:
         assert _plain_of(workspace, workspace.end_storage / e["name"]) == e["plain"]
         assert not (workspace.processing / e["name"]).exists()
-    assert {ev["job_id"] for ev in _events(workspace, "available")} == {f"slurm-{job_id}"}
+    assert set(_slurm_jobs(_events(workspace, "available"))) == {job_id}
     assert _temp_files(workspace) == []
 
 
@@ -149,7 +160,6 @@ def test_ingest_config_from_environment_and_extra_options(slurm_cluster: SlurmCl
                                      "pending": {e["name"] for e in entries[:3]}}
 
 
-@sqlite_only
 def test_ingest_without_config_fails_clearly(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [], tmp_path, _env(slurm_cluster),
                             options=("-n", "1"))
@@ -189,18 +199,24 @@ def test_ingest_fails_when_ranks_cannot_start(slurm_cluster: SlurmCluster, works
 @sqlite_only
 def test_ingest_fails_when_a_rank_crashes(slurm_cluster: SlurmCluster, workspace: Workspace,
                                           tmp_path: Path) -> None:
-    """Rank 0 raises after claiming (archive folder is a file): the job ends FAILED, the step is not hung."""
-    _dataset(workspace, 4, 1000)
-    text = workspace.config.read_text()
-    blocker = workspace.root / "not-a-folder"
-    blocker.write_text("a file where the archive folder should be\n")
-    workspace.config.write_text(text.replace(f"end_storage = {workspace.end_storage}", f"end_storage = {blocker}"))
-    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path,
-                            _env(slurm_cluster), options=("-n", "3"))
+    """A worker rank raises on its first file: the whole step ends (no hang), the job is FAILED."""
+    entries = _dataset(workspace, 4, 1000)
+    env = _env(slurm_cluster, PYTHONPATH=f"{CRASH_HOOK}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               LEGAMPI_TEST_CRASH_RANK="2")
+    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path, env,
+                            options=("-n", "3"))
     out = _output(tmp_path, f"legampi-ingest-{job_id}.out")
     assert rc != 0, out
     assert slurm_cluster.job_field(job_id, "JobState") == "FAILED"
-    assert str(blocker) in out, out
+    assert "injected crash on rank 2" in out, out
+    assert re.search(r"legampi process exited [1-9]", out), out
+
+    rc, rerun_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path,
+                              _env(slurm_cluster), options=("-n", "3"))
+    out = _output(tmp_path, f"legampi-ingest-{rerun_id}.out")
+    assert rc == 0, out
+    assert _by_status(workspace) == {"available": {e["name"] for e in entries}}
+    assert _temp_files(workspace) == []
 
 
 # ---------------------------------------------------------------------- walltime warning
@@ -245,10 +261,8 @@ def test_usr1_stops_cleanly_and_rerun_finishes(slurm_cluster: SlurmCluster, work
     assert rc == 0, out
     assert _by_status(workspace) == {"available": names}
     done = _events(workspace, "available")
-    assert sorted(ev["file_name"] if "file_name" in ev else ev["file_id"] for ev in done) == sorted(
-        {ev["file_id"] for ev in done}), "each file archived once"
-    assert len(done) == len(names)
-    assert {ev["job_id"] for ev in done} == {f"slurm-{job_id}", f"slurm-{rerun_id}"}
+    assert len(done) == len(names) == len({ev["file_id"] for ev in done}), "each file archived once"
+    assert set(_slurm_jobs(done)) == {job_id, rerun_id}
     assert _temp_files(workspace) == []
 
 
@@ -270,10 +284,9 @@ def test_array_tasks_take_their_shares(slurm_cluster: SlurmCluster, workspace: W
     assert len(done) == len(names) and len({ev["file_id"] for ev in done}) == len(names), "each file once"
     file_name = {f["file_id"]: f["file_name"] for f in _status(workspace)["files"]}
     took: dict[str, set[str]] = {}
-    for ev in done:
-        took.setdefault(ev["job_id"], set()).add(file_name[ev["file_id"]])
-    assert took == {f"slurm-{array_id}_1": set(share(names, 2, 1)),
-                    f"slurm-{array_id}_2": set(share(names, 2, 2))}
+    for ev, job in zip(done, _slurm_jobs(done), strict=True):
+        took.setdefault(job, set()).add(file_name[ev["file_id"]])
+    assert took == {f"{array_id}_1": set(share(names, 2, 1)), f"{array_id}_2": set(share(names, 2, 2))}
 
 
 @sqlite_only
@@ -376,7 +389,6 @@ def test_monitor_stop_file_ends_the_chain(slurm_cluster: SlurmCluster, workspace
 @sqlite_only
 @pytest.mark.mpi
 def test_run_local_monitors_then_ingests(workspace: Workspace, tmp_path: Path) -> None:
-    _set_option(workspace, "func_conf", "")  # keep the file parseable after edits below
     text = workspace.config.read_text().replace("pass_limit = 2", "pass_limit = 1")
     workspace.config.write_text(text)
     entries = _dataset(workspace, 4, 3000, where="receiving")

@@ -95,11 +95,13 @@ def gnupg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     home.chmod(0o700)
     (home / 'gpg-agent.conf').write_text('default-cache-ttl 0\nmax-cache-ttl 0\nallow-loopback-pinentry\n')
     run([GPG, '--homedir', str(home), '--batch', '--pinentry-mode', 'loopback', '--passphrase-fd', '0',
-         '--quick-gen-key', GPG_UID, 'future-default', 'default', 'never'], input=GPG_PASSPHRASE.encode() + b'\n')
+         '--quick-gen-key', GPG_UID, 'future-default', 'default', 'never'],
+        input=GPG_PASSPHRASE.encode() + b'\n')
     yield home
     gpgconf = shutil.which('gpgconf')
     if gpgconf:
-        subprocess.run([gpgconf, '--homedir', str(home), '--kill', 'gpg-agent'], capture_output=True, check=False)
+        subprocess.run([gpgconf, '--homedir', str(home), '--kill', 'gpg-agent'], capture_output=True,
+                       check=False)  # best effort: the agent also exits when its home disappears
 
 
 class Plaintexts:
@@ -148,8 +150,10 @@ def openssl_cip(plain: Path, password: str, cipher: str, out: Path, iv: bytes | 
     if OPENSSL is None:
         pytest.skip('openssl not installed')
     keylen = {'aes128': 16, 'aes256': 32}[cipher]
-    kdf = run([OPENSSL, 'kdf', '-keylen', str(keylen), '-kdfopt', 'digest:SHA1', '-kdfopt', f'pass:{password}',
-               '-kdfopt', 'hexsalt:f42201009edf4e15', '-kdfopt', 'iter:1024', 'PBKDF2'])
+    # note `hexsalt:`: openssl reads `salt:hex:...` as the literal string "hex:..."
+    kdf = run([OPENSSL, 'kdf', '-keylen', str(keylen), '-kdfopt', 'digest:SHA1',
+               '-kdfopt', f'pass:{password}', '-kdfopt', 'hexsalt:f42201009edf4e15', '-kdfopt', 'iter:1024',
+               'PBKDF2'])
     key = kdf.stdout.decode().strip().replace(':', '').lower()
     assert len(key) == 2 * keylen
     iv = os.urandom(16) if iv is None else iv
@@ -235,7 +239,8 @@ def snapshot(path: Path) -> tuple[bytes, int]:
 def h() -> SimpleNamespace:
     """Helpers and constants for the tests (a fixture, because importing `conftest` is ambiguous)."""
     return SimpleNamespace(
-        c4gh_encrypt=c4gh_encrypt, c4gh_decrypt=c4gh_decrypt, openssl_cip=openssl_cip, gpg_encrypt=gpg_encrypt,
+        c4gh_encrypt=c4gh_encrypt, c4gh_decrypt=c4gh_decrypt, openssl_cip=openssl_cip,
+        gpg_encrypt=gpg_encrypt,
         task_for=task_for, snapshot=snapshot, run=run, LEGACY_PASSWORD=LEGACY_PASSWORD,
         GPG_PASSPHRASE=GPG_PASSPHRASE, LOCKED_KEY_PASSPHRASE=LOCKED_KEY_PASSPHRASE, EXTENSIONS=EXTENSIONS,
         C4GH=C4GH, GPG=GPG, OPENSSL=OPENSSL)

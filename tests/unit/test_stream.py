@@ -101,7 +101,8 @@ def test_roundtrip(kind: str, size: int, ws, keys, plaintexts, h, res_server_cls
 def test_md5_archive_checksum_and_file_mode(ws, keys, plaintexts, h) -> None:
     src, data = plaintexts.make(100_000)
     rel = make_input('c4gh-full', src, ws, h, None, rel_stem='x.bam')
-    result = process_file(h.task_for(rel, data, with_sha=False), ws.ctx(archive_checksum='md5', file_mode=0o600))
+    ctx = ws.ctx(archive_checksum='md5', file_mode=0o600)
+    result = process_file(h.task_for(rel, data, with_sha=False), ctx)
     assert result.status == 'available', result.error
     final = ws.end_storage / 'x.bam.c4gh'
     side = ws.end_storage / 'x.bam.c4gh.md5'
@@ -390,6 +391,23 @@ def test_context_from_config(ws, keys, h, tmp_path: Path) -> None:
     assert ctx.legacy_password == 'lp' and ctx.gpg_passphrase is None
     with pytest.raises(ValueError):
         dataclasses.replace(ctx, reencrypt='sometimes')
+
+
+def test_context_from_real_config_classes(ws, keys, h) -> None:
+    """The attribute contract against legampi.config's own dataclasses, when that module is present."""
+    config = pytest.importorskip('legampi.config')
+    from types import SimpleNamespace
+    cfg = SimpleNamespace(
+        workspaces=config.Workspaces(receiving=ws.root, processing=ws.processing, end_storage=ws.end_storage,
+                                     quarantine=ws.quarantine),
+        func=config.FuncConfig(),
+        crypto=config.CryptoConfig(archive_public_key=keys.archive.pub, inbox_secret_key=keys.locked.sec,
+                                   inbox_passphrase=config.Secret(h.LOCKED_KEY_PASSPHRASE, 'test'),
+                                   legacy_password=config.Secret('Lp-Secret-55', 'test')))
+    ctx = PipelineContext.from_config(cfg)
+    assert ctx.inbox_secret_key == load_locked(keys, h) and ctx.legacy_password == 'Lp-Secret-55'
+    assert ctx.quarantine == ws.quarantine and ctx.extensions == ('.c4gh', '.cip', '.gpg')
+    assert 'Lp-Secret-55' not in repr(ctx)
 
 
 def load_locked(keys, h) -> bytes:

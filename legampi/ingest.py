@@ -115,16 +115,21 @@ class Recorder:
         self.reconnect, self.retries, self.backoff = reconnect, retries, backoff
         self.buffer: list[FileResult] = []
         self.done: list[FileResult] = []
+        self.datasets: dict[str, str] = {}  # file_id -> dataset_id, for log lines
         self.last_flush = time.monotonic()
         self.last_beat = time.monotonic()
 
     def add(self, result: FileResult) -> None:
         self.buffer.append(result)
         self.done.append(result)
+        ds = self.datasets.get(result.file_id, "")
+        extra = {"file_id": result.file_id, "dataset_id": ds}
         if result.status == "failed":
-            log.error("FAILED %s (file %s): %s", result.rel, result.file_id, result.error)
+            log.error("FAILED %s (dataset %s, file %s): %s", result.rel, ds, result.file_id, result.error,
+                      extra=extra)
         else:
-            log.info("archived %s (file %s) -> %s", result.rel, result.file_id, result.archive_path)
+            log.info("archived %s (dataset %s, file %s) -> %s", result.rel, ds, result.file_id,
+                     result.archive_path, extra=extra)
         if len(self.buffer) >= self.cfg.func.batch_size:
             self.flush()
 
@@ -148,14 +153,17 @@ class Recorder:
             raise
         self.last_flush = self.last_beat = time.monotonic()
         if not self.cfg.workspaces.keep_processed:
-            removed = []
+            removed, folders = [], set()
             for r in recorded:
                 src = self.cfg.workspaces.processing / r.rel
                 try:
-                    archive.remove_source(src)
+                    src.unlink(missing_ok=True)
+                    folders.add(src.parent)
                     removed.append(Event(r.file_id, None, "source-removed", "available", str(src)))
                 except OSError as exc:
                     log.error("archived and recorded, but cannot remove source %s: %s", src, exc)
+            for folder in folders:  # one fsync per folder and batch, not per file
+                archive.fsync_dir(folder)
             if removed:
                 self._with_retry(lambda: self.db.add_events(removed, self.job_id))
 
@@ -434,6 +442,7 @@ def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, sche
         log.info("job %s: %d file(s) claimed, %d byte(s), %d worker rank(s), schedule %s", job_id, len(p.tasks),
                  sum(t.size or 0 for t in p.tasks), max(team.size - 1, 1), schedule)
         recorder = Recorder(db, cfg, job_id, reconnect=connect)
+        recorder.datasets = {t.file_id: t.dataset_id for t in p.tasks}
         progress = Progress(len(p.tasks), sum(t.size or 0 for t in p.tasks), progress_interval)
 
         def on_result(r: FileResult) -> None:

@@ -15,7 +15,9 @@
 #   MPIEXEC        the mpiexec to use (default: mpiexec on PATH, e.g. from the mpich wheel)
 #   LEGAMPI_CONFIG, LEGAMPI_VENV, LEGAMPI, LEGAMPI_OPTS as in ingest.sbatch
 # Logs go to this terminal (stderr: log lines; stdout: summaries), or to --log-file via LEGAMPI_OPTS.
-# Ctrl-C / SIGTERM / SIGUSR1 make legampi finish the files in flight and release the rest.
+# Stopping early: `kill -USR1 <pid of this script>` (or -TERM) is forwarded to mpiexec, which relays it
+# to every rank; legampi then finishes the files in flight and releases the rest for the next run.
+# Ctrl-C stops at once; the next run's recovery step releases the files that run had claimed.
 # Exit status: the first non-zero of the monitor passes and the ingest job, else 0.
 set -euo pipefail
 
@@ -60,8 +62,29 @@ for ((pass = 1; pass <= PASSES; pass++)); do
     fi
 done
 
+# mpiexec in the background so the trap runs at once (bash defers traps while a foreground command
+# runs); `wait` returns >128 when a trapped signal interrupts it, so wait again while mpiexec lives.
+mpiexec_pid=""
+forward() {
+    echo "run-local.sh: got $1: telling legampi to finish files in flight and stop" >&2
+    if [[ -n "$mpiexec_pid" ]]; then
+        kill "-$1" "$mpiexec_pid" || echo "run-local.sh: mpiexec $mpiexec_pid already gone" >&2
+    fi
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+"$MPIEXEC" -n "$NP" "$LEGAMPI" "${OPTS[@]}" -c "$CONFIG" process "$@" &
+mpiexec_pid=$!
+while :; do
+    rc=0
+    wait "$mpiexec_pid" || rc=$?
+    if ((rc > 128)) && kill -0 "$mpiexec_pid" 2>/dev/null; then
+        continue
+    fi
+    break
+done
 rc=0
-"$MPIEXEC" -n "$NP" "$LEGAMPI" "${OPTS[@]}" -c "$CONFIG" process "$@" || rc=$?
+wait "$mpiexec_pid" || rc=$?
 echo "run-local.sh: legampi process on $NP rank(s) exited $rc"
 ((status == 0)) && status=$rc
 exit "$status"

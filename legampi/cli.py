@@ -382,6 +382,19 @@ def cmd_track(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if lost else EXIT_OK
 
 
+def cmd_rekey(cfg: Config, args: argparse.Namespace) -> int:
+    from .rekey import run_rekey
+
+    return run_rekey(cfg, _mpi_team(args), _connect(cfg), args.new_archive_public_key, args.new_archive_secret_key,
+                     args.dataset, args.limit)
+
+
+def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
+    from .rekey import run_export
+
+    return run_export(cfg, _db(cfg), args.dataset_id, args.recipient_pk, args.to, args.partial, args.verify)
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -495,6 +508,25 @@ def build_parser() -> argparse.ArgumentParser:
              "(the seed's TrackItems)")
     sp.add_argument("action", choices=["start", "end", "compare"])
     sp.add_argument("--state", help="where to keep the lists (default: metadata/legampi-track.json)")
+
+    sp = add("rekey", cmd_rekey, "rotate the archive key: re-encrypt every archived file's header for a new "
+             "public key, payload unchanged (run under mpiexec/srun like process; resumes after interruption)")
+    sp.add_argument("--new-archive-public-key", required=True, metavar="PATH")
+    sp.add_argument("--new-archive-secret-key", metavar="PATH",
+                    help="also check each rotated file decrypts with it (passphrase from "
+                         "$LEGAMPI_NEW_ARCHIVE_PASSPHRASE)")
+    sp.add_argument("--dataset", help="only this dataset")
+    sp.add_argument("--limit", type=int, help="rotate at most N files this run")
+
+    sp = add("export", cmd_export, "export a dataset for a researcher: archived files with their header "
+             "re-encrypted for the researcher's public key, a sha256 manifest and a file list")
+    sp.add_argument("dataset_id")
+    sp.add_argument("--recipient-pk", required=True, metavar="PATH", help="the researcher's Crypt4GH public key")
+    sp.add_argument("--to", required=True, metavar="DIR", help="export folder (created; files are never "
+                    "overwritten)")
+    sp.add_argument("--partial", action="store_true", help="export the archived files even if some are not yet")
+    sp.add_argument("--verify", action="store_true",
+                    help="also decrypt each payload in memory and compare plaintext md5/sha256")
     return p
 
 
@@ -502,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format, args.log_file)
-    team_cmd = args.command in ("process", "verify-archive")
+    team_cmd = args.command in ("process", "verify-archive", "rekey")
     try:
         cfg = config_mod.load(args.config) if args.needs_config else None
         if not team_cmd and _launched_by_mpi():

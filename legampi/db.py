@@ -512,6 +512,27 @@ class Database:
                 self.job_heartbeat(job_id)
         return [x for x in ok if x.status == "available"]
 
+    def record_rekeys(self, rows: Sequence[dict[str, Any]], job_id: str | None = None) -> list[str]:
+        """Point rows at their re-encrypted archive copies (one transaction); returns the file ids changed.
+
+        A row changes only while it is still `available` with the archive checksum the rotation started
+        from, so a concurrent change to the file is never overwritten. Each row dict has file_id,
+        dataset_id, old_checksum, new_checksum, new_key, archive_size and details (the event text).
+        """
+        ts = now()
+        done: list[dict[str, Any]] = []
+        with self.transaction():
+            for r in rows:
+                cur = self.execute("UPDATE file SET archive_checksum = ?, archive_key = ?, archive_size = ?, "
+                                   "updated_at = ? WHERE file_id = ? AND status = 'available' AND "
+                                   "archive_checksum = ?", (r["new_checksum"], r["new_key"], r["archive_size"],
+                                                            ts, r["file_id"], r["old_checksum"]))
+                if cur.rowcount:
+                    done.append(r)
+            self.add_events([Event(r["file_id"], r["dataset_id"], "rekeyed", "available", r["details"])
+                             for r in done], job_id, ts)
+        return [r["file_id"] for r in done]
+
 
 def _result_details(x: Any) -> str:
     if x.status == "available":

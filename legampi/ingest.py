@@ -461,7 +461,7 @@ def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, sche
         done = {r.file_id for r in recorder.done}
         leftover = [t.file_id for t in p.tasks if t.file_id not in done]
         summary = Summary.of(job_id, recorder.done, time.monotonic() - t0)
-        summary.stopped = should_stop()
+        summary.stopped = should_stop() or bool(leftover)  # leftovers: a worker rank was signalled
         if leftover:
             summary.released = recorder.db.release(leftover, job_id, "not started before the job stopped")
         code = 1 if summary.failed else 0

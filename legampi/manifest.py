@@ -162,8 +162,8 @@ def load(path: Path, dataset_id: str | None = None) -> tuple[str, list[dict[str,
     return ds, entries
 
 
-class ApiError(RuntimeError):
-    """The EGA metadata API did not give a usable answer."""
+class ApiError(OSError):
+    """The EGA metadata API did not give a usable answer (an I/O error, as requests' own HTTPError is)."""
 
 
 def fetch_metadata(api_url: str, dataset_id: str, user: str | None, password: str | None,

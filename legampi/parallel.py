@@ -225,7 +225,7 @@ class Team:
         told = False
         status = self.MPI.Status()
         while True:
-            while not queue or self.comm.Iprobe(source=0, tag=self.MPI.ANY_TAG, status=status):
+            while not queue or told or self.comm.Iprobe(source=0, tag=self.MPI.ANY_TAG, status=status):
                 msg, _src, tag = self._recv(0)
                 if tag == TASKS:
                     queue.extend(msg)
@@ -236,7 +236,8 @@ class Team:
                     return
             if should_stop() and not told:
                 self.comm.send(None, dest=0, tag=STOPPING)
-                told = True
+                told = True  # start nothing new: wait for rank 0's CANCEL (drops the queue), then STOP
+                continue
             task = queue.popleft()
             self.comm.send(work(task), dest=0, tag=RESULT)
 

@@ -19,7 +19,7 @@ PATH_TEMPLATE = "/elixir/data/metadata/datasets/{dataset}/files"
 
 def ega_file(file_id: str, dataset_id: str, name: str, size: int, md5: str, sha256: str | None = None,
              status: str = "available") -> dict[str, Any]:
-    """One file object in the API's shape (plaintext md5 in checksum, plaintext sha256 in unencryptedChecksum)."""
+    """One file object in the API's shape (plaintext md5 in checksum, sha256 in unencryptedChecksum)."""
     obj: dict[str, Any] = {"fileId": file_id, "datasetId": dataset_id, "fileName": name, "fileSize": size,
                            "checksum": md5, "checksumType": "MD5", "fileStatus": status}
     if sha256 is not None:
@@ -69,10 +69,10 @@ class EgaApiServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: object) -> None:
                 return  # requests are recorded in server.requests
 
-            def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            def do_GET(self) -> None:
                 user, pw_ok = server._credentials(self.headers.get("Authorization", ""))
                 with server._lock:
                     n = len(server.requests)
@@ -105,7 +105,8 @@ class EgaApiServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="ega-api", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="ega-api",
+                                        daemon=True)
         self._thread.start()
         return self
 

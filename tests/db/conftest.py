@@ -26,7 +26,8 @@ from legampi.config import DatabaseConfig
 from legampi.db import Database
 from tests.conftest import Workspace, make_keypair, write_config
 
-TABLES = ("schema_version", "trackingtable", "file", "filedataset", "dataset_log", "file_event", "job", "job_rank")
+TABLES = ("schema_version", "trackingtable", "file", "filedataset", "dataset_log", "file_event", "job",
+          "job_rank")
 
 
 @dataclass
@@ -122,8 +123,8 @@ def _make_workspace(tmp_path: Path, db_url: str, init: bool) -> Workspace:
     isk, ipk = make_keypair(root / "keys", "inbox")
     ask, apk = make_keypair(root / "keys", "archive")
     cfg = write_config(root, db_url)
-    ws = Workspace(root, cfg, db_url, root / "receiving", root / "processing", root / "archive", root / "metadata",
-                   isk, ipk, ask, apk)
+    ws = Workspace(root, cfg, db_url, root / "receiving", root / "processing", root / "archive",
+                   root / "metadata", isk, ipk, ask, apk)
     if init:
         ok(ws, "init-db")
     return ws

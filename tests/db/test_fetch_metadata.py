@@ -6,8 +6,8 @@ both. The API password comes from `[api] api_pass_env` and must appear in no out
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -23,12 +23,13 @@ SHA = [f"{i:x}" * 64 for i in range(1, 10)]
 
 @pytest.fixture
 def files(ega_api: SimpleNamespace) -> list[dict]:
-    return [ega_api.file("EGAF00000000001", DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0], SHA[0]),
+    return [ega_api.file("EGAF00000000001", DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0],
+                         SHA[0]),
             ega_api.file("EGAF00000000002", DATASET, "sample 2/reads.bam.cip", 1234, MD5[1], SHA[1]),
             ega_api.file("EGAF00000000003", DATASET, "sample\u00e9/x.gpg", 99, MD5[2])]
 
 
-def use_api(ws: Workspace, server: object, timeout: float = 5, retries: int = 3) -> dict[str, str]:
+def use_api(ws: Workspace, server: Any, timeout: float = 5, retries: int = 3) -> dict[str, str]:
     """Point the workspace's config at the server; returns the environment holding the password."""
     text = ws.config.read_text()
     text += (f"\n[api]\napi_url = {server.api_url}\napi_user = {API_USER}\napi_pass_env = EGA_TEST_PW\n"
@@ -56,8 +57,8 @@ def test_fetch_saves_the_json(sqlite_workspace: Workspace, dbh: SimpleNamespace,
         assert f"metadata of {DATASET} saved to {target}" in r.stdout
         assert json.loads(target.read_text()) == files
         assert [p.name for p in ws.metadata.iterdir()] == [target.name]  # no temporary file left
-        assert server.requests == [{"path": f"/elixir/data/metadata/datasets/{DATASET}/files", "user": API_USER,
-                                    "password_ok": True, "status": 200}]
+        assert server.requests == [{"path": f"/elixir/data/metadata/datasets/{DATASET}/files",
+                                    "user": API_USER, "password_ok": True, "status": 200}]
         assert dbh.dump(ws.db_url) == before  # without --register nothing is registered
         no_secret(ws, dbh, r.stdout, r.stderr)
 
@@ -70,8 +71,10 @@ def test_fetch_and_register(workspace: Workspace, dbh: SimpleNamespace, ega_api:
         r = dbh.ok(ws, "fetch-metadata", DATASET, "--register", env=env)
         assert f"dataset {DATASET}: 3 file(s) registered" in r.stdout
         db = dbh.connect(ws.db_url)
-        got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"]) for f in db.files()}
-        assert got == {"EGAF00000000001": (DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0], SHA[0]),
+        got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"])
+               for f in db.files()}
+        assert got == {"EGAF00000000001": (DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0],
+                                           SHA[0]),
                        "EGAF00000000002": (DATASET, "sample 2/reads.bam.cip", 1234, MD5[1], SHA[1]),
                        "EGAF00000000003": (DATASET, "sample\u00e9/x.gpg", 99, MD5[2], None)}
         [ds] = db.datasets()
@@ -103,7 +106,8 @@ def test_unauthorised_fails_clearly_and_writes_nothing(sqlite_workspace: Workspa
         before = dbh.dump(ws.db_url)
         r = ws.legampi("--log-level", "debug", "fetch-metadata", DATASET, "--register", env=env, check=False)
         assert r.returncode == 1
-        assert "HTTP 401" in r.stderr and DATASET in r.stderr
+        assert f"legampi fetch-metadata: error: EGA API {server.base}" in r.stderr
+        assert "HTTP 401" in r.stderr and DATASET in r.stderr and "Traceback" not in r.stderr
         assert len(server.requests) == 1  # a 4xx is not retried
         assert server.requests[0]["user"] == API_USER and not server.requests[0]["password_ok"]
         assert list(ws.metadata.iterdir()) == []
@@ -163,9 +167,10 @@ def test_timeouts_are_retried_and_reported(ega_api: SimpleNamespace, files: list
         assert len(server.requests) == 2
 
 
-def test_client_retries_5xx_without_backoff(ega_api: SimpleNamespace, files: list[dict], tmp_path: Path) -> None:
+def test_client_retries_5xx_without_backoff(ega_api: SimpleNamespace, files: list[dict]) -> None:
     with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD, fail_first=3) as server:
-        text = fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=3, backoff=0)
+        text = fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=3,
+                              backoff=0)
         assert json.loads(text) == files
         assert [q["status"] for q in server.requests] == [500, 500, 500, 200]
     with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD, always_status=401) as server:

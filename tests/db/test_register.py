@@ -19,7 +19,8 @@ def tab(ws: Workspace, name: str, text: str) -> Path:
     return path
 
 
-def test_tab_manifest_fills_file_filedataset_and_dataset_log(workspace: Workspace, dbh: SimpleNamespace) -> None:
+def test_tab_manifest_fills_file_filedataset_and_dataset_log(workspace: Workspace,
+                                                             dbh: SimpleNamespace) -> None:
     ws = workspace
     man = tab(ws, "EGAD00000000001.tab",
               f"# dataset one\n\na/b/c/one.bam.c4gh\t{MD5[0]}\t1000\n"
@@ -65,8 +66,10 @@ def test_ega_json_manifest(workspace: Workspace, dbh: SimpleNamespace) -> None:
     man.write_text(json.dumps(objs))
     assert "dataset EGAD00000000099: 2 file(s) registered" in dbh.ok(ws, "register", str(man)).stdout
     db = dbh.connect(ws.db_url)
-    got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"]) for f in db.files()}
-    assert got == {"EGAF00000000001": ("EGAD00000000099", "s1/r1.bam.c4gh", 5_000_000_000_000, MD5[0], SHA[0]),
+    got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"])
+           for f in db.files()}
+    assert got == {"EGAF00000000001": ("EGAD00000000099", "s1/r1.bam.c4gh", 5_000_000_000_000, MD5[0],
+                                       SHA[0]),
                    "EGAF00000000002": ("EGAD00000000099", "s1/r2.bam.cip", 77, MD5[1], None)}
     [ds] = db.datasets()
     assert ds["n_bytes"] == 5_000_000_000_077 and ds["n_files"] == 2

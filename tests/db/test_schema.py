@@ -57,8 +57,8 @@ def test_sizes_are_64_bit_and_dataset_totals_true(workspace: Workspace, dbh: Sim
         types = {(r["table_name"], r["column_name"]): r["data_type"] for r in db.query(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
             "WHERE table_schema = current_schema()")}
-        for col in [("file", "size"), ("file", "plain_size"), ("file", "archive_size"), ("dataset_log", "n_bytes"),
-                    ("trackingtable", "size"), ("job_rank", "bytes")]:
+        for col in [("file", "size"), ("file", "plain_size"), ("file", "archive_size"),
+                    ("dataset_log", "n_bytes"), ("trackingtable", "size"), ("job_rank", "bytes")]:
             assert types[col] == "bigint", col
         for col in [("dataset_log", "date_requested"), ("dataset_log", "date_download_start"),
                     ("dataset_log", "date_download_end"), ("dataset_log", "date_processing_end"),
@@ -101,8 +101,8 @@ def test_config_from_option_and_environment(tmp_path: Path, dbh: SimpleNamespace
     p = subprocess.run([LEGAMPI, "init-db"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     assert (root_a / "a.db").exists() and not (root_b / "b.db").exists()
-    p = subprocess.run([LEGAMPI, "-c", str(root_b / "legampi.ini"), "init-db"], capture_output=True, text=True,
-                       env=env, timeout=60)
+    p = subprocess.run([LEGAMPI, "-c", str(root_b / "legampi.ini"), "init-db"], capture_output=True,
+                       text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     assert (root_b / "b.db").exists()
     assert str(root_b / "b.db") in p.stdout
@@ -159,3 +159,22 @@ def test_postgresql_through_the_seed_keys(tmp_path: Path, dbh: SimpleNamespace) 
     finally:
         conn.cursor().execute(f'DROP SCHEMA "{name}" CASCADE')
         conn.close()
+
+
+def test_config_error_leaves_an_existing_database_and_workspace_untouched(workspace: Workspace,
+                                                                          dbh: SimpleNamespace) -> None:
+    ws = workspace
+    man = ws.metadata / "DS.tab"
+    man.write_text(f"f.c4gh\t{'d' * 32}\n")
+    dbh.ok(ws, "register", str(man))
+    (ws.receiving / "f.c4gh").write_bytes(b"data")
+    before = dbh.dump(ws.db_url)
+    broken = ws.root / "broken.ini"
+    broken.write_text(ws.config.read_text().replace(f"processing = {ws.processing}",
+                                                    f"processing = {ws.receiving}"))
+    for args in (("monitor",), ("register", str(man)), ("init-db",), ("status",)):
+        r = dbh.run(ws, *args, config=broken)
+        assert r.returncode == 2 and r.stdout == ""
+        assert f"{broken}: [workspaces] processing: is the same folder as receiving" in r.stderr
+    assert dbh.dump(ws.db_url) == before
+    assert (ws.receiving / "f.c4gh").read_bytes() == b"data"

@@ -9,10 +9,10 @@ from types import SimpleNamespace
 
 from tests.conftest import Workspace
 
-FILE_KEYS = {"file_id", "dataset_id", "file_name", "status", "archive_path", "md5", "sha256", "archive_checksum",
-             "error"}
-DATASET_KEYS = {"dataset_id", "n_files", "n_bytes", "date_requested", "date_download_start", "date_download_end",
-                "date_processing_end"}
+FILE_KEYS = {"file_id", "dataset_id", "file_name", "status", "archive_path", "md5", "sha256",
+             "archive_checksum", "error"}
+DATASET_KEYS = {"dataset_id", "n_files", "n_bytes", "date_requested", "date_download_start",
+                "date_download_end", "date_processing_end"}
 PAST = time.time() - 86400
 
 
@@ -45,8 +45,9 @@ def test_status_json_shape_and_dataset_filter(workspace: Workspace, dbh: SimpleN
     dt.datetime.fromisoformat(d1["date_requested"])
     files = {f["file_id"]: f for f in data["files"]}
     assert files["z.c4gh"]["sha256"] == "4" * 64 and files["z.c4gh"]["md5"] == "3" * 32
-    assert files["a.c4gh"] == {**files["a.c4gh"], "dataset_id": "EGAD1", "status": "pending", "archive_path": None,
-                               "archive_checksum": None, "error": None, "md5": "1" * 32, "sha256": None}
+    assert files["a.c4gh"] == {**files["a.c4gh"], "dataset_id": "EGAD1", "status": "pending",
+                               "archive_path": None, "archive_checksum": None, "error": None, "md5": "1" * 32,
+                               "sha256": None}
     only = dbh.status(ws, "--dataset", "EGAD2")
     assert [d["dataset_id"] for d in only["datasets"]] == ["EGAD2"]
     assert [f["file_id"] for f in only["files"]] == ["z.c4gh"]

@@ -175,13 +175,15 @@ def test_relative_workspace_paths_are_relative_to_the_config_file(tmp_path: Path
 
 def test_two_workspaces_that_are_the_same_folder(tmp_path: Path) -> None:
     p = layout(tmp_path)
-    path = write(tmp_path, ini(p).replace(f"end_storage = {p['archive']}", f"end_storage = {p['processing']}"))
+    text = ini(p).replace(f"end_storage = {p['archive']}", f"end_storage = {p['processing']}")
+    path = write(tmp_path, text)
     e = refused(path)
     assert (e.section, e.key) == ("workspaces", "end_storage")
     assert "same folder as processing" in str(e)
     # the same folder reached through a symbolic link is still the same folder
     (tmp_path / "alias").symlink_to(p["receiving"])
-    path = write(tmp_path, ini(p).replace(f"processing = {p['processing']}", f"processing = {tmp_path / 'alias'}"))
+    text = ini(p).replace(f"processing = {p['processing']}", f"processing = {tmp_path / 'alias'}")
+    path = write(tmp_path, text)
     e = refused(path)
     assert (e.section, e.key) == ("workspaces", "processing") and "same folder as receiving" in str(e)
 
@@ -206,7 +208,8 @@ def test_postgresql_url_selects_postgresql(tmp_path: Path) -> None:
 
 def test_seed_host_user_passwd_db_keys_select_postgresql(tmp_path: Path) -> None:
     p = layout(tmp_path)
-    path = write(tmp_path, ini(p, database=f"host = db.invalid\nuser = lega\npasswd = {DB_SECRET}\ndb = lega"))
+    seed = f"host = db.invalid\nuser = lega\npasswd = {DB_SECRET}\ndb = lega"
+    path = write(tmp_path, ini(p, database=seed))
     cfg = config.load(path, env={})
     assert cfg.database.backend == "postgresql"
     assert cfg.database.url == "postgresql://lega@db.invalid:5432/lega"
@@ -227,12 +230,14 @@ def test_secrets_from_env_and_files_never_show(tmp_path: Path, caplog: pytest.Lo
     p = layout(tmp_path)
     pw_file = tmp_path / "db.pass"
     pw_file.write_text(DB_SECRET + "\n")
-    path = write(tmp_path, ini(p, database=f"url = postgresql://lega@db.invalid/lega\npasswd_file = {pw_file}",
+    database = f"url = postgresql://lega@db.invalid/lega\npasswd_file = {pw_file}"
+    path = write(tmp_path, ini(p, database=database,
                                extra="\n[api]\napi_url = http://127.0.0.1:9/DATASETID\napi_user = u\n"
                                      "api_pass_env = MY_API_PW\n"))
     env = {"LEGAMPI_INBOX_PASSPHRASE": INBOX_SECRET, "MY_API_PW": API_SECRET}
     cfg = config.load(path, env=env)
-    assert cfg.database.password is not None and cfg.database.password.reveal() == DB_SECRET  # newline stripped
+    assert cfg.database.password is not None
+    assert cfg.database.password.reveal() == DB_SECRET  # newline stripped
     assert cfg.crypto.inbox_passphrase is not None and cfg.crypto.inbox_passphrase.reveal() == INBOX_SECRET
     assert cfg.api.api_pass is not None and cfg.api.api_pass.reveal() == API_SECRET
     assert "MY_API_PW" in repr(cfg.api.api_pass)  # says where it came from
@@ -290,8 +295,9 @@ def test_cli_refuses_a_workspace_that_is_not_writable(tmp_path: Path) -> None:
     p = layout(tmp_path)
     path = write(tmp_path, ini(p))
     target = str(p["processing"])
-    script = f'mount --bind "{target}" "{target}" && mount -o remount,ro,bind "{target}" "{target}" || exit 99\n' \
-             f'exec "{LEGAMPI}" -c "{path}" init-db'
+    script = (f'mount --bind "{target}" "{target}" && '
+              f'mount -o remount,ro,bind "{target}" "{target}" || exit 99\n'
+              f'exec "{LEGAMPI}" -c "{path}" init-db')
     proc = subprocess.run([unshare, "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
     if proc.returncode == 99 or "unshare failed" in proc.stderr:
         pytest.skip(f"cannot make a read-only bind mount here: {proc.stderr.strip()}")

@@ -47,7 +47,7 @@ def test_tab_names_are_normalised() -> None:
     (f"a\t{MD5}\t1\t{SHA[:-1]}", "bad sha256"),                # 63 digits
     (f"a\t{MD5}\tbig", "bad size"),
     (f"a\t{MD5}\t-4", "negative size"),
-    (f"a\t\t1", "missing md5"),
+    ("a\t\t1", "missing md5"),
     (f"/abs/path.c4gh\t{MD5}", "absolute path"),
     (f"../escape.c4gh\t{MD5}", "'..'"),
     (f"a/../../escape.c4gh\t{MD5}", "'..'"),
@@ -75,9 +75,9 @@ def ega(**over: object) -> dict:
 
 
 def test_ega_json_api_shape() -> None:
-    ds, entries = parse_ega_json(json.dumps([ega(), ega(fileId="EGAF2", fileName="z.cip", checksum=MD5B.upper(),
-                                                        unencryptedChecksum=None, unencryptedChecksumType=None)]),
-                                 "api")
+    second = ega(fileId="EGAF2", fileName="z.cip", checksum=MD5B.upper(), unencryptedChecksum=None,
+                 unencryptedChecksumType=None)
+    ds, entries = parse_ega_json(json.dumps([ega(), second]), "api")
     assert ds == "EGAD00000000001"
     assert [(e["file_id"], e["file_name"], e["size"], e["md5"], e["sha256"]) for e in entries] == [
         ("EGAF00000000001", "x/y.bam.c4gh", 5_000_000_000_000, MD5, SHA),

@@ -1,0 +1,94 @@
+"""SIGTERM / SIGUSR1 during `legampi process` (Slurm's warning before the walltime, or an operator).
+
+Hydra's mpiexec forwards both signals to every rank, so signalling mpiexec, rank 0, or a single worker
+must all end the same way: files in flight finish and are recorded, claims of files not yet started are
+released (status back to `received`), the summary says the job stopped early, exit 0, and a rerun
+finishes the rest. To know exactly which files were in flight, every rank is frozen (SIGSTOP) while the
+signal is sent and until it is pending on the ranks it is meant for.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import (
+    add_files,
+    assert_safe,
+    events,
+    finish,
+    open_sources,
+    poll,
+    rows_by_name,
+    start_mpi,
+    temp_files,
+    wait_ranks,
+)
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _pending(pid: int, sig: int) -> bool:
+    bit = 1 << (sig - 1)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & bit:
+            return True
+    return False
+
+
+@pytest.mark.parametrize(("target", "signame"), [("mpiexec", "SIGTERM"), ("mpiexec", "SIGUSR1"),
+                                                 ("rank0", "SIGTERM"), ("rank0", "SIGUSR1"),
+                                                 ("worker", "SIGTERM")])
+def test_stop_signal_finishes_in_flight_and_releases_the_rest(workspace, target: str, signame: str) -> None:
+    if target != "mpiexec" and workspace.db_url.startswith("postgresql"):
+        pytest.skip("rank-level signals are covered on SQLite; the database plays no part in them")
+    ws = workspace
+    sig = getattr(signal, signame)
+    files = add_files(ws, "f", 12, 10 << 20, block=os.urandom(1 << 20))
+    job = start_mpi(ws, 3, "process", tag="signalled")
+    ranks = wait_ranks(job, 3)
+    poll(lambda: temp_files(ws), "files in flight")
+    for pid in ranks.values():
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        # Wait until really stopped: a signal sent earlier could still be handled first (lower numbers win).
+        poll(lambda: all(_state(pid) == "T" for pid in ranks.values()), "the ranks to stop")
+        by_rank = {r: open_sources(ranks[r], ws.processing) for r in (1, 2)}
+        in_flight = by_rank[1] | by_rank[2]
+        receivers = {"mpiexec": list(ranks.values()), "rank0": [ranks[0]], "worker": [ranks[1]]}[target]
+        os.kill(job.pid if target == "mpiexec" else receivers[0], sig)
+        poll(lambda: all(_pending(pid, sig) for pid in receivers), f"{signame} to reach {target}")
+    finally:
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGCONT)
+    rc, out, err = finish(job)
+    assert rc == 0, f"exit {rc} after {signame}:\n{out}\n{err}"
+    assert "stopped early" in out, out
+    assert in_flight, "nothing was in flight when the signal came"
+
+    rows = rows_by_name(ws)
+    available = {n for n, r in rows.items() if r["status"] == "available"}
+    assert in_flight <= available, f"files in flight {in_flight} did not all finish: {available}"
+    done_by = {r: {e["file_id"] for e in events(ws, "available") if e["details"].endswith(f" rank {r}")}
+               for r in (1, 2)}
+    assert done_by[1] | done_by[2] == available
+    for r in (1, 2):  # a worker that got the signal itself starts nothing new
+        if ranks[r] in receivers:
+            assert done_by[r] == by_rank[r], f"rank {r} started files after {signame}: {done_by[r] - by_rank[r]}"
+    rest = [r for n, r in rows.items() if n not in available]
+    assert rest, "every file was done: the signal came too late to test releasing"
+    for r in rest:
+        assert r["status"] == "received" and r["claimed_by"] is None, r
+    released = {e["file_id"] for e in events(ws, "released")}
+    assert {r["file_name"] for r in rest} <= released
+    assert f"{len(rest)} claimed file(s) not started were released" in out, out
+    assert_safe(ws, files)
+
+    rerun = ws.mpi(3, "process")
+    assert f"{len(rest)} available" in rerun.stdout, rerun.stdout
+    assert_safe(ws, files, complete=True)

@@ -15,6 +15,7 @@ from . import __version__
 from . import config as config_mod
 from .config import Config, ConfigError
 from .db import STATUSES, Database, DatabaseError
+from .parallel import LaunchError
 
 log = logging.getLogger("legampi")
 
@@ -208,9 +209,9 @@ def cmd_process(cfg: Config, args: argparse.Namespace) -> int:
     from .ingest import array_share, run_process
     from .parallel import StopFlag
 
-    team = _mpi_team(args)
     stop = StopFlag()
-    stop.install()
+    stop.install()  # before MPI starts: an early USR1/TERM must not kill the rank
+    team = _mpi_team(args)
     branches, branch = array_share(args.branches, args.branch)
     return run_process(cfg, team, _connect(cfg), schedule=args.schedule, branches=branches, branch=branch,
                        retry_failed=args.retry_failed, dataset=args.dataset, limit=args.limit,
@@ -542,6 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.func(cfg, args)
     except ConfigError as exc:
         print(f"legampi: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LaunchError as exc:
+        print(f"legampi {args.command}: refusing to start: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (DatabaseError, ValueError, OSError) as exc:
         if team_cmd and _world_size() > 1:

@@ -224,6 +224,10 @@ class Database:
             out += self.query(base + " WHERE " + " AND ".join(cond), params + list(chunk))
         return out
 
+    def file_names(self) -> list[str]:
+        """Every registered file name, sorted: the stable listing job-array shares are taken from."""
+        return [r["file_name"] for r in self.query("SELECT file_name FROM file ORDER BY file_name")]
+
     def datasets(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
         sql = f"SELECT {','.join(DATASET_COLUMNS)} FROM dataset_log"
         if dataset_id is not None:

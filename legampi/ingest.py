@@ -35,7 +35,7 @@ def make_job_id() -> str:
 
 
 def array_share(branches: int | None, branch: int | None, env: dict[str, str] | None = None) -> tuple[int, int]:
-    """--branches/--branch, or the Slurm array task's position (ID - MIN + 1 of COUNT), or the whole."""
+    """--branches/--branch, or the Slurm array task's position ((ID - MIN) / STEP + 1 of COUNT), or all."""
     env = dict(os.environ if env is None else env)
     if branches is not None or branch is not None:
         if branches is None or branch is None:
@@ -44,7 +44,12 @@ def array_share(branches: int | None, branch: int | None, env: dict[str, str] | 
     if env.get("SLURM_ARRAY_TASK_COUNT") and env.get("SLURM_ARRAY_TASK_ID"):
         count = int(env["SLURM_ARRAY_TASK_COUNT"])
         first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return count, int(env["SLURM_ARRAY_TASK_ID"]) - first + 1
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+        offset = int(env["SLURM_ARRAY_TASK_ID"]) - first
+        if offset % step or not 0 <= offset // step < count:
+            raise ValueError(f"array task {env['SLURM_ARRAY_TASK_ID']} is not on the range {first}+{step}*k of "
+                             f"{count} tasks; use a range like --array=1-{count} or give --branches/--branch")
+        return count, offset // step + 1
     return 1, 1
 
 
@@ -75,9 +80,19 @@ class Plan:
 
 def plan(db: Database, cfg: Config, job_id: str, branches: int = 1, branch: int = 1,
          retry_failed: bool = False, dataset: str | None = None, limit: int | None = None) -> Plan:
-    """List processing, join with the database, claim eligible files for this job in one transaction."""
+    """List processing, join with the database, claim eligible files for this job in one transaction.
+
+    With --branches, the share is taken over the sorted names of all *registered* files, which every
+    array task sees alike, not over the live listing, which shrinks as other tasks archive files.
+    """
     listing = dict(scan(cfg.workspaces.processing))
-    names = share(list(listing), branches, branch) if branches > 1 else sorted(listing)
+    names = sorted(listing)
+    if branches > 1:
+        registered = db.file_names()
+        mine = set(share(registered, branches, branch))
+        known = set(registered)
+        # unregistered files are reported by branch 1 only
+        names = [n for n in names if n in mine or (branch == 1 and n not in known)]
     rows = {r["file_name"]: r for r in db.files(names=names)}
     eligible = ("pending", "received") + (("failed",) if retry_failed else ())
     wanted, out = [], Plan([])

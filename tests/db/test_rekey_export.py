@@ -286,6 +286,10 @@ def test_export_refuses_an_incomplete_dataset_unless_partial(workspace: Workspac
     assert not (tmp_path / "a").exists()
     assert dbh.run(ws, "export", "NOPE", "--recipient-pk", str(researcher.pk), "--to",
                    str(tmp_path / "b")).returncode == 1
+    inside = dbh.run(ws, "export", "DS1", "--recipient-pk", str(researcher.pk), "--to", str(ws.end_storage / "x"),
+                     "--partial")
+    assert inside.returncode == 1 and "is inside the archive" in inside.stderr
+    assert not (ws.end_storage / "x").exists()
 
     r = dbh.ok(ws, "export", "DS1", "--recipient-pk", str(researcher.pk), "--to", str(tmp_path / "a"), "--partial")
     assert "2 file(s)" in r.stdout and "(1 not available, skipped)" in r.stdout

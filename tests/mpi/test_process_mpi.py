@@ -148,20 +148,20 @@ def test_failed_file_is_recorded_and_the_job_goes_on(workspace):
 
 
 def test_array_share_takes_seed_share(workspace):
-    """Array tasks split one listing; keep_processed keeps the listing the same across sequential tasks
-    (concurrent tasks see the same listing anyway, and claims stop any double processing)."""
-    text = workspace.config.read_text().replace("[workspaces]\n", "[workspaces]\nkeep_processed = yes\n")
-    workspace.config.write_text(text)
+    """Shares come from the sorted registered names, so sequential array tasks still cover every file even
+    though each removes its sources (the live listing shrinks)."""
     entries = _dataset(workspace, [100 + i for i in range(7)])
     workspace.legampi("process", "--branches", "3", "--branch", "2")
     names = sorted(e["name"] for e in entries)
     mine = {n for i, n in enumerate(names, 1) if (i - 2) % 3 == 0}
     st = {f["file_name"]: f["status"] for f in _status(workspace)["files"]}
     assert {n for n, s in st.items() if s == "available"} == mine
-    env = {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_MIN": "10"}
-    workspace.legampi("process", env=env)  # task 11 of 10..12 is branch 2: nothing left for it
+    env = {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "13", "SLURM_ARRAY_TASK_MIN": "10",
+           "SLURM_ARRAY_TASK_STEP": "3"}
+    workspace.legampi("process", env=env)  # task 13 of 10,13,16 is branch 2: nothing left for it
     workspace.legampi("process", env=dict(env, SLURM_ARRAY_TASK_ID="10"))
-    workspace.legampi("process", env=dict(env, SLURM_ARRAY_TASK_ID="12"))
+    workspace.legampi("process", env=dict(env, SLURM_ARRAY_TASK_ID="16"))
     assert {f["status"] for f in _status(workspace)["files"]} == {"available"}
     assert len(_events(workspace, "available")) == 7, "each file archived exactly once"
-
+    bad = workspace.legampi("process", env=dict(env, SLURM_ARRAY_TASK_ID="11"), check=False)
+    assert bad.returncode != 0 and "not on the range" in bad.stderr

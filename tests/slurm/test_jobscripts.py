@@ -290,9 +290,7 @@ def test_array_tasks_take_their_shares(slurm_cluster: SlurmCluster, workspace: W
 
 
 @sqlite_only
-@pytest.mark.xfail(strict=True, reason="legampi's share is taken over the live processing listing, which "
-                   "shrinks as an earlier share's sources are removed: a later share misses files")
-def test_array_shares_shift_when_sources_are_removed(slurm_cluster: SlurmCluster, workspace: Workspace,
+def test_array_shares_stay_put_when_sources_are_removed(slurm_cluster: SlurmCluster, workspace: Workspace,
                                                      tmp_path: Path) -> None:
     entries = _dataset(workspace, 6, 20_000)
     rc, array_id, _ = _sbatch(slurm_cluster, "ingest-array.sbatch", [str(workspace.config)], tmp_path,

@@ -67,6 +67,7 @@ def test_stop_signal_finishes_in_flight_and_releases_the_rest(workspace, target:
                    for r in (1, 2)}
         in_flight = by_rank[1] | by_rank[2]
         unreported = {p.name for p in archived_files(ws)}
+        frozen = {n: r["status"] for n, r in rows_by_name(ws).items()}, [t.name for t in temp_files(ws)], ranks
         receivers = {"mpiexec": list(ranks.values()), "rank0": [ranks[0]], "worker": [ranks[1]]}[target]
         os.kill(job.pid if target == "mpiexec" else receivers[0], sig)
         poll(lambda: all(_pending(pid, sig) for pid in receivers), f"{signame} to reach {target}")
@@ -87,7 +88,8 @@ def test_stop_signal_finishes_in_flight_and_releases_the_rest(workspace, target:
     for r in (1, 2):  # a worker that got the signal itself starts nothing new
         if ranks[r] in receivers:
             extra = done_by[r] - by_rank[r] - unreported
-            assert not extra, f"rank {r} started files after {signame}: {extra}"
+            assert not extra, (f"rank {r} started files after {signame}: {extra} (in flight {by_rank}, archived "
+                               f"{unreported}, at freeze {frozen})\n{err}")
     rest = [r for n, r in rows.items() if n not in available]
     assert rest, "every file was done: the signal came too late to test releasing"
     for r in rest:

@@ -128,3 +128,18 @@ def test_log_event_and_update(workspace):
     assert st["files"][0]["status"] == "failed" and st["files"][0]["error"] == "operator test"
     assert st["datasets"][0]["date_download_start"] is not None
     assert workspace.legampi("update", "nope", "failed", check=False).returncode == 1
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_json_logs_name_file_and_dataset(workspace):
+    good = workspace.add_file("j/ok.bam.c4gh", 3000)
+    bad = dict(workspace.add_file("j/bad.bam.c4gh", 3000), md5="1" * 32)
+    workspace.legampi("register", str(workspace.manifest("DSJ", [good, bad])), "--dataset", "DSJ")
+    p = workspace.legampi("--log-format", "json", "process", "--progress-interval", "0", check=False)
+    assert p.returncode == 1
+    records = [json.loads(line) for line in p.stderr.splitlines() if line.strip()]
+    failed = [r for r in records if r["level"] == "ERROR" and r.get("file_id") == "j/bad.bam.c4gh"]
+    assert failed and failed[0]["dataset_id"] == "DSJ" and "md5" in failed[0]["message"]
+    assert any(r["level"] == "INFO" and r.get("file_id") == "j/ok.bam.c4gh" for r in records)
+    assert any(r["message"].startswith("progress: ") for r in records), "batch jobs get progress lines"
+    assert all({"time", "level", "rank", "message"} <= r.keys() for r in records)

@@ -659,6 +659,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=False)
+    if args.smoke:
+        code = max(code, run_extra_smokes())
+    return code
+
+
+EXTRA_SMOKES = ("bookkeeping.py", "memory.py", "rank0.py")
+
+
+def run_extra_smokes() -> int:
+    """--smoke also runs the bookkeeping, memory and rank-0 benchmarks in their own smoke modes."""
+    why = legampi_available()
+    if why:
+        print(f"\n==== {', '.join(EXTRA_SMOKES)} --smoke {why}")
+        return 0
+    code = 0
+    for script in EXTRA_SMOKES:
+        print(f"\n==== {script} --smoke", flush=True)
+        proc = subprocess.run([sys.executable, str(HERE / script), "--smoke"], check=False)
+        if proc.returncode != 0:
+            print(f"FAILED {script} --smoke: exit {proc.returncode}", file=sys.stderr)
+            code = 1
     return code
 
 

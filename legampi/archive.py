@@ -170,8 +170,11 @@ class TempArchiveFile:
             os.close(fd)
         return self.hasher.hexdigest()
 
-    def commit(self) -> Path:
-        """Link the temp file to its final name (never replacing one) and make it durable."""
+    def commit(self, durable: bool = True) -> Path:
+        """Link the temp file to its final name (never replacing one) and make it durable.
+
+        durable=False leaves the folder fsync to the caller, who writes the sidecar into the same
+        folder next and fsyncs it once for both (one directory fsync per file, not two)."""
         if self._fd is not None:
             raise ValueError('finish() the archive temp file before commit()')
         try:
@@ -181,7 +184,8 @@ class TempArchiveFile:
                                           '(run `legampi recover` to reconcile it)') from None
         self.committed = True
         os.unlink(self.temp)
-        fsync_dir(self.final.parent)
+        if durable:
+            fsync_dir(self.final.parent)
         return self.final
 
     def abort(self) -> None:

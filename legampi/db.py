@@ -224,6 +224,10 @@ class Database:
             out += self.query(base + " WHERE " + " AND ".join(cond), params + list(chunk))
         return out
 
+    def unfinished_files(self) -> list[dict[str, Any]]:
+        """Files not yet `available`: what recovery has to look at."""
+        return self.query(f"SELECT {','.join(FILE_COLUMNS)} FROM file WHERE status <> 'available'")
+
     def file_names(self) -> list[str]:
         """Every registered file name, sorted: the stable listing job-array shares are taken from."""
         return [r["file_name"] for r in self.query("SELECT file_name FROM file ORDER BY file_name")]

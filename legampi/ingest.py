@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -129,14 +129,16 @@ class Recorder:
         self.db, self.cfg, self.job_id = db, cfg, job_id
         self.reconnect, self.retries, self.backoff = reconnect, retries, backoff
         self.buffer: list[FileResult] = []
-        self.done: list[FileResult] = []
+        self.summary = Summary(job_id)
+        self.done: set[str] = set()  # file ids with a result
         self.datasets: dict[str, str] = {}  # file_id -> dataset_id, for log lines
         self.last_flush = time.monotonic()
         self.last_beat = time.monotonic()
 
     def add(self, result: FileResult) -> None:
         self.buffer.append(result)
-        self.done.append(result)
+        self.summary.add(result)
+        self.done.add(result.file_id)
         ds = self.datasets.get(result.file_id, "")
         extra = {"file_id": result.file_id, "dataset_id": ds}
         if result.status == "failed":
@@ -234,10 +236,10 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     temps = [rel for rel, _st in scan(ws.end_storage) if archive.is_temp_name(rel)]
     stale = db.stale_claims(cfg.func.claim_timeout, host, pid_alive)
     stale_ids = {r["file_id"] for r in stale}
-    by_archive: dict[str, dict[str, Any]] = {}
-    files = db.files()
-    for f in files:
-        by_archive[archive.archive_name(f["file_name"], exts)] = f
+    # Only rows not yet `available` matter (plus the processing listing for step 4), so recovery costs
+    # what is in flight, not the size of the archive.
+    files = db.unfinished_files()
+    by_archive = {archive.archive_name(f["file_name"], exts): f for f in files}
     live_claims = {f["file_id"] for f in files if f["status"] == "processing" and f["file_id"] not in stale_ids}
 
     # 2. temp files
@@ -254,7 +256,7 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     # 3. archived copies with no row, and 1. stale claims
     results: list[FileResult] = []
     for f in files:
-        if f["status"] == "available" or f["file_id"] in live_claims:
+        if f["file_id"] in live_claims:
             continue
         final_rel = archive.archive_name(f["file_name"], exts)
         final = ws.end_storage / final_rel
@@ -292,9 +294,11 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
         rep.released += [f"{r['file_name']} (job {r['claimed_by']})" for r in stale if r["file_id"] in release]
 
     # 4. processed sources left behind
-    for f in files:
-        if f["status"] == "available" and f["file_id"] not in recovered_ids:
-            _remove_source(cfg, f["file_name"], rep)
+    if not cfg.workspaces.keep_processed:
+        waiting = [rel for rel, _st in scan(ws.processing)]
+        for f in db.files(names=waiting, status="available"):
+            if f["file_id"] not in recovered_ids:
+                _remove_source(cfg, f["file_name"], rep)
     return rep
 
 
@@ -322,24 +326,21 @@ class Summary:
     released: int = 0
     stopped: bool = False
 
-    @classmethod
-    def of(cls, job_id: str, results: Sequence[FileResult], wall: float) -> Summary:
-        s = cls(job_id, seconds=wall)
-        for r in results:
-            s.files += 1
-            s.bytes += r.bytes_read
-            if r.status == "available":
-                s.available += 1
-                s.bytes_available += r.bytes_read
-            else:
-                s.failed += 1
-                s.failures.append(f"{r.rel} (file {r.file_id}): {r.error}")
-            acc = s.ranks.setdefault(r.rank, [0, 0, 0.0])
-            acc[0] += 1
-            acc[1] += r.bytes_read
-            acc[2] += r.seconds
-            s.hosts[r.rank] = r.host
-        return s
+    def add(self, r: FileResult) -> None:
+        """Fold one result in (rank 0 keeps these totals, not every result: memory stays O(failures))."""
+        self.files += 1
+        self.bytes += r.bytes_read
+        if r.status == "available":
+            self.available += 1
+            self.bytes_available += r.bytes_read
+        else:
+            self.failed += 1
+            self.failures.append(f"{r.rel} (file {r.file_id}): {r.error}")
+        acc = self.ranks.setdefault(r.rank, [0, 0, 0.0])
+        acc[0] += 1
+        acc[1] += r.bytes_read
+        acc[2] += r.seconds
+        self.hosts[r.rank] = r.host
 
     def rank_rows(self) -> list[tuple[int, str, int, int, float]]:
         return [(k, self.hosts.get(k, ""), int(v[0]), int(v[1]), float(v[2])) for k, v in sorted(self.ranks.items())]
@@ -473,9 +474,9 @@ def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, sche
                              key=lambda t: t.size or 0, name=lambda t: t.rel)
         recorder.flush()
         progress.close()
-        done = {r.file_id for r in recorder.done}
-        leftover = [t.file_id for t in p.tasks if t.file_id not in done]
-        summary = Summary.of(job_id, recorder.done, time.monotonic() - t0)
+        leftover = [t.file_id for t in p.tasks if t.file_id not in recorder.done]
+        summary = recorder.summary
+        summary.seconds = time.monotonic() - t0
         summary.stopped = should_stop() or bool(leftover)  # leftovers: a worker rank was signalled
         if leftover:
             summary.released = recorder.db.release(leftover, job_id, "not started before the job stopped")

@@ -20,7 +20,7 @@ from typing import Any
 
 log = logging.getLogger("legampi.parallel")
 
-TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING, RESULT_OF_JOB = range(1, 8)
+TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING, RESULT_OF_JOB, AGREE = range(1, 9)
 MAX_WAIT = 0.01
 
 
@@ -78,10 +78,21 @@ class Team:
 
     # ------------------------------------------------------------------ collective helpers
     def agree(self, ok: bool, message: str = "") -> list[str]:
-        """All ranks learn every rank's problem; returns the messages of the ranks that are not ok."""
+        """All ranks learn every rank's problem; returns the messages of the ranks that are not ok.
+
+        Point-to-point with polling receives, not allgather: MPICH's collective spins (sched_yield) on
+        every rank that arrives early, e.g. the workers while rank 0 opens the database, and on a full
+        node that steals the CPU the late rank needs to get there."""
         if self.comm is None or self.size == 1:
             return [] if ok else [message]
-        everyone = self.comm.allgather((ok, self.rank, message))
+        mine = (ok, self.rank, message)
+        if self.rank == 0:
+            everyone = [mine] + [self._recv(w, tag=AGREE)[0] for w in range(1, self.size)]
+            for w in range(1, self.size):
+                self.comm.send(everyone, dest=w, tag=AGREE)
+        else:
+            self.comm.send(mine, dest=0, tag=AGREE)
+            everyone = self._recv(0, tag=AGREE)[0]
         return [f"rank {r}: {m}" for good, r, m in everyone if not good]
 
     def bcast(self, obj: Any) -> Any:
@@ -103,10 +114,12 @@ class Team:
         os._exit(code)
 
     # ------------------------------------------------------------------ messaging
-    def _recv(self, source: int, idle: Callable[[], None] | None = None) -> tuple[Any, int, int]:
+    def _recv(self, source: int, idle: Callable[[], None] | None = None,
+              tag: int | None = None) -> tuple[Any, int, int]:
         status = self.MPI.Status()
         delay = 0.0002
-        while not self.comm.Iprobe(source=source, tag=self.MPI.ANY_TAG, status=status):
+        want = self.MPI.ANY_TAG if tag is None else tag
+        while not self.comm.Iprobe(source=source, tag=want, status=status):
             if idle is not None:
                 idle()
             time.sleep(delay)

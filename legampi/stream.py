@@ -6,6 +6,7 @@ ever lives in memory, and a file reaches its final name in end_storage only afte
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -223,6 +224,10 @@ def _process(task: FileTask, ctx: PipelineContext, src: Path, res: FileResult) -
     stages: list[Any] = []  # generators to close on failure (a gpg child must not outlive its file)
     try:
         st0 = os.fstat(fd)
+        # Buffers sized to the file: a 1 KiB file must not allocate several MiB (bookkeeping-bound runs).
+        chunk = max(c4gh.CIPHER_SEGMENT_SIZE, min(ctx.chunk_size, st0.st_size + c4gh.CIPHER_SEGMENT_SIZE))
+        if chunk != ctx.chunk_size:
+            ctx = dataclasses.replace(ctx, chunk_size=chunk)
         try:
             archive.make_dirs(final.parent, ctx.end_storage)
             writer = archive.TempArchiveFile(final, ctx.file_mode, ctx.archive_checksum)
@@ -277,7 +282,7 @@ def _process(task: FileTask, ctx: PipelineContext, src: Path, res: FileResult) -
             raise IngestError('checksum', f'{rel}: plaintext sha256 mismatch: manifest expects '
                                           f'{expected_sha}, computed {sha_hex}{hint}')
         try:
-            writer.commit()
+            writer.commit(durable=False)  # the sidecar's folder fsync below makes the link durable too
         except OSError as e:
             raise _io_error(rel, f'moving the archived file into place at {final}', e) from None
         try:

@@ -54,7 +54,8 @@ def test_stop_signal_finishes_in_flight_and_releases_the_rest(workspace, target:
     files = add_files(ws, "f", 12, 10 << 20, block=os.urandom(1 << 20))
     job = start_mpi(ws, 3, "process", tag="signalled")
     ranks = wait_ranks(job, 3)
-    poll(lambda: temp_files(ws), "files in flight")
+    poll(lambda: len({t.name.split("-tmp-")[1].split("-")[0] for t in temp_files(ws)}) == 2,
+         "both workers to be in the middle of a file")
     for pid in ranks.values():
         os.kill(pid, signal.SIGSTOP)
     try:

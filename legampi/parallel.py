@@ -158,7 +158,7 @@ class Team:
         queues = order(tasks, schedule, key, name, len(workers))
         dynamic = schedule == "dynamic"
         pending: deque[Any] = queues[0] if dynamic else deque()
-        outstanding: dict[int, list[Any]] = {w: [] for w in workers}
+        outstanding: dict[int, dict[Any, Any]] = {w: {} for w in workers}  # task id -> task, in order
         active = set(workers)
         stopping = False
 
@@ -176,12 +176,12 @@ class Team:
                 while wants(w) and (most is None or len(batch) < most):
                     t = pending.popleft()
                     batch.append(t)
-                    outstanding[w].append(t)
+                    outstanding[w][_ident(t)] = t
                     held[w] += key(t)
             else:
                 batch = list(queues[w - 1])
                 queues[w - 1].clear()
-                outstanding[w].extend(batch)
+                outstanding[w].update((_ident(t), t) for t in batch)
             if batch:
                 self.comm.send(batch, dest=w, tag=TASKS)
 
@@ -216,18 +216,20 @@ class Team:
         while active:
             msg, src, tag = self._recv(self.MPI.ANY_SOURCE, idle)
             if tag == RESULT:
-                fid = getattr(msg, "file_id", None)
-                held[src] -= sum(key(t) for t in outstanding[src] if getattr(t, "file_id", t) == fid)
-                outstanding[src] = [t for t in outstanding[src] if getattr(t, "file_id", t) != fid]
+                done = outstanding[src].pop(getattr(msg, "file_id", None), None)
+                if done is not None:
+                    held[src] -= key(done)
                 on_result(msg)
                 if should_stop():
                     cancel()
                 if not stopping:
                     feed(src)
             elif tag == DROPPED:
-                dropped = set(msg)
-                unstarted += [t for t in outstanding[src] if getattr(t, "file_id", t) in dropped]
-                outstanding[src] = [t for t in outstanding[src] if getattr(t, "file_id", t) not in dropped]
+                for fid in msg:
+                    t = outstanding[src].pop(fid, None)
+                    if t is not None:
+                        held[src] -= key(t)
+                        unstarted.append(t)
             elif tag == STOPPING:
                 cancel()
             finish_if_idle(src)
@@ -243,7 +245,7 @@ class Team:
                 if tag == TASKS:
                     queue.extend(msg)
                 elif tag == CANCEL:
-                    self.comm.send([getattr(t, "file_id", t) for t in queue], dest=0, tag=DROPPED)
+                    self.comm.send([_ident(t) for t in queue], dest=0, tag=DROPPED)
                     queue.clear()
                 elif tag == STOP:
                     return
@@ -253,6 +255,11 @@ class Team:
                 continue
             task = queue.popleft()
             self.comm.send(work(task), dest=0, tag=RESULT)
+
+
+def _ident(task: Any) -> Any:
+    """A task's id in messages: its file_id (tasks are FileTask-like), or the task itself."""
+    return getattr(task, "file_id", task)
 
 
 def launched_by_mpi(env: dict[str, str] | None = None) -> bool:

@@ -59,6 +59,8 @@ def setup_logging(level: str, fmt: str, log_file: str | None, rank: int = 0) -> 
         h.addFilter(RankFilter(rank))
         root.addHandler(h)
     root.setLevel(getattr(logging, level.upper()))
+    # The crypt4gh package logs key material at DEBUG: never let it through, whatever --log-level says.
+    logging.getLogger("crypt4gh").setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -432,11 +432,7 @@ def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, sche
             ctx = PipelineContext.from_config(cfg)
         except Exception as exc:  # noqa: BLE001 - any key/passphrase problem must reach rank 0 as text
             problem = f"cannot prepare the pipeline: {exc}"
-    problems = team.agree(not problem, problem)
-    if problems:
-        if team.coordinator:
-            for p in problems:
-                log.error("not starting: %s", p)
+    if not team.ready(problem, log):
         return 2
 
     host = socket.gethostname()

@@ -95,6 +95,15 @@ class Team:
             everyone = self._recv(0, tag=AGREE)[0]
         return [f"rank {r}: {m}" for good, r, m in everyone if not good]
 
+    def ready(self, problem: str, logger: logging.Logger) -> bool:
+        """Start-up barrier: every rank says whether it could prepare (database, keys); if any could not,
+        rank 0 logs each problem and every rank returns False, so the job stops before touching a file."""
+        problems = self.agree(not problem, problem)
+        if problems and self.coordinator:
+            for p in problems:
+                logger.error("not starting: %s", p)
+        return not problems
+
     def bcast(self, obj: Any) -> Any:
         """Rank 0's OBJ on every rank. Point-to-point with polling receives, because workers often wait
         here while rank 0 finishes its database work and MPICH's collective would spin their cores."""

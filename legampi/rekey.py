@@ -431,11 +431,7 @@ def run_rekey(cfg: Any, team: Any, connect: Callable[[], Database], new_public_k
             db.require_schema()
         except DatabaseError as exc:
             problem = str(exc)
-    problems = team.agree(not problem, problem)
-    if problems:
-        if team.coordinator:
-            for p in problems:
-                log.error("not starting: %s", p)
+    if not team.ready(problem, log):
         return 2
     assert keys is not None
 

@@ -143,11 +143,7 @@ def run_verify(cfg: Any, team: Any, connect: Any, dataset: str | None = None, de
                 sk = load_secret_key(cfg.crypto.archive_secret_key, pw)
             except Exception as exc:  # noqa: BLE001
                 problem = f"cannot load the archive secret key: {exc}"
-    problems = team.agree(not problem, problem)
-    if problems:
-        if team.coordinator:
-            for p in problems:
-                log.error("not starting: %s", p)
+    if not team.ready(problem, log):
         return 2
 
     def work(t: AuditTask) -> AuditResult:

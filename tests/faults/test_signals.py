@@ -43,12 +43,12 @@ def _pending(pid: int, sig: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize(("target", "signame"), [("mpiexec", "SIGTERM"), ("mpiexec", "SIGUSR1"),
-                                                 ("rank0", "SIGTERM"), ("rank0", "SIGUSR1"),
-                                                 ("worker", "SIGTERM")])
+# Every target on SQLite; PostgreSQL through mpiexec only (the database plays no part in the others).
+@pytest.mark.parametrize(("db_url", "target", "signame"), [
+    ("sqlite", "mpiexec", "SIGTERM"), ("sqlite", "mpiexec", "SIGUSR1"), ("postgresql", "mpiexec", "SIGTERM"),
+    ("postgresql", "mpiexec", "SIGUSR1"), ("sqlite", "rank0", "SIGTERM"), ("sqlite", "rank0", "SIGUSR1"),
+    ("sqlite", "worker", "SIGTERM")], indirect=["db_url"])
 def test_stop_signal_finishes_in_flight_and_releases_the_rest(workspace, target: str, signame: str) -> None:
-    if target != "mpiexec" and workspace.db_url.startswith("postgresql"):
-        pytest.skip("rank-level signals are covered on SQLite; the database plays no part in them")
     ws = workspace
     sig = getattr(signal, signame)
     files = add_files(ws, "f", 12, 10 << 20, block=os.urandom(1 << 20))

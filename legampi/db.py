@@ -205,7 +205,12 @@ class Database:
 
     # ------------------------------------------------------------------ files and datasets
     def files(self, dataset_id: str | None = None, status: str | None = None,
-              names: Sequence[str] | None = None, file_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+              names: Sequence[str] | None = None, file_ids: Sequence[str] | None = None,
+              columns: Sequence[str] = FILE_COLUMNS) -> list[dict[str, Any]]:
+        """File rows, optionally only some COLUMNS (rank 0 holds one row per file: keep them small)."""
+        unknown = set(columns) - set(FILE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown file columns {sorted(unknown)}")
         where, params = [], []
         if dataset_id is not None:
             where.append("dataset_id = ?")
@@ -213,7 +218,7 @@ class Database:
         if status is not None:
             where.append("status = ?")
             params.append(status)
-        base = f"SELECT {','.join(FILE_COLUMNS)} FROM file"
+        base = f"SELECT {','.join(columns)} FROM file"
         if names is None and file_ids is None:
             sql = base + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY dataset_id, file_name"
             return self.query(sql, params)
@@ -224,9 +229,11 @@ class Database:
             out += self.query(base + " WHERE " + " AND ".join(cond), params + list(chunk))
         return out
 
-    def unfinished_files(self) -> list[dict[str, Any]]:
+    def unfinished_files(self, columns: Sequence[str] = FILE_COLUMNS) -> list[dict[str, Any]]:
         """Files not yet `available`: what recovery has to look at."""
-        return self.query(f"SELECT {','.join(FILE_COLUMNS)} FROM file WHERE status <> 'available'")
+        if set(columns) - set(FILE_COLUMNS):
+            raise ValueError(f"unknown file columns {sorted(set(columns) - set(FILE_COLUMNS))}")
+        return self.query(f"SELECT {','.join(columns)} FROM file WHERE status <> 'available'")
 
     def file_names(self) -> list[str]:
         """Every registered file name, sorted: the stable listing job-array shares are taken from."""

@@ -71,6 +71,13 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _chunks(items: list[str], n: int) -> list[list[str]]:
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+PLAN_COLUMNS = ("file_id", "dataset_id", "file_name", "status", "md5", "sha256")
+
+
 @dataclass
 class Plan:
     tasks: list[FileTask]
@@ -85,7 +92,7 @@ def plan(db: Database, cfg: Config, job_id: str, branches: int = 1, branch: int 
     With --branches, the share is taken over the sorted names of all *registered* files, which every
     array task sees alike, not over the live listing, which shrinks as other tasks archive files.
     """
-    listing = dict(scan(cfg.workspaces.processing))
+    listing = {name: st.st_size for name, st in scan(cfg.workspaces.processing)}
     names = sorted(listing)
     if branches > 1:
         registered = db.file_names()
@@ -93,27 +100,35 @@ def plan(db: Database, cfg: Config, job_id: str, branches: int = 1, branch: int 
         known = set(registered)
         # unregistered files are reported by branch 1 only
         names = [n for n in names if n in mine or (branch == 1 and n not in known)]
-    rows = {r["file_name"]: r for r in db.files(names=names)}
     eligible = ("pending", "received") + (("failed",) if retry_failed else ())
-    wanted, out = [], Plan([])
-    for name in names:
-        r = rows.get(name)
-        if archive.is_temp_name(name):
-            continue
-        if r is None:
-            out.unregistered.append(name)
-        elif r["status"] in eligible and (dataset is None or r["dataset_id"] == dataset):
-            wanted.append(r)
-        elif r["status"] != "available":
-            out.skipped.append(f"{name} ({r['status']})")
-    if limit is not None:
-        wanted = wanted[:limit]
-    got = set(db.claim([r["file_id"] for r in wanted], job_id, retry_failed=retry_failed))
-    out.tasks = [FileTask(r["file_id"], r["dataset_id"], r["file_name"], r["md5"], r["sha256"],
-                          listing[r["file_name"]].st_size) for r in wanted if r["file_id"] in got]
+    out = Plan([])
+    # One transaction for all claims; read in chunks so rank 0's peak memory stays near one small task
+    # per file, whatever the listing size.
+    with db.transaction():
+        _claim_chunks(db, out, names, listing, job_id, eligible, retry_failed, dataset, limit)
     for name in out.unregistered:
         log.warning("unregistered file in processing, left alone: %s", cfg.workspaces.processing / name)
     return out
+
+
+def _claim_chunks(db: Database, out: Plan, names: list[str], listing: dict[str, int], job_id: str,
+                  eligible: tuple[str, ...], retry_failed: bool, dataset: str | None, limit: int | None) -> None:
+    for chunk in _chunks([n for n in names if not archive.is_temp_name(n)], 1000):
+        rows = {r["file_name"]: r for r in db.files(names=chunk, columns=PLAN_COLUMNS)}
+        wanted = []
+        for name in chunk:
+            r = rows.get(name)
+            if r is None:
+                out.unregistered.append(name)
+            elif r["status"] in eligible and (dataset is None or r["dataset_id"] == dataset):
+                wanted.append(r)
+            elif r["status"] != "available":
+                out.skipped.append(f"{name} ({r['status']})")
+        if limit is not None:
+            wanted = wanted[:max(0, limit - len(out.tasks))]
+        got = set(db.claim([r["file_id"] for r in wanted], job_id, retry_failed=retry_failed))
+        out.tasks += [FileTask(r["file_id"], r["dataset_id"], r["file_name"], r["md5"], r["sha256"],
+                               listing[r["file_name"]]) for r in wanted if r["file_id"] in got]
 
 
 class Recorder:
@@ -238,7 +253,7 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     stale_ids = {r["file_id"] for r in stale}
     # Only rows not yet `available` matter (plus the processing listing for step 4), so recovery costs
     # what is in flight, not the size of the archive.
-    files = db.unfinished_files()
+    files = db.unfinished_files(PLAN_COLUMNS + ("claimed_by",))
     by_archive = {archive.archive_name(f["file_name"], exts): f for f in files}
     live_claims = {f["file_id"] for f in files if f["status"] == "processing" and f["file_id"] not in stale_ids}
 
@@ -296,7 +311,7 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     # 4. processed sources left behind
     if not cfg.workspaces.keep_processed:
         waiting = [rel for rel, _st in scan(ws.processing)]
-        for f in db.files(names=waiting, status="available"):
+        for f in db.files(names=waiting, status="available", columns=("file_id", "file_name")):
             if f["file_id"] not in recovered_ids:
                 _remove_source(cfg, f["file_name"], rep)
     return rep

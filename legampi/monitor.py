@@ -58,9 +58,18 @@ def scan(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     stack = [root]
     while stack:
         folder = stack.pop()
-        with os.scandir(folder) as it:
+        try:
+            it = os.scandir(folder)
+        except FileNotFoundError:
+            if folder == root:
+                raise
+            continue  # a subfolder removed while we walk (another job, an operator): nothing to list
+        with it:
             for entry in it:
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone between listing and stat (a live job's short-lived temp file)
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(Path(entry.path))
                 elif stat.S_ISREG(st.st_mode):

@@ -33,7 +33,7 @@ QUARANTINE_KINDS = frozenset({'checksum', 'corrupt', 'truncated', 'key', 'format
 _HEX = re.compile(r'^[0-9a-f]+$')
 
 
-@dataclass
+@dataclass(slots=True)
 class FileTask:
     """One file to ingest, as rank 0 hands it to a worker."""
 

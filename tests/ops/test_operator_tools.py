@@ -143,3 +143,25 @@ def test_json_logs_name_file_and_dataset(workspace):
     assert any(r["level"] == "INFO" and r.get("file_id") == "j/ok.bam.c4gh" for r in records)
     assert any(r["message"].startswith("progress: ") for r in records), "batch jobs get progress lines"
     assert all({"time", "level", "rank", "message"} <= r.keys() for r in records)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_testdata_gpg_files_are_archived(workspace, tmp_path):
+    """`testdata --format gpg` encrypts for the node's OpenPGP key; gpg decrypts them in the pipeline."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
+                    "--quick-gen-key", "legampi-test <node@example.org>", "default", "default", "never"],
+                   check=True, capture_output=True, timeout=60)
+    text = workspace.config.read_text().replace("[crypto]\n", f"[crypto]\ngnupg_home = {home}\n")
+    workspace.config.write_text(text)
+    env = {"LEGAMPI_GPG_PASSPHRASE": ""}
+    workspace.legampi("testdata", "--dataset", "DSG", "--files", "2", "--size", "70KB", "--format", "gpg", env=env)
+    workspace.legampi("register", str(workspace.metadata / "DSG.json"), env=env)
+    for _ in range(3):
+        workspace.legampi("monitor", env=env)
+    p = workspace.legampi("process", env=env, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    files = json.loads(workspace.legampi("status", "--json").stdout)["files"]
+    assert [f["status"] for f in files] == ["available", "available"]
+    assert all(f["file_name"].endswith(".gpg") and f["archive_path"].endswith(".bam.c4gh") for f in files)

@@ -206,6 +206,29 @@ class TempArchiveFile:
             fsync_dir(self.final.parent)
 
 
+def write_durably(path: Path, data: bytes, mode: int = 0o640) -> Path:
+    """Write a small file via temp + fsync + rename + folder fsync: readers never see half of it, and it
+    survives a crash once this returns (sidecars, rekey markers)."""
+    path = Path(path)
+    tmp = path.with_name(temp_name(path.name))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
 def remove_source(path: str | os.PathLike) -> bool:
     """Delete an ingested source after the DB commit; False if it was already gone (rerun)."""
     p = Path(path)

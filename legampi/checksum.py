@@ -9,7 +9,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from legampi.archive import fsync_dir, temp_name
+from legampi.archive import write_durably
 
 ALGOS = ('sha256', 'md5')
 _HEX_LEN = {'sha256': 64, 'md5': 32}
@@ -83,25 +83,7 @@ def write_sidecar(path: str | os.PathLike, hexdigest: str, algo: str = 'sha256',
         raise ValueError(f'{hexdigest!r} is not a {algo} hex digest')
     p = Path(path)
     side = sidecar_path(p, algo)
-    tmp = side.with_name(temp_name(side.name))
-    data = format_line(hexdigest, p.name).encode('utf-8', 'surrogateescape')
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, side)
-    except BaseException:
-        if tmp.exists():
-            os.unlink(tmp)
-        raise
-    fsync_dir(side.parent)
-    return side
+    return write_durably(side, format_line(hexdigest, p.name).encode('utf-8', 'surrogateescape'), mode)
 
 
 def find_sidecar(path: str | os.PathLike) -> tuple[Path, str]:

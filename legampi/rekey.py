@@ -32,9 +32,9 @@ from crypt4gh import sodium
 from . import archive, checksum
 from .db import Database, DatabaseError, Event
 from .formats import IngestError, read_exact_into
-from .formats.crypt4gh import CIPHER_DIFF, iter_segments, read_header
+from .formats.crypt4gh import iter_segments, read_header, seal_packets
 from .keys import fingerprint, load_public_key, load_secret_key, public_from_secret
-from .verify import _HashingReader
+from .verify import HashingReader
 
 log = logging.getLogger("legampi.rekey")
 
@@ -54,14 +54,7 @@ def seal_header(packets: Sequence[bytes], recipient_pk: bytes) -> bytes:
     The writer side of the X25519 exchange derives the same shared key as the recipient, so opening every
     packet again with it proves the recipient's secret key will open this header, without having that key.
     """
-    writer_sk = os.urandom(32)
-    writer_pk = sodium.derive_pk(writer_sk)
-    shared = sodium.kx_server(writer_pk, writer_sk, recipient_pk)
-    sealed = []
-    for pkt in packets:
-        out = bytearray(len(pkt) + CIPHER_DIFF)
-        n = sodium.chacha20poly1305_encrypt(out, pkt, shared)
-        sealed.append((0).to_bytes(4, "little") + writer_pk + bytes(out[:n]))
+    sealed, shared = seal_packets(packets, recipient_pk)
     raw = c4gh_header.serialize(sealed)
     opened = []
     for body in _header_packets(raw):
@@ -89,7 +82,7 @@ def _header_packets(raw: bytes) -> list[bytes]:
     return out
 
 
-def _open_archived(path: Path, secret_key: bytes, key_name: str, algo: str) -> tuple[Any, _HashingReader, Any]:
+def _open_archived(path: Path, secret_key: bytes, key_name: str, algo: str) -> tuple[Any, HashingReader, Any]:
     """Open an archived file read-only (no symlinks) and read its header with SECRET_KEY.
 
     Every byte read is hashed with ALGO (the header included), so one pass also checks the recorded checksum.
@@ -97,7 +90,7 @@ def _open_archived(path: Path, secret_key: bytes, key_name: str, algo: str) -> t
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     src = open(fd, "rb", buffering=0)
     try:
-        reader = _HashingReader(src, hashlib.new(algo))
+        reader = HashingReader(src, hashlib.new(algo))
         try:
             hdr = read_header(reader, secret_key, str(path))
         except IngestError as exc:
@@ -165,22 +158,7 @@ def pending_path(path: Path) -> Path:
 
 
 def _write_json_durably(path: Path, obj: dict[str, Any], mode: int) -> None:
-    tmp = path.with_name(archive.temp_name(path.name))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(json.dumps(obj, sort_keys=True).encode("utf-8"))
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    archive.fsync_dir(path.parent)
+    archive.write_durably(path, json.dumps(obj, sort_keys=True).encode("utf-8"), mode)
 
 
 def read_pending(path: Path) -> dict[str, Any]:
@@ -289,7 +267,7 @@ def _check_written(temp: Path, header: bytes, new_hex: str, algo: str, keys: Rek
     secret key, it also decrypts fully to the recorded plaintext md5/sha256."""
     whole = hashlib.new(algo)
     with open(temp, "rb", buffering=0) as raw:
-        reader = _HashingReader(raw, whole)
+        reader = HashingReader(raw, whole)
         if keys.new_sk is None:
             got = bytearray(len(header))
             if read_exact_into(reader, got) != len(header) or bytes(got) != header:

@@ -42,7 +42,7 @@ class AuditResult:
     bytes_read: int = 0
 
 
-class _HashingReader(io.RawIOBase):
+class HashingReader(io.RawIOBase):
     """Wraps a binary file so every byte read also feeds a hash (one read serves two checks)."""
 
     def __init__(self, fh: Any, h: Any):
@@ -68,7 +68,7 @@ def audit_file(task: AuditTask, archive_secret_key: bytes | None = None) -> Audi
     problems = []
     h = hashlib.new(algo)
     with open(path, "rb") as raw:
-        reader = _HashingReader(raw, h)
+        reader = HashingReader(raw, h)
         if archive_secret_key is not None:
             from .formats.crypt4gh import decrypt_stream
 

@@ -119,15 +119,23 @@ def build_header(packets: Iterable[bytes], recipient_pk: bytes) -> bytes:
     A per-file random writer key (as the crypt4gh CLI uses when no --sk is given) means the archive
     needs only its public key and no writer secret ever exists on disk.
     """
+    return c4gh_header.serialize(seal_packets(packets, recipient_pk)[0])
+
+
+def seal_packets(packets: Iterable[bytes], recipient_pk: bytes) -> tuple[list[bytes], bytes]:
+    """Encrypt header packets for `recipient_pk` with a fresh writer key: (sealed packets, shared key).
+
+    The shared key lets a caller open the packets again as the writer would (rekey checks a new header
+    that way, without the recipient's secret key)."""
     writer_sk = os.urandom(32)
     writer_pk = sodium.derive_pk(writer_sk)
     shared = sodium.kx_server(writer_pk, writer_sk, recipient_pk)
-    encrypted = []
+    sealed = []
     for pkt in packets:
         out = bytearray(len(pkt) + CIPHER_DIFF)
         n = sodium.chacha20poly1305_encrypt(out, pkt, shared)
-        encrypted.append((0).to_bytes(4, 'little') + writer_pk + bytes(out[:n]))
-    return c4gh_header.serialize(encrypted)
+        sealed.append((0).to_bytes(4, 'little') + writer_pk + bytes(out[:n]))
+    return sealed, shared
 
 
 def _segment_failure(label: str, index: int, seg_len: int, last: bool) -> IngestError:

@@ -77,7 +77,7 @@ archive_secret_key = {archive_sk}
           f"({sum(sizes) / 1e6:.1f} MB of plaintext) into receiving/", file=out)
     make_dataset(root / "receiving", root / "metadata", "EGAD00000000001", sizes, "c4gh",
                  inbox_pk=get_public_key(str(inbox_pk)))
-    legampi = [sys.executable, "-m", "legampi", "-c", str(cfg)]
+    legampi = [sys.executable, "-m", "legampi", "--log-level", "warning", "-c", str(cfg)]
     steps = [("init-db",), ("register", str(root / "metadata" / "EGAD00000000001.json"))]
     steps += [("monitor",)] * 3
     for step in steps:

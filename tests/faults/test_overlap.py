@@ -54,12 +54,17 @@ def test_recover_beside_a_live_job_leaves_it_alone(workspace) -> None:
     files = add_files(ws, "f", 8, 8 << 20, block=os.urandom(1 << 20))
     job = start_mpi(ws, 3, "process", tag="live")
     ranks = wait_ranks(job, 3)
-    poll(lambda: temp_files(ws) and any(p.with_name(p.name + ".sha256").exists() for p in archived_files(ws)),
-         "an archived file and a temp file of the live job")
-    for pid in ranks.values():
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    for _attempt in range(20):
+        poll(lambda: temp_files(ws) and any(p.with_name(p.name + ".sha256").exists() for p in archived_files(ws)),
+             "an archived file and a temp file of the live job")
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGSTOP)
         temps = set(temp_files(ws))
+        if temps:  # the temp file seen by poll may have been finished just before the stop: try again
+            break
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGCONT)
+    try:
         archived = set(archived_files(ws))
         rows = rows_by_name(ws)
         assert temps and archived

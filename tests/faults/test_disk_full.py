@@ -41,15 +41,20 @@ def test_end_storage_full(small_end_storage) -> None:
     files = {f["file_name"]: f for f in status_json(ws)["files"]}
     assert files["big.bam.c4gh"]["status"] == "failed"
     assert "no space left on device" in files["big.bam.c4gh"]["error"], files["big.bam.c4gh"]
-    assert files["small.bam.c4gh"]["status"] == "available"
+    # The small file streams at the same time on the other worker: it fits unless the big one's temp file
+    # held the space at that moment, in which case it fails cleanly the same way.
+    small_row = files["small.bam.c4gh"]
+    assert small_row["status"] == "available" or (
+        small_row["status"] == "failed" and "no space left on device" in small_row["error"]), small_row
     assert any(" ERROR " in line and "big.bam.c4gh" in line and "no space" in line
                for line in p.stderr.splitlines()), p.stderr
     left = sorted(x.name for x in all_files(ws.end_storage))
-    assert left == ["small.bam.c4gh", "small.bam.c4gh.sha256"], f"end_storage holds more than verified files: {left}"
+    verified = ["small.bam.c4gh", "small.bam.c4gh.sha256"] if small_row["status"] == "available" else []
+    assert left == verified, f"end_storage holds more than verified files: {left}"
     assert (ws.processing / "big.bam.c4gh").is_file(), "source of the file that did not fit is gone"
     assert_safe(ws, [big, small])
 
     _mount(ws.end_storage, "16m", remount=True)
     again = ws.mpi(3, "process", "--retry-failed")
-    assert "1 available" in again.stdout, again.stdout
+    assert f"{1 if verified else 2} available, 0 failed" in again.stdout, again.stdout
     assert_safe(ws, [big, small], complete=True)

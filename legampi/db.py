@@ -60,7 +60,8 @@ def schema_file(backend: str) -> Path:
     raise DatabaseError(f"schema file {backend}.sql not found (looked in {', '.join(map(str, candidates))})")
 
 
-def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+def chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    """Slices of at most N items: statements stay under the backends' parameter limits."""
     for i in range(0, len(seq), n):
         yield seq[i:i + n]
 
@@ -193,7 +194,7 @@ class Database:
             return
         per = max(1, 30000 // max(1, len(columns)))
         ph = "(" + ",".join("?" * len(columns)) + ")"
-        for chunk in _chunks(list(rows), min(per, 500)):
+        for chunk in chunks(list(rows), min(per, 500)):
             sql = (f"INSERT INTO {table} ({','.join(columns)}) VALUES " + ",".join([ph] * len(chunk))
                    + (f" {conflict}" if conflict else ""))
             self.execute(sql, [v for row in chunk for v in row])
@@ -224,7 +225,7 @@ class Database:
             return self.query(sql, params)
         key, values = ("file_name", names) if names is not None else ("file_id", file_ids)
         out: list[dict[str, Any]] = []
-        for chunk in _chunks(list(values or ()), 500):
+        for chunk in chunks(list(values or ()), 500):
             cond = where + [f"{key} IN ({','.join('?' * len(chunk))})"]
             out += self.query(base + " WHERE " + " AND ".join(cond), params + list(chunk))
         return out
@@ -374,7 +375,7 @@ class Database:
                 if n in old:
                     self.execute("UPDATE trackingtable SET size = ?, mtime = ?, passes = ?, last_seen = ? "
                                  "WHERE name = ?", (s, m, p, ts, n))
-            for chunk in _chunks(list(forget), 500):
+            for chunk in chunks(list(forget), 500):
                 self.execute(f"DELETE FROM trackingtable WHERE name IN ({','.join('?' * len(chunk))})", chunk)
             moved_names = {f["file_name"] for f in moved}
             for name, size in sizes.items():
@@ -436,7 +437,7 @@ class Database:
         ts = now()
         got: list[str] = []
         with self.transaction():
-            for chunk in _chunks(list(file_ids), 500):
+            for chunk in chunks(list(file_ids), 500):
                 cur = self.execute(
                     f"UPDATE file SET status = 'processing', claimed_by = ?, claimed_at = ?, updated_at = ?, "
                     f"attempts = attempts + 1 WHERE file_id IN ({','.join('?' * len(chunk))}) AND status IN "
@@ -453,7 +454,7 @@ class Database:
         ts = now()
         n = 0
         with self.transaction():
-            for chunk in _chunks(list(file_ids), 500):
+            for chunk in chunks(list(file_ids), 500):
                 marks = ",".join("?" * len(chunk))
                 where = f"file_id IN ({marks}) AND status = 'processing'"
                 params: list[Any] = list(chunk)
@@ -506,7 +507,7 @@ class Database:
             casts = {"plain_size": "BIGINT", "archive_size": "BIGINT"}
             sets = ", ".join(f"{c} = CAST(v.column{i + 1} AS {casts.get(c, 'TEXT')})"
                              for i, c in enumerate(cols) if c not in ("file_id", "md5", "sha256"))
-            for chunk in _chunks(ok, 200):
+            for chunk in chunks(ok, 200):
                 values = []
                 for x in chunk:
                     done = x.status == "available"

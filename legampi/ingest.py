@@ -17,7 +17,7 @@ from typing import Any
 
 from . import archive, checksum
 from .config import Config
-from .db import Database, DatabaseError, Event
+from .db import Database, DatabaseError, Event, chunks
 from .monitor import scan, share
 from .stream import FileResult, FileTask
 
@@ -71,10 +71,6 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _chunks(items: list[str], n: int) -> list[list[str]]:
-    return [items[i:i + n] for i in range(0, len(items), n)]
-
-
 PLAN_COLUMNS = ("file_id", "dataset_id", "file_name", "status", "md5", "sha256")
 
 
@@ -113,7 +109,7 @@ def plan(db: Database, cfg: Config, job_id: str, branches: int = 1, branch: int 
 
 def _claim_chunks(db: Database, out: Plan, names: list[str], listing: dict[str, int], job_id: str,
                   eligible: tuple[str, ...], retry_failed: bool, dataset: str | None, limit: int | None) -> None:
-    for chunk in _chunks([n for n in names if not archive.is_temp_name(n)], 1000):
+    for chunk in chunks([n for n in names if not archive.is_temp_name(n)], 1000):
         rows = {r["file_name"]: r for r in db.files(names=chunk, columns=PLAN_COLUMNS)}
         wanted = []
         for name in chunk:

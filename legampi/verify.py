@@ -84,7 +84,8 @@ def audit_file(task: AuditTask, archive_secret_key: bytes | None = None) -> Audi
                     problems.append(f"plaintext md5 {md5.hexdigest()} != manifest {task.md5}")
                 if task.sha256 and sha.hexdigest() != task.sha256:
                     problems.append(f"plaintext sha256 {sha.hexdigest()} != recorded {task.sha256}")
-        while reader.readinto(bytearray(4 << 20)):
+        rest = bytearray(4 << 20)  # hash whatever decryption did not read (or all of it)
+        while reader.readinto(rest):
             pass
     found = h.hexdigest()
     if task.archive_checksum and found != task.archive_checksum:

@@ -7,6 +7,7 @@ of this machine (127.0.0.1:5432, trust auth, database `test`) in a fresh schema 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import secrets
 import subprocess
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -150,16 +152,36 @@ archive_secret_key = {root / 'keys' / 'archive.sec'}
     return cfg
 
 
-@pytest.fixture
-def workspace(tmp_path: Path, db_url: str) -> Workspace:
-    """Folders, key pairs and a config for one test, on each database backend, schema initialised."""
+def make_workspace(tmp_path: Path, db_url: str) -> Workspace:
+    """Folders, key pairs and a config under TMP_PATH/ws; the schema is not initialised."""
     root = tmp_path / "ws"
     for d in ("receiving", "processing", "archive", "metadata", "keys"):
         (root / d).mkdir(parents=True)
     isk, ipk = make_keypair(root / "keys", "inbox")
     ask, apk = make_keypair(root / "keys", "archive")
     cfg = write_config(root, db_url)
-    ws = Workspace(root, cfg, db_url, root / "receiving", root / "processing", root / "archive", root / "metadata",
-                   isk, ipk, ask, apk)
+    return Workspace(root, cfg, db_url, root / "receiving", root / "processing", root / "archive",
+                     root / "metadata", isk, ipk, ask, apk)
+
+
+def load_stand_in(filename: str) -> ModuleType:
+    """A stand-in server module of tests/ (e.g. res_server.py) loaded by path, once per session, so it
+    imports the same whatever pytest's import mode and working directory."""
+    path = Path(__file__).resolve().parent / filename
+    name = f"legampi_tests_{path.stem}"
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, db_url: str) -> Workspace:
+    """Folders, key pairs and a config for one test, on each database backend, schema initialised."""
+    ws = make_workspace(tmp_path, db_url)
     ws.legampi("init-db")
     return ws

@@ -7,12 +7,10 @@ command run the real `legampi` executable through `Workspace.legampi` to cover t
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ import pytest
 from legampi import cli
 from legampi.config import DatabaseConfig
 from legampi.db import Database
-from tests.conftest import Workspace, make_keypair, write_config
+from tests.conftest import Workspace, load_stand_in, make_workspace, write_config
 
 TABLES = ("schema_version", "trackingtable", "file", "filedataset", "dataset_log", "file_event", "job",
           "job_rank")
@@ -117,14 +115,7 @@ def dbh() -> SimpleNamespace:
 
 
 def _make_workspace(tmp_path: Path, db_url: str, init: bool) -> Workspace:
-    root = tmp_path / "ws"
-    for d in ("receiving", "processing", "archive", "metadata", "keys"):
-        (root / d).mkdir(parents=True)
-    isk, ipk = make_keypair(root / "keys", "inbox")
-    ask, apk = make_keypair(root / "keys", "archive")
-    cfg = write_config(root, db_url)
-    ws = Workspace(root, cfg, db_url, root / "receiving", root / "processing", root / "archive",
-                   root / "metadata", isk, ipk, ask, apk)
+    ws = make_workspace(tmp_path, db_url)
     if init:
         ok(ws, "init-db")
     return ws
@@ -145,12 +136,5 @@ def sqlite_workspace(tmp_path: Path) -> Workspace:
 @pytest.fixture(scope="session")
 def ega_api() -> SimpleNamespace:
     """tests/ega_api_server.py loaded by path (works whatever pytest's import mode and cwd)."""
-    path = Path(__file__).resolve().parent.parent / "ega_api_server.py"
-    spec = importlib.util.spec_from_file_location("legampi_tests_ega_api_server", path)
-    assert spec is not None and spec.loader is not None
-    mod = sys.modules.get(spec.name)
-    if mod is None:
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
+    mod = load_stand_in("ega_api_server.py")
     return SimpleNamespace(Server=mod.EgaApiServer, file=mod.ega_file)

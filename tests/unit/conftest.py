@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import os
 import random
 import shutil
@@ -23,6 +22,7 @@ import pytest
 
 from legampi.keys import load_public_key, load_secret_key
 from legampi.stream import FileTask, PipelineContext
+from tests.conftest import load_stand_in
 
 BIN = Path(sys.executable).parent
 C4GH = shutil.which('crypt4gh', path=str(BIN)) or shutil.which('crypt4gh')
@@ -219,14 +219,7 @@ def task_for(rel: str, plain: bytes | None = None, md5: str | None = None, sha25
 @pytest.fixture
 def res_server_cls() -> type:
     """tests/res_server.py loaded by path (works whatever pytest's import mode and cwd)."""
-    path = Path(__file__).resolve().parent.parent / 'res_server.py'
-    spec = importlib.util.spec_from_file_location('legampi_tests_res_server', path)
-    assert spec is not None and spec.loader is not None
-    mod = sys.modules.get(spec.name)
-    if mod is None:
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
+    mod = load_stand_in('res_server.py')
     return mod.ResServer
 
 

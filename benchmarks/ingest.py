@@ -73,11 +73,13 @@ contenders (all on the same files, W workers, fresh output folders, verified aft
   legampi  mpiexec -n W+1 legampi -c CONF process (config and database written per run); on by
            default when `import legampi` and `legampi --help` work, else "skipped"
 
-measurement: wall time (median of --repeat runs) of the processing step only (data generation,
+measurement: wall time (median of --repeat rounds; each round runs every contender once, in an order
+rotated from round to round) of the processing step only (data generation,
 legampi init-db/register and verification excluded); MB = 10^6 bytes of plaintext. Before each
 contender: sync, then warm the page cache by reading every input once (default) or drop it
 (--drop-caches, needs root).
-Ratios are throughput ratios (e.g. legampi/seed = seed wall / legampi wall; > 1: legampi faster).
+Ratios are throughput ratios (e.g. legampi/seed = seed wall / legampi wall; > 1: legampi faster),
+the median of the per-round ratios, so a drift in machine speed between rounds cancels out.
 
 verification: every file must have an output; reported plaintext md5/sha256 must match the
 manifest; --verify N files per contender (largest, smallest, random) are decrypted in memory with
@@ -299,9 +301,17 @@ def check_drop_caches() -> str | None:
 
 
 def legampi_available() -> str | None:
-    """None if legampi can run, else the reason it is skipped."""
-    if importlib.util.find_spec("legampi") is None:
+    """None if legampi can run, else the reason it is skipped.
+
+    Also byte-compiles the legampi package, as `pip install` does for a regular install: an editable
+    install on a machine with PYTHONDONTWRITEBYTECODE set (this one) would otherwise compile its modules
+    in every rank of every run (~55 ms of CPU per rank), which no deployed job pays."""
+    spec = importlib.util.find_spec("legampi")
+    if spec is None or not spec.submodule_search_locations:
         return "skipped: legampi not available (import legampi fails)"
+    import compileall
+
+    compileall.compile_dir(spec.submodule_search_locations[0], quiet=1)
     exe = _tool("legampi")
     if not exe:
         return "skipped: legampi not available (no legampi command)"
@@ -578,6 +588,8 @@ def ratios(runs: list[ContenderRun]) -> dict[str, str | float]:
         ra, rb = get[a], get[b]
         if ra is None or rb is None:
             return f"n/a ({'/'.join(a) if ra is None else '/'.join(b)} missing or failed)"
+        if len(ra.walls) == len(rb.walls) > 1:  # same rounds: the median of the per-round ratios
+            return round(statistics.median([wb / wa for wa, wb in zip(ra.walls, rb.walls, strict=True)]), 3)
         return round(rb.wall / ra.wall, 3)
 
     return {
@@ -716,22 +728,7 @@ def _run(
         modes = args.modes if c in ("ideal", "legampi") else ["full"]
         plan += [(c, m) for m in modes]
     rng = random.Random(args.seed)
-    runs: list[ContenderRun] = []
-    for contender, mode in plan:
-        if contender == "legampi" and skip_legampi:
-            runs.append(
-                ContenderRun(
-                    "legampi",
-                    mode,
-                    "mpi",
-                    args.workers,
-                    status="skipped",
-                    error=skip_legampi.removeprefix("skipped: "),
-                )
-            )
-            continue
-        runs.append(_repeated(args, workdir, files, keys, contender, mode, "lpt", rng))
-        print(fmt_row(runs[-1], total), flush=True)
+    runs = _rounds(args, workdir, files, keys, plan, skip_legampi, rng, total)
 
     static_run = None
     if "ideal" in args.contenders and "full" in args.modes and not args.no_balance_real:
@@ -785,6 +782,44 @@ def _run(
     for r in failed:
         print(f"FAILED {r.contender}/{r.mode}/{r.schedule}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _rounds(
+    args: argparse.Namespace,
+    workdir: Path,
+    files: list[DataFile],
+    keys: KeySet,
+    plan: list[tuple[str, str]],
+    skip_legampi: str | None,
+    rng: random.Random,
+    total: int,
+) -> list[ContenderRun]:
+    """--repeat rounds, each running every contender once, the order rotated from round to round.
+
+    Interleaving matters on a shared VM: its speed drifts by up to 1.5x over tens of seconds, so
+    contenders measured in separate blocks can land in different speed states. Each ContenderRun keeps
+    its walls in round order, which lets `ratios` pair them round by round."""
+    runs: dict[tuple[str, str], ContenderRun] = {}
+    walls: dict[tuple[str, str], list[float]] = {k: [] for k in plan}
+    for k in plan:
+        if k[0] == "legampi" and skip_legampi:
+            runs[k] = ContenderRun(
+                "legampi", k[1], "mpi", args.workers, status="skipped", error=skip_legampi.removeprefix("skipped: ")
+            )
+    for i in range(args.repeat):
+        turn = i % len(plan)
+        for k in plan[turn:] + plan[:turn]:
+            if k in runs and runs[k].status != "ok":
+                continue  # skipped, or failed in an earlier round: reported once, not retried
+            run = _one_contender(args, workdir, files, keys, k[0], k[1], "lpt", rng)
+            runs[k] = run
+            if run.status == "ok":
+                walls[k].append(run.wall)
+            print(f"round {i + 1}/{args.repeat}: {fmt_row(run, total)}", flush=True)
+    for k, run in runs.items():
+        if run.status == "ok":
+            run.walls, run.wall = walls[k], statistics.median(walls[k])
+    return [runs[k] for k in plan]
 
 
 def _repeated(

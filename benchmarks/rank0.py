@@ -40,7 +40,7 @@ from bookkeeping import (
     workdir_for,
     write_json,
 )
-from ingest import _find_output, machine_info, prepare_cache, verify
+from ingest import _find_output, legampi_available, machine_info, prepare_cache, verify
 
 SPEEDUP_TARGET = 1.8  # "-n 3 about 2x -n 2", with room for a shared machine
 RANK0_CPU_TARGET = 0.02
@@ -172,6 +172,10 @@ def repeated(a: argparse.Namespace, fn) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    why = legampi_available()
+    if why:
+        print(f"rank0: {why}", file=sys.stderr)
+        return 2
     work = workdir_for(a.workdir, "legampi-rank0-")
     result: dict = {"benchmark": "rank0", "started": dt.datetime.now().isoformat(timespec="seconds"),
                     "argv": sys.argv[1:], "note": a.note, "machine": machine_info(),

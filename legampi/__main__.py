@@ -1,7 +1,5 @@
 """`python -m legampi` is the `legampi` command (used under mpiexec where no console script is on PATH)."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

@@ -426,7 +426,7 @@ def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, sche
     """
     import sys
 
-    from .stream import PipelineContext, process_file
+    from .stream import PipelineContext, process_file, process_file_overlapped
 
     out = out or sys.stdout
     db: Database | None = None
@@ -448,10 +448,10 @@ def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, sche
 
     host = socket.gethostname()
 
-    def work(task: FileTask) -> FileResult:
-        r = process_file(task, ctx)
-        r.host, r.rank = host, team.rank
-        return r
+    def work(task: FileTask) -> Any:
+        if team.size == 1:
+            return process_file(task, ctx, rank=team.rank)
+        return process_file_overlapped(task, ctx, rank=team.rank)  # the fsync overlaps the next file
 
     code = 0
     if team.coordinator:

@@ -150,6 +150,9 @@ class Team:
         return self.comm.recv(source=src, tag=tag), src, tag
 
     def _send(self, obj: Any, dest: int, tag: int) -> None:
+        # Ring before (a large message may need the receiver's progress before send() returns) and
+        # after (the receiver may have looked between the first ring and the message's arrival).
+        self.bell.ring(dest)
         self.comm.send(obj, dest=dest, tag=tag)
         self.bell.ring(dest)
 
@@ -167,7 +170,8 @@ class Team:
                 raise ValueError("one rank: a work function is needed to run in-process")
             queue = order(list(tasks or ()), schedule, key, name, 1)[0]
             while queue and not should_stop():
-                on_result(work(queue.popleft()))
+                out = work(queue.popleft())
+                on_result(out.result() if _is_future(out) else out)
                 tick()
             return list(queue)
         if self.rank == 0:
@@ -262,25 +266,40 @@ class Team:
         return unstarted + list(pending)
 
     def _work(self, work: Callable[[Any], Any], should_stop: Callable[[], bool]) -> None:
+        """Run tasks as they come. WORK may return a Future (the end of the task continuing in a thread,
+        e.g. waiting for the disk): its result is sent as soon as it is done, in task order, while the
+        next task runs; at most one such tail is left running when the next task starts."""
         queue: deque[Any] = deque()
+        running: deque[Any] = deque()
         told = False
         status = self.MPI.Status()
+
+        def deliver(block: bool = False) -> None:
+            while running and (block or running[0].done()):
+                self._send(running.popleft().result(), 0, RESULT)
+
         while True:
             while not queue or told or self.comm.Iprobe(source=0, tag=self.MPI.ANY_TAG, status=status):
-                msg, _src, tag = self._recv(0)
+                msg, _src, tag = self._recv(0, idle=deliver)
                 if tag == TASKS:
                     queue.extend(msg)
                 elif tag == CANCEL:
                     self._send([_ident(t) for t in queue], 0, DROPPED)
                     queue.clear()
-                elif tag == STOP:
+                elif tag == STOP:  # rank 0 stops a worker only once it has every result
+                    deliver(block=True)
                     return
             if should_stop() and not told:
                 self._send(None, 0, STOPPING)
                 told = True  # start nothing new: wait for rank 0's CANCEL (drops the queue), then STOP
                 continue
-            task = queue.popleft()
-            self._send(work(task), 0, RESULT)
+            out = work(queue.popleft())
+            deliver(block=True)
+            if _is_future(out):
+                out.add_done_callback(lambda _f: self.bell.ring_self())
+                running.append(out)
+            else:
+                self._send(out, 0, RESULT)
 
 
 class Doorbell:
@@ -332,6 +351,16 @@ class Doorbell:
             del self.peers[rank]
             log.debug("doorbell of rank %d unreachable (%s); polling it instead", rank, exc)
 
+    def ring_self(self) -> None:
+        """Wake this rank's own wait (from another thread: a task's tail has finished)."""
+        if self._sock is not None and self.address is not None:
+            try:
+                self._sock.sendto(b"!", self.address)
+            except BlockingIOError:
+                return  # rings are already pending
+            except OSError as exc:
+                log.debug("cannot ring this rank's own doorbell (%s); the poll will notice", exc)
+
     def wait(self, timeout: float) -> bool:
         """Sleep until a ring or `timeout` seconds; True if rung (all pending rings are consumed)."""
         if self._selector is None or self._sock is None:
@@ -362,13 +391,22 @@ def _quiet_transport_defaults() -> None:
     file buffers afterwards, for a cache only large zero-copy messages use; legampi's messages are small
     task lists and results.
 
-    MPIR_CVAR_CH4_NETMOD=ofi, only for the PyPI MPICH (found by its bundled libfabric; it is built with
-    both the ucx and the ofi netmod, so the choice is always valid there): measured on 3 ranks, MPI_Init
-    10 ms instead of 35-50 ms and MPI_Finalize 2-12 ms instead of 45-90 ms. A site MPI is left alone."""
+    Only for the PyPI MPICH (found by its bundled libfabric; it is built with both the ucx and the ofi
+    netmod, so the choice is always valid there; a site MPI is left alone):
+    MPIR_CVAR_CH4_NETMOD=ofi: measured on 3 ranks, MPI_Init 10 ms instead of 35-50 ms and MPI_Finalize
+    2-12 ms instead of 45-90 ms (an empty 3-rank job: 236 ms median instead of 284);
+    MPIR_CVAR_ENABLE_HEAVY_YIELD=1: MPICH's waits sleep instead of sched_yield; the shared-memory
+    barrier in MPI_Init otherwise spins every early rank until the last one arrives (53-73 ms of CPU
+    each on 3 ranks / 2 cores, taken from the ranks still starting; 16-20 ms with it)."""
     os.environ.setdefault("UCX_MEM_EVENTS", "no")
     bundled = os.path.join(sys.prefix, "lib", "mpich", "libfabric.so.1")
     if "MPI4PY_LIBMPI" not in os.environ and os.path.exists(bundled):
         os.environ.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
+        os.environ.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
+
+
+def _is_future(obj: Any) -> bool:
+    return callable(getattr(obj, "add_done_callback", None))
 
 
 def _ident(task: Any) -> Any:

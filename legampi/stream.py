@@ -13,8 +13,10 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,13 +178,55 @@ def _hashing(chunks: Iterable[bytes | memoryview], hashers: list[Any], count: li
 
 def process_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> FileResult:
     """Ingest one file; failures come back as a FileResult with status 'failed', never as exceptions."""
+    return start_file(task, ctx, rank=rank)()
+
+
+def process_file_overlapped(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> Future[FileResult]:
+    """Stream the file now; fsync, check, commit and record it in a thread, while the caller streams the next.
+
+    The data fsync is ~7% of a 100 MB file's time on the development VM, and a worker waiting for the disk
+    leaves its core idle; overlapped, the next file's decryption uses that time. Nothing changes in what
+    is durable when: the file still reaches its final name only after the fsync and every check, and the
+    result (what rank 0 records) exists only after that.
+    """
+    finish = start_file(task, ctx, rank=rank)
+    future: Future[FileResult] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(finish())
+        except Exception as e:  # noqa: BLE001 - finish() records per-file problems itself, so this is a
+            future.set_exception(e)  # bug: Future.result() re-raises it in the worker, which ends the job
+
+    threading.Thread(target=run, name=f'legampi-finish-{task.file_id}', daemon=True).start()
+    return future
+
+
+def start_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> Callable[[], FileResult]:
+    """Read, decrypt, hash, re-encrypt and write the file to its temp name (the CPU-bound part); the
+    returned function finishes it: fsync, compare with the manifest, move into place, write the sidecar.
+    Failures of either part come back in the FileResult, never as exceptions."""
     t0 = time.monotonic()
     res = FileResult(file_id=task.file_id, rel=task.rel, status='failed', host=HOST, rank=rank)
-    src: Path | None = None
+    steps = _steps(task, ctx, res)
+    ended = _advance(steps, task, res)  # True: the streaming part failed; nothing is left to finish
+
+    def finish() -> FileResult:
+        if not ended:
+            _advance(steps, task, res)
+        _conclude(res, ctx)
+        res.seconds = time.monotonic() - t0
+        return res
+    return finish
+
+
+def _advance(steps: Iterator[None], task: FileTask, res: FileResult) -> bool:
+    """Run the pipeline to its next pause; True when it ended (done, or failed with res.error set)."""
     try:
-        src = archive.safe_source(ctx.processing, task.rel)
-        _process(task, ctx, src, res)
-        res.status = 'available'
+        next(steps)
+        return False
+    except StopIteration:
+        return True
     except IngestError as e:
         res.error, res.error_kind = e.message, e.kind
     except OSError as e:
@@ -191,23 +235,32 @@ def process_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> File
     except Exception as e:  # a bug must not take the whole MPI job down: record it on the file
         LOG.exception('unexpected error while processing %s', task.rel)
         res.error, res.error_kind = f'{task.rel}: unexpected {type(e).__name__}: {e}', 'io'
+    return True
+
+
+def _conclude(res: FileResult, ctx: PipelineContext) -> None:
+    """A failed file: no archive fields, the source quarantined when its content is at fault, secrets
+    scrubbed from the message."""
     if res.status == 'failed':
         for name in ('archive_path', 'archive_checksum', 'archive_checksum_type', 'archive_size'):
             setattr(res, name, None)
-        if ctx.quarantine is not None and src is not None and res.error_kind in QUARANTINE_KINDS:
-            try:
-                moved = archive.quarantine_source(src, ctx.quarantine, task.rel)
+        if ctx.quarantine is not None and res.error_kind in QUARANTINE_KINDS:
+            try:  # these kinds come from reading the file, so its path passed safe_source already
+                src = archive.safe_source(ctx.processing, res.rel)
+                moved = archive.quarantine_source(src, ctx.quarantine, res.rel)
                 res.quarantined_to = str(moved)
                 res.error = f'{res.error}; source moved to {moved}'
             except (OSError, IngestError) as e:
                 res.error = f'{res.error}; moving the source to quarantine failed: {e}'
         res.error = _scrub(res.error or 'unknown failure', ctx).replace('\n', ' ')
-    res.seconds = time.monotonic() - t0
-    return res
 
 
-def _process(task: FileTask, ctx: PipelineContext, src: Path, res: FileResult) -> None:
+def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[None]:
+    """The pipeline as a generator: it pauses once, after the last byte is written to the temp file and
+    before its fsync, so `start_file` can hand the rest to another thread. The try/finally below cleans
+    up whichever way it ends (finished, failed, or closed unfinished)."""
     rel = task.rel
+    src = archive.safe_source(ctx.processing, rel)
     expected_md5 = _valid_hex(task.md5, 32, 'md5', rel)
     expected_sha = _valid_hex(task.sha256, 64, 'sha256', rel)
     fmt = detect_format(rel, ctx.extensions)
@@ -265,6 +318,9 @@ def _process(task: FileTask, ctx: PipelineContext, src: Path, res: FileResult) -
                 writer.write(block)
             except OSError as e:
                 raise _io_error(rel, f'writing the archive temp file in {final.parent}', e) from None
+        for gen in reversed(stages):
+            gen.close()  # done with the source: a gpg child ends now, not after the fsync
+        yield
         try:
             archive_hex = writer.finish()
         except OSError as e:
@@ -297,6 +353,7 @@ def _process(task: FileTask, ctx: PipelineContext, src: Path, res: FileResult) -
         res.plain_size = count[0]
         res.archive_size = writer.size
         res.bytes_read = st0.st_size
+        res.status = 'available'
     finally:
         for gen in reversed(stages):
             gen.close()

@@ -14,7 +14,7 @@ import pytest
 from legampi.archive import is_temp_name
 from legampi.formats import crypt4gh as c4gh
 from legampi.keys import fingerprint
-from legampi.stream import FileResult, FileTask, PipelineContext, process_file
+from legampi.stream import FileResult, FileTask, PipelineContext, process_file, process_file_overlapped, start_file
 
 SIZES = [0, 1, 65535, 65536, 65537, 3 * 1024 * 1024 + 123]
 FORMATS = ['c4gh-full', 'c4gh-header', 'cip-aes128', 'cip-aes256', 'gpg', 'plain', 'res-aes128']
@@ -461,3 +461,51 @@ def test_plaintext_never_written_to_disk(ws, keys, plaintexts, h, gnupg_home: Pa
     probe.unlink()
     leaking = [p for p in files if _leaks(p, windows)]
     assert leaking == []
+
+
+# ------------------------------------------------------------------ streaming and finishing apart
+def test_nothing_is_archived_before_the_finishing_part(ws, keys, plaintexts, h) -> None:
+    """start_file streams into a temp file only; the final name, the sidecar and the result come from
+    finish() (run in another thread by process_file_overlapped, after the fsync)."""
+    src, data = plaintexts.make(200_000)
+    rel = make_input('c4gh-full', src, ws, h, None, rel_stem='o/x.bam')
+    finish = start_file(h.task_for(rel, data), ws.ctx())
+    streamed = ws.end_files()
+    assert len(streamed) == 1 and is_temp_name(streamed[0].name), streamed
+    result = finish()
+    final = ws.end_storage / 'o' / 'x.bam.c4gh'
+    assert result.status == 'available', result.error
+    assert ws.end_files() == [final, final.with_name('x.bam.c4gh.sha256')]
+    assert h.c4gh_decrypt(final, keys.archive.sec) == data
+
+
+def test_overlapped_checksum_failure_is_recorded_and_leaves_nothing(ws, plaintexts, h) -> None:
+    """The manifest comparison happens in the finishing thread; its failure is the file's result."""
+    src, data = plaintexts.make(70_000)
+    rel = make_input('c4gh-full', src, ws, h, None)
+    before = h.snapshot(ws.source(rel))
+    result = process_file_overlapped(h.task_for(rel, data, md5='0' * 32), ws.ctx()).result(timeout=60)
+    _assert_failed(result, ws, rel, before, 'checksum', 'md5 mismatch', '0' * 32)
+
+
+def test_overlapped_streaming_failure_is_recorded(ws, keys, plaintexts, h) -> None:
+    src, data = plaintexts.make(70_000)
+    rel = make_input('c4gh-full', src, ws, h, None)
+    path = ws.source(rel)
+    path.write_bytes(path.read_bytes()[:-100])  # truncated: fails while streaming, before any fsync
+    result = process_file_overlapped(h.task_for(rel, data), ws.ctx()).result(timeout=60)
+    assert result.status == 'failed' and result.error_kind == 'truncated', result.error
+    assert_nothing_archived(ws)
+
+
+def test_a_started_file_never_finished_leaves_no_temp_file(ws, plaintexts, h) -> None:
+    """A worker that dies between the two parts leaves a temp file for recovery at worst; a dropped
+    finisher (garbage-collected) removes it at once."""
+    import gc
+    src, data = plaintexts.make(70_000)
+    rel = make_input('c4gh-full', src, ws, h, None)
+    finish = start_file(h.task_for(rel, data), ws.ctx())
+    assert len(ws.end_files()) == 1
+    del finish
+    gc.collect()
+    assert_nothing_archived(ws)

@@ -9,13 +9,13 @@ import os
 if os.environ.get("LEGAMPI_TEST_CRASH_RANK"):
     import legampi.stream as _stream
 
-    _real = _stream.process_file
+    _real = _stream.start_file  # under both process_file and process_file_overlapped
 
-    def process_file(task, ctx, **kw):
+    def start_file(task, ctx, **kw):
         from mpi4py import MPI
 
         if MPI.COMM_WORLD.Get_rank() == int(os.environ["LEGAMPI_TEST_CRASH_RANK"]):
             raise RuntimeError(f"injected crash on rank {MPI.COMM_WORLD.Get_rank()}")
         return _real(task, ctx, **kw)
 
-    _stream.process_file = process_file
+    _stream.start_file = start_file

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.metadata
@@ -30,6 +31,7 @@ from pathlib import Path
 # Run as a script (python benchmarks/ingest.py): its folder is first on sys.path, so the siblings import.
 import baselines
 import datagen
+import memcage
 from baselines import ContenderRun, FileOutcome
 from datagen import DataFile, KeySet, human
 
@@ -149,6 +151,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--drop-caches",
         action="store_true",
         help="drop the page cache before each contender (root) instead of warming it",
+    )
+    r.add_argument(
+        "--memory-limit",
+        type=datagen.parse_size,
+        default=None,
+        metavar="SIZE",
+        help="run each contender in a memory cgroup of SIZE (e.g. 400MB; root): its page cache cannot hold "
+        "what it writes, as on a node whose data is many times its RAM (see memcage.py)",
     )
     r.add_argument(
         "--verify",
@@ -650,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.drop_caches and (why := check_drop_caches()):
         print(f"error: {why}", file=sys.stderr)
         return 2
+    if args.memory_limit and (why := memcage.why_unavailable()):
+        print(f"error: {why}", file=sys.stderr)
+        return 2
     skip_legampi = None
     if "legampi" in args.contenders:
         skip_legampi = legampi_available()
@@ -707,6 +720,7 @@ def _run(
         f"data: {len(files)} files, {human(total)} plaintext ({args.sizes}, seed {args.seed}), "
         f"generated in {time.perf_counter() - t0:.1f} s; W={args.workers}; "
         f"cache {'dropped' if args.drop_caches else 'warm'} before each contender"
+        + (f"; each contender in a memory cgroup of {human(args.memory_limit)}" if args.memory_limit else "")
     )
     result["data"] = {
         "spec": args.sizes,
@@ -720,6 +734,7 @@ def _run(
         "modes": args.modes,
         "contenders": args.contenders,
         "cache": "dropped" if args.drop_caches else "warm",
+        "memory_limit": args.memory_limit,
         "verify": args.verify,
     }
 
@@ -859,19 +874,16 @@ def _one_contender(
         if d.exists():
             shutil.rmtree(d)
     prepare_cache(files, args.drop_caches)
+    cage = memcage.MemoryCage(args.memory_limit) if args.memory_limit else contextlib.nullcontext()
     try:
-        if contender == "seed":
-            run = baselines.seed_method(files, out, scratch, keys, args.workers)
-        elif contender == "cli":
-            run = baselines.cli_pipeline(files, out, scratch, keys, args.workers)
-        elif contender == "ideal":
-            run = baselines.ideal(files, out, keys, args.workers, mode, schedule)
-        else:
-            run = run_legampi(workdir, files, args.workers, mode, args.legampi_db)
+        with cage:
+            run = _run_contender(args, workdir, files, keys, contender, mode, schedule, out, scratch)
     except Exception as exc:  # noqa: BLE001 - a broken contender is reported in the table, not hidden
         run = ContenderRun(
             contender, mode, schedule, args.workers, status="error", error=f"{type(exc).__name__}: {exc}"
         )
+    if isinstance(cage, memcage.MemoryCage) and cage.peak is not None:
+        run.notes = f"{run.notes}; memory cgroup peak {human(cage.peak)} of {human(cage.limit)}".lstrip("; ")
     if run.status == "ok":
         problems = verify(run, files, keys, args.verify, rng)
         if problems:
@@ -882,6 +894,26 @@ def _one_contender(
             if d.exists():
                 shutil.rmtree(d)
     return run
+
+
+def _run_contender(
+    args: argparse.Namespace,
+    workdir: Path,
+    files: list[DataFile],
+    keys: KeySet,
+    contender: str,
+    mode: str,
+    schedule: str,
+    out: Path,
+    scratch: Path,
+) -> ContenderRun:
+    if contender == "seed":
+        return baselines.seed_method(files, out, scratch, keys, args.workers)
+    if contender == "cli":
+        return baselines.cli_pipeline(files, out, scratch, keys, args.workers)
+    if contender == "ideal":
+        return baselines.ideal(files, out, keys, args.workers, mode, schedule)
+    return run_legampi(workdir, files, args.workers, mode, args.legampi_db)
 
 
 def _write_json(path: Path, result: dict) -> None:

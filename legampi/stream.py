@@ -24,7 +24,6 @@ from typing import Any
 from legampi import archive, checksum
 from legampi.formats import IngestError, detect_format, open_plaintext
 from legampi.formats import crypt4gh as c4gh
-from legampi.formats.legacy_aes import WRONG_PASSWORD_HINT
 from legampi.keys import fingerprint, load_public_key, load_secret_key
 
 LOG = logging.getLogger(__name__)
@@ -330,7 +329,10 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
             raise IngestError('io', f'{rel}: source changed while it was being processed (still being '
                                     'written?); try again once the transfer has finished')
         md5_hex, sha_hex = md5.hexdigest(), sha.hexdigest()
-        hint = f' ({WRONG_PASSWORD_HINT})' if fmt == 'legacy_aes' else ''
+        hint = ''
+        if fmt == 'legacy_aes':
+            from legampi.formats.legacy_aes import WRONG_PASSWORD_HINT  # only .cip needs the AES module
+            hint = f' ({WRONG_PASSWORD_HINT})'
         if expected_md5 is not None and md5_hex != expected_md5:
             raise IngestError('checksum', f'{rel}: plaintext md5 mismatch: manifest expects {expected_md5}, '
                                           f'computed {md5_hex}{hint}')

@@ -415,7 +415,11 @@ def run_legampi(workdir: Path, files: list[DataFile], workers: int, mode: str, d
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     run.wall = time.perf_counter() - t0
-    (base / "process.log").write_text(proc.stdout + proc.stderr)
+    log_path = base / "process.log"
+    log_path.write_text(proc.stdout + proc.stderr)
+    with open(workdir / "legampi-process.log", "a", encoding="utf-8") as every:  # all runs, for slow outliers
+        every.write(f"=== {dt.datetime.now().isoformat(timespec='seconds')} {mode} {run.wall:.2f} s\n")
+        every.write(proc.stdout + proc.stderr)
     run.notes = (
         f"untimed: init-db {timings['init-db']} s, register {timings['register']} s; log {base}/process.log"
     )
@@ -606,6 +610,7 @@ def ratios(runs: list[ContenderRun]) -> dict[str, str | float]:
         "legampi/seed (full)": ratio(("legampi", "full"), ("seed", "full")),
         "legampi/seed (header)": ratio(("legampi", "header"), ("seed", "full")),
         "legampi/cli (full)": ratio(("legampi", "full"), ("cli", "full")),
+        "legampi/cli (header)": ratio(("legampi", "header"), ("cli", "full")),
         "legampi/ideal (full)": ratio(("legampi", "full"), ("ideal", "full")),
         "legampi/ideal (header)": ratio(("legampi", "header"), ("ideal", "header")),
         "ideal/seed (full)": ratio(("ideal", "full"), ("seed", "full")),

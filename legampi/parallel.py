@@ -4,7 +4,7 @@ Rank 0 coordinates (and alone talks to the database); ranks 1..n run the work fu
 are handed and send each result back as soon as it is ready. With one rank the same loop runs in-process.
 Waiting never spins a core: MPICH's blocking receive busy-polls, so receives here are Iprobe + a wait
 with an exponential backoff (<= 50 ms). Ranks on the same host also ring a doorbell (a datagram on a
-Unix socket, see `Doorbell`) after each message, and the waiting rank sleeps in select() on it, so it
+Unix socket, see `Doorbell`) around each message, and the waiting rank sleeps in select() on it, so it
 wakes within microseconds instead of after the backoff; ranks on other hosts fall back to the backoff.
 """
 
@@ -306,7 +306,7 @@ class Doorbell:
     """Same-host wake-ups for ranks waiting on MPI messages, which MPICH cannot wait for without spinning.
 
     Each rank binds a datagram socket in Linux's abstract Unix namespace under a random name and
-    publishes it in the start-up handshake (`Team.agree`). After every message a rank sends, it drops
+    publishes it in the start-up handshake (`Team.agree`). Around every message a rank sends, it drops
     one byte on the receiver's socket; a waiting rank sleeps in select() on its own socket for at most
     its backoff. The byte is only a hint: receivers still Iprobe, so a lost ring, a full socket buffer,
     a stray datagram or a peer on another host (its name is unknown here; sending to it fails once and
@@ -341,25 +341,26 @@ class Doorbell:
     def ring(self, rank: int) -> None:
         """Wake `rank` if it waits on this host; never blocks."""
         address = self.peers.get(rank)
-        if address is None or self._sock is None:
-            return
-        try:
-            self._sock.sendto(b"!", address)
-        except BlockingIOError:
-            return  # its queue is full of earlier rings: it will wake anyway
-        except OSError as exc:  # ECONNREFUSED/ENOENT: on another host, or gone
-            del self.peers[rank]
-            log.debug("doorbell of rank %d unreachable (%s); polling it instead", rank, exc)
+        if address is not None and not self._drop(address):
+            del self.peers[rank]  # on another host, or gone: polled from now on
 
     def ring_self(self) -> None:
         """Wake this rank's own wait (from another thread: a task's tail has finished)."""
-        if self._sock is not None and self.address is not None:
-            try:
-                self._sock.sendto(b"!", self.address)
-            except BlockingIOError:
-                return  # rings are already pending
-            except OSError as exc:
-                log.debug("cannot ring this rank's own doorbell (%s); the poll will notice", exc)
+        if self.address is not None:
+            self._drop(self.address)
+
+    def _drop(self, address: bytes) -> bool:
+        """Drop one byte on a doorbell; False if that doorbell does not exist (ECONNREFUSED/ENOENT)."""
+        if self._sock is None:
+            return True
+        try:
+            self._sock.sendto(b"!", address)
+        except BlockingIOError:
+            return True  # its queue is full of earlier rings: it will wake anyway
+        except OSError as exc:
+            log.debug("doorbell %r unreachable (%s); polling instead", address, exc)
+            return False
+        return True
 
     def wait(self, timeout: float) -> bool:
         """Sleep until a ring or `timeout` seconds; True if rung (all pending rings are consumed)."""

@@ -209,12 +209,14 @@ def start_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> Callab
     res = FileResult(file_id=task.file_id, rel=task.rel, status='failed', host=HOST, rank=rank)
     steps = _steps(task, ctx, res)
     ended = _advance(steps, task, res)  # True: the streaming part failed; nothing is left to finish
+    streamed = time.monotonic() - t0
 
     def finish() -> FileResult:
+        t1 = time.monotonic()
         if not ended:
             _advance(steps, task, res)
         _conclude(res, ctx)
-        res.seconds = time.monotonic() - t0
+        res.seconds = streamed + time.monotonic() - t1  # working time, not time spent waiting for a thread
         return res
     return finish
 

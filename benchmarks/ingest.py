@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-EXTRA_SMOKES = ("bookkeeping.py", "memory.py", "rank0.py")
+EXTRA_SMOKES = ("bookkeeping.py", "memory.py", "rank0.py", "startup.py")
 
 
 def run_extra_smokes() -> int:

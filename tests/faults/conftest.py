@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -264,6 +264,26 @@ def rank_pids(p: subprocess.Popen[str]) -> dict[int, int]:
             if kv.startswith(b"PMI_RANK="):
                 out[int(kv.split(b"=", 1)[1])] = pid
     return out
+
+
+def stopped(pid: int) -> bool:
+    """Has every thread of PID stopped (SIGSTOP)? A worker has a second thread committing files, and
+    kill() returns before the signal has reached either."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            continue  # that thread has just ended
+    return all(s in ("T", "t") for s in states)
+
+
+def freeze(pids: Iterable[int]) -> None:
+    """SIGSTOP every process in PIDS and return once all their threads are really stopped."""
+    pids = list(pids)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    poll(lambda: all(stopped(pid) for pid in pids), "the ranks to stop")
 
 
 def wait_ranks(p: subprocess.Popen[str], n: int) -> dict[int, int]:

@@ -18,6 +18,7 @@ from tests.faults.conftest import (
     assert_safe,
     events,
     finish,
+    freeze,
     poll,
     rows_by_name,
     set_options,
@@ -57,8 +58,7 @@ def test_recover_beside_a_live_job_leaves_it_alone(workspace) -> None:
     for _attempt in range(20):
         poll(lambda: temp_files(ws) and any(p.with_name(p.name + ".sha256").exists() for p in archived_files(ws)),
              "an archived file and a temp file of the live job")
-        for pid in ranks.values():
-            os.kill(pid, signal.SIGSTOP)
+        freeze(ranks.values())
         temps = set(temp_files(ws))
         if temps:  # the temp file seen by poll may have been finished just before the stop: try again
             break

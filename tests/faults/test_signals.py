@@ -22,6 +22,7 @@ from tests.faults.conftest import (
     assert_safe,
     events,
     finish,
+    freeze,
     open_sources,
     poll,
     rows_by_name,
@@ -29,10 +30,6 @@ from tests.faults.conftest import (
     temp_files,
     wait_ranks,
 )
-
-
-def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def _pending(pid: int, sig: int) -> bool:
@@ -56,11 +53,8 @@ def test_stop_signal_finishes_in_flight_and_releases_the_rest(workspace, target:
     ranks = wait_ranks(job, 3)
     poll(lambda: len({t.name.split("-tmp-")[1].split("-")[0] for t in temp_files(ws)}) == 2,
          "both workers to be in the middle of a file")
-    for pid in ranks.values():
-        os.kill(pid, signal.SIGSTOP)
+    freeze(ranks.values())  # every thread really stopped: a signal sent earlier could still come first
     try:
-        # Wait until really stopped: a signal sent earlier could still be handled first (lower numbers win).
-        poll(lambda: all(_state(pid) == "T" for pid in ranks.values()), "the ranks to stop")
         # Started before the signal: the worker has the source open or writes its temp file; or it is
         # archived already and only the result is still on its way to rank 0.
         by_rank = {r: open_sources(ranks[r], ws.processing) | {archive.final_name_of_temp(t.name) for t in

@@ -395,10 +395,11 @@ def _quiet_transport_defaults() -> None:
     Only for the PyPI MPICH (found by its bundled libfabric; it is built with both the ucx and the ofi
     netmod, so the choice is always valid there; a site MPI is left alone):
     MPIR_CVAR_CH4_NETMOD=ofi: measured on 3 ranks, MPI_Init 10 ms instead of 35-50 ms and MPI_Finalize
-    2-12 ms instead of 45-90 ms (an empty 3-rank job: 236 ms median instead of 284);
+    2-12 ms instead of 45-90 ms;
     MPIR_CVAR_ENABLE_HEAVY_YIELD=1: MPICH's waits sleep instead of sched_yield; the shared-memory
     barrier in MPI_Init otherwise spins every early rank until the last one arrives (53-73 ms of CPU
-    each on 3 ranks / 2 cores, taken from the ranks still starting; 16-20 ms with it)."""
+    each on 3 ranks / 2 cores, taken from the ranks still starting; 16-20 ms with it).
+    An empty 3-rank job takes 164 ms with these defaults and 252 ms without (benchmarks/startup.py)."""
     os.environ.setdefault("UCX_MEM_EVENTS", "no")
     bundled = os.path.join(sys.prefix, "lib", "mpich", "libfabric.so.1")
     if "MPI4PY_LIBMPI" not in os.environ and os.path.exists(bundled):

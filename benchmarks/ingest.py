@@ -170,6 +170,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeat", type=int, default=1, help="runs per contender; the table shows the median (default 1)"
     )
     r.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        metavar="N",
+        help="untimed rounds of every contender first (default 1; 0 with --smoke): on a VM the first pass "
+        "over fresh page-cache memory is slow for whoever comes first",
+    )
+    r.add_argument(
         "--smoke",
         action="store_true",
         help=f"tiny run ({SMOKE_SPEC[1]} files, {SMOKE_SPEC[0]}) of every contender in seconds",
@@ -200,11 +208,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.size or args.sizes:
             p.error("--smoke chooses its own sizes; drop --size/--sizes")
         args.sizes, args.files = SMOKE_SPEC
+        args.warmup = 0
     args.sizes = f"fixed:{args.size}" if args.size else (args.sizes or "fixed:50MB")
     if args.workers < 1:
         p.error("--workers must be at least 1")
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.warmup < 0:
+        p.error("--warmup must be 0 or more")
     args.contenders = _parse_list(p, args.contenders, CONTENDERS, "--contenders")
     args.modes = _parse_list(p, args.modes, MODES, "--modes")
     if args.legampi is False and "legampi" in args.contenders:
@@ -741,6 +752,7 @@ def _run(
         "cache": "dropped" if args.drop_caches else "warm",
         "memory_limit": args.memory_limit,
         "verify": args.verify,
+        "warmup": args.warmup,
     }
 
     plan: list[tuple[str, str]] = []
@@ -814,7 +826,8 @@ def _rounds(
     rng: random.Random,
     total: int,
 ) -> list[ContenderRun]:
-    """--repeat rounds, each running every contender once, the order rotated from round to round.
+    """--warmup untimed rounds, then --repeat rounds, each running every contender once, the order rotated
+    from round to round.
 
     Interleaving matters on a shared VM: its speed drifts by up to 1.5x over tens of seconds, so
     contenders measured in separate blocks can land in different speed states. Each ContenderRun keeps
@@ -826,16 +839,17 @@ def _rounds(
             runs[k] = ContenderRun(
                 "legampi", k[1], "mpi", args.workers, status="skipped", error=skip_legampi.removeprefix("skipped: ")
             )
-    for i in range(args.repeat):
+    for i in range(-args.warmup, args.repeat):
         turn = i % len(plan)
         for k in plan[turn:] + plan[:turn]:
             if k in runs and runs[k].status != "ok":
                 continue  # skipped, or failed in an earlier round: reported once, not retried
             run = _one_contender(args, workdir, files, keys, k[0], k[1], "lpt", rng)
             runs[k] = run
-            if run.status == "ok":
+            if run.status == "ok" and i >= 0:
                 walls[k].append(run.wall)
-            print(f"round {i + 1}/{args.repeat}: {fmt_row(run, total)}", flush=True)
+            label = f"round {i + 1}/{args.repeat}" if i >= 0 else "warm-up (untimed)"
+            print(f"{label}: {fmt_row(run, total)}", flush=True)
     for k, run in runs.items():
         if run.status == "ok":
             run.walls, run.wall = walls[k], statistics.median(walls[k])

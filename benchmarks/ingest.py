@@ -426,8 +426,7 @@ def run_legampi(workdir: Path, files: list[DataFile], workers: int, mode: str, d
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     run.wall = time.perf_counter() - t0
-    log_path = base / "process.log"
-    log_path.write_text(proc.stdout + proc.stderr)
+    (base / "process.log").write_text(proc.stdout + proc.stderr)
     with open(workdir / "legampi-process.log", "a", encoding="utf-8") as every:  # all runs, for slow outliers
         every.write(f"=== {dt.datetime.now().isoformat(timespec='seconds')} {mode} {run.wall:.2f} s\n")
         every.write(proc.stdout + proc.stderr)

@@ -27,6 +27,7 @@ log = logging.getLogger("legampi.parallel")
 TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING, RESULT_OF_JOB, AGREE = range(1, 9)
 FIRST_WAIT = 0.0002
 MAX_WAIT = 0.05
+ABORT_GRACE = 0.2
 
 
 class LaunchError(RuntimeError):
@@ -129,9 +130,15 @@ class Team:
         return self._recv(0)[0]
 
     def abort(self, code: int = 1) -> None:
-        """End every rank now (an exception on one rank must not leave the others waiting forever)."""
+        """End every rank now (an exception on one rank must not leave the others waiting forever).
+
+        MPI_Abort makes the launcher kill every rank at once, and hydra drops output it has not forwarded
+        yet: under load 5 of 12 crash reports were lost before the dying rank waited ABORT_GRACE first.
+        A crash ends the job anyway, so the pause costs nothing that matters."""
+        sys.stdout.flush()
         sys.stderr.flush()
         if self.comm is not None and self.size > 1:
+            time.sleep(ABORT_GRACE)
             self.comm.Abort(code)
         os._exit(code)
 

@@ -351,6 +351,17 @@ def workdir_for(arg: Path | None, prefix: str) -> Path:
     return w
 
 
+def report_end(rows: list[dict], label: str, summary: dict) -> dict:
+    """Print every check that failed (row[label]: problem) and every target missed; return SUMMARY."""
+    for r in rows:
+        for p in r["problems"]:
+            print(f"FAILED {r[label]}: {p}", file=sys.stderr)
+    missed = [k for k, v in summary["targets"].items() if not v]
+    if missed:
+        print(f"targets missed: {', '.join(missed)}")
+    return summary
+
+
 def print_table(rows: list[list[str]], header: list[str]) -> None:
     cells = [header, *rows]
     widths = [max(len(str(r[i])) for r in cells) for i in range(len(header))]

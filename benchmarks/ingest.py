@@ -895,7 +895,14 @@ def _one_contender(
     cage = memcage.MemoryCage(args.memory_limit) if args.memory_limit else contextlib.nullcontext()
     try:
         with cage:
-            run = _run_contender(args, workdir, files, keys, contender, mode, schedule, out, scratch)
+            if contender == "seed":
+                run = baselines.seed_method(files, out, scratch, keys, args.workers)
+            elif contender == "cli":
+                run = baselines.cli_pipeline(files, out, scratch, keys, args.workers)
+            elif contender == "ideal":
+                run = baselines.ideal(files, out, keys, args.workers, mode, schedule)
+            else:
+                run = run_legampi(workdir, files, args.workers, mode, args.legampi_db)
     except Exception as exc:  # noqa: BLE001 - a broken contender is reported in the table, not hidden
         run = ContenderRun(
             contender, mode, schedule, args.workers, status="error", error=f"{type(exc).__name__}: {exc}"
@@ -912,26 +919,6 @@ def _one_contender(
             if d.exists():
                 shutil.rmtree(d)
     return run
-
-
-def _run_contender(
-    args: argparse.Namespace,
-    workdir: Path,
-    files: list[DataFile],
-    keys: KeySet,
-    contender: str,
-    mode: str,
-    schedule: str,
-    out: Path,
-    scratch: Path,
-) -> ContenderRun:
-    if contender == "seed":
-        return baselines.seed_method(files, out, scratch, keys, args.workers)
-    if contender == "cli":
-        return baselines.cli_pipeline(files, out, scratch, keys, args.workers)
-    if contender == "ideal":
-        return baselines.ideal(files, out, keys, args.workers, mode, schedule)
-    return run_legampi(workdir, files, args.workers, mode, args.legampi_db)
 
 
 def _write_json(path: Path, result: dict) -> None:

@@ -34,6 +34,7 @@ from bookkeeping import (
     make_small_files,
     prepare,
     print_table,
+    report_end,
     run_process,
     run_step,
     tail,
@@ -255,13 +256,7 @@ def report(a: argparse.Namespace, worker_rows: list[dict], rank0_rows: list[dict
                 f"; {before / 1024:.2f} KiB of it already before the dispatch loop (recovery, plan, claim)"
             print(f"rank 0 grows {per_file / 1024:.2f} KiB per file (least squares; target <= "
                   f"{RANK0_TARGET / 1024:.0f} KiB){extra}")
-    for r in worker_rows + rank0_rows:
-        for p in r["problems"]:
-            print(f"FAILED {r['label']}: {p}", file=sys.stderr)
-    missed = [k for k, v in summary["targets"].items() if not v]
-    if missed:
-        print(f"targets missed: {', '.join(missed)}")
-    return summary
+    return report_end(worker_rows + rank0_rows, "label", summary)
 
 
 if __name__ == "__main__":

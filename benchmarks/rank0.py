@@ -36,6 +36,7 @@ from bookkeeping import (
     link_all,
     prepare,
     print_table,
+    report_end,
     run_process,
     run_step,
     tail,
@@ -242,13 +243,7 @@ def report(a: argparse.Namespace, rows: list[dict], total: int) -> dict:
         ratio = summary["legampi_n3_over_ideal"] = ideal["wall"] / n3["wall"]
         summary["targets"][f"-n 3 >= {IDEAL_TARGET}x ideal W=2"] = ratio >= IDEAL_TARGET
         print(f"legampi -n 3 runs at {ratio:.2f}x the ideal script's speed with W=2 (target >= {IDEAL_TARGET})")
-    for r in rows:
-        for p in r["problems"]:
-            print(f"FAILED {r['contender']}: {p}", file=sys.stderr)
-    missed = [k for k, v in summary["targets"].items() if not v]
-    if missed:
-        print(f"targets missed: {', '.join(missed)}")
-    return summary
+    return report_end(rows, "contender", summary)
 
 
 if __name__ == "__main__":

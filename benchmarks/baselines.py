@@ -188,9 +188,7 @@ def _seed_one(job: tuple) -> FileOutcome:
     return FileOutcome(name=name, output=dst, md5=md5, out_md5=enc_md5)
 
 
-def seed_method(
-    files: list[DataFile], archive: Path, scratch: Path, keys: KeySet, workers: int
-) -> ContenderRun:
+def seed_method(files: list[DataFile], archive: Path, scratch: Path, keys: KeySet, workers: int) -> ContenderRun:
     """The seed's sequence: decrypt to a plaintext file, md5 it, encrypt to a file, md5 that, move.
 
     W processes, files split round-robin over the sorted listing (``branch + branches*n``),
@@ -266,9 +264,7 @@ def _cli_one(job: tuple, archive: Path, scratch: Path, keys: KeySet, c4gh: str, 
     )
 
 
-def cli_pipeline(
-    files: list[DataFile], archive: Path, scratch: Path, keys: KeySet, workers: int
-) -> ContenderRun:
+def cli_pipeline(files: list[DataFile], archive: Path, scratch: Path, keys: KeySet, workers: int) -> ContenderRun:
     """What an operator would script: a bash pipeline per file, W at a time in listing order (xargs -P W)."""
     archive.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -350,18 +346,14 @@ def _ideal_one(job: tuple) -> FileOutcome:
                     md5.update(pview[:p])
                     psha.update(pview[:p])
                     if mode == "full":
-                        o += sodium.chacha20poly1305_encrypt(
-                            outview[o : o + CIPHER_SEGMENT], pview[:p], new_key
-                        )
+                        o += sodium.chacha20poly1305_encrypt(outview[o : o + CIPHER_SEGMENT], pview[:p], new_key)
                 chunk = outview[:o] if mode == "full" else inview[:n]
                 osha.update(chunk)
                 _write_all(fd, chunk)
             os.fsync(fd)
         finally:
             os.close(fd)
-    return FileOutcome(
-        name=name, output=dst, md5=md5.hexdigest(), sha256=psha.hexdigest(), out_sha256=osha.hexdigest()
-    )
+    return FileOutcome(name=name, output=dst, md5=md5.hexdigest(), sha256=psha.hexdigest(), out_sha256=osha.hexdigest())
 
 
 def ideal(

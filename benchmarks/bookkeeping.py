@@ -202,8 +202,7 @@ class Step:
 def run_step(label: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Step:
     """Run CMD, time it, keep its output in LOG; the caller decides what a non-zero exit means."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env=env)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
     wall = time.perf_counter() - t0
     log.write_text(proc.stdout + proc.stderr, encoding="utf-8")
     return Step(label, wall, proc.returncode, proc.stdout + proc.stderr)
@@ -226,15 +225,29 @@ class ProcessRun:
     profiles: dict[int, str] = field(default_factory=dict)
 
 
-def run_process(conf: Path, ranks: int, usage_dir: Path, log: Path, profile_ranks: str = "",
-                extra: list[str] | None = None) -> ProcessRun:
+def run_process(
+    conf: Path, ranks: int, usage_dir: Path, log: Path, profile_ranks: str = "", extra: list[str] | None = None
+) -> ProcessRun:
     """Run the process step under mpiexec, each rank inside RANK_WRAPPER; collect usage per rank."""
     usage_dir.mkdir(parents=True, exist_ok=True)
     for old in usage_dir.glob("rank*"):
         old.unlink()
     env = dict(os.environ, BENCH_PROFILE_RANKS=profile_ranks)
-    cmd = [tool("mpiexec"), "-n", str(ranks), sys.executable, "-c", RANK_WRAPPER, str(usage_dir),
-           "-c", str(conf), "--log-level", "info", "process", *(extra or [])]
+    cmd = [
+        tool("mpiexec"),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-c",
+        RANK_WRAPPER,
+        str(usage_dir),
+        "-c",
+        str(conf),
+        "--log-level",
+        "info",
+        "process",
+        *(extra or []),
+    ]
     step = run_step("process", cmd, log, env)
     run = ProcessRun(ranks, step.wall, step.code, log=step.log)
     m = re.search(r"job \S+: \d+ file\(s\), .* in ([0-9.]+)s = ", step.log)
@@ -269,8 +282,7 @@ def prepare(base: Path, keys: KeySet, db_url: str, mode: str = "full") -> tuple[
     return conf, spaces
 
 
-def check_archive(conf: Path, spaces: dict[str, Path], entries: list[Entry], keys: KeySet,
-                  spot: int = 3) -> list[str]:
+def check_archive(conf: Path, spaces: dict[str, Path], entries: list[Entry], keys: KeySet, spot: int = 3) -> list[str]:
     """Problems (empty: fine): every file archived with a sidecar, recorded `available`, spot-decrypted."""
     from legampi.archive import archive_name
     from legampi.config import load
@@ -299,14 +311,16 @@ def check_archive(conf: Path, spaces: dict[str, Path], entries: list[Entry], key
     if not problems and entries:
         sk = keys.archive_secret()
         ordered = sorted(entries, key=lambda e: e.name)
-        picks = {ordered[0].name: ordered[0], ordered[-1].name: ordered[-1],
-                 ordered[len(ordered) // 2].name: ordered[len(ordered) // 2]}
+        picks = {
+            ordered[0].name: ordered[0],
+            ordered[-1].name: ordered[-1],
+            ordered[len(ordered) // 2].name: ordered[len(ordered) // 2],
+        }
         for e in list(picks.values())[:spot]:
             final = end_storage / archive_name(e.name, exts)
             md5, sha, size = datagen.decrypt_digest(str(final), sk)
             if (md5, sha, size) != (e.md5, e.sha256, e.size):
-                problems.append(f"{e.name}: archive decrypts to md5 {md5} size {size}, "
-                                f"manifest {e.md5} {e.size}")
+                problems.append(f"{e.name}: archive decrypts to md5 {md5} size {size}, manifest {e.md5} {e.size}")
     leftovers = [p.name for p in spaces["processing"].iterdir()]
     if leftovers:
         problems.append(f"{len(leftovers)} source(s) still in processing, e.g. {leftovers[:3]}")
@@ -318,8 +332,14 @@ def top_functions(prof: str, n: int = 15, sort: str = "tottime") -> list[dict]:
     st = pstats.Stats(prof)
     rows = []
     for (file, line, func), (_cc, calls, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-        rows.append({"function": f"{Path(file).name}:{line}({func})" if line else func, "calls": calls,
-                     "tottime": round(tt, 3), "cumtime": round(ct, 3)})
+        rows.append(
+            {
+                "function": f"{Path(file).name}:{line}({func})" if line else func,
+                "calls": calls,
+                "tottime": round(tt, 3),
+                "cumtime": round(ct, 3),
+            }
+        )
     rows.sort(key=lambda r: -r[sort])
     return rows[:n]
 
@@ -366,8 +386,11 @@ def print_table(rows: list[list[str]], header: list[str]) -> None:
     cells = [header, *rows]
     widths = [max(len(str(r[i])) for r in cells) for i in range(len(header))]
     for k, r in enumerate(cells):
-        print("  ".join(str(c).rjust(w) if k and i else str(c).ljust(w)
-                        for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
+        print(
+            "  ".join(
+                str(c).rjust(w) if k and i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            ).rstrip()
+        )
         if k == 0:
             print("  ".join("-" * w for w in widths))
 
@@ -399,23 +422,24 @@ examples:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bookkeeping.py", description=__doc__.split("\n")[0], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bookkeeping.py",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--files", type=int, default=20000, help="number of files (default 20000)")
     p.add_argument("--size", default="1KiB", help="plaintext size of each file (default 1KiB)")
     p.add_argument("--workers", "-W", type=int, default=2, help="worker ranks; mpiexec -n W+1 (default 2)")
     p.add_argument("--db", default="sqlite,postgresql", help="comma list of sqlite,postgresql (default both)")
-    p.add_argument("--pg-dsn", default=PG_DSN, help=f"PostgreSQL database for the throwaway schema "
-                   f"(default {PG_DSN})")
+    p.add_argument("--pg-dsn", default=PG_DSN, help=f"PostgreSQL database for the throwaway schema (default {PG_DSN})")
     p.add_argument("--mode", choices=["full", "header"], default="full", help="[crypto] reencrypt")
     p.add_argument("--profile", action="store_true", help="cProfile ranks 0 and 1; print top functions")
     p.add_argument("--smoke", action="store_true", help="300 files on both databases, seconds")
-    p.add_argument("--fail-on-target", action="store_true",
-                   help=f"exit 1 below {TARGET_FILES_PER_S:.0f} files/s")
+    p.add_argument("--fail-on-target", action="store_true", help=f"exit 1 below {TARGET_FILES_PER_S:.0f} files/s")
     p.add_argument("--workdir", type=Path, help="work folder (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
-    p.add_argument("--json", type=Path,
-                   help="results path (default benchmarks/results/bookkeeping-<time>.json)")
+    p.add_argument("--json", type=Path, help="results path (default benchmarks/results/bookkeeping-<time>.json)")
     p.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine shared')")
     a = p.parse_args(argv)
     if a.smoke:
@@ -440,14 +464,16 @@ def bench_one(a: argparse.Namespace, work: Path, kind: str, keys: KeySet, entrie
     with database(kind, base, a.pg_dsn) as url:
         conf, spaces = prepare(base, keys, url, a.mode)
         link_all(work / "inbox", spaces["processing"], entries)
-        reg = run_step("register", [tool("legampi"), "-c", str(conf), "register", str(work / "manifest.tsv"),
-                                    "--dataset", "EGAD-BOOKKEEPING"], base / "register.log")
+        reg = run_step(
+            "register",
+            [tool("legampi"), "-c", str(conf), "register", str(work / "manifest.tsv"), "--dataset", "EGAD-BOOKKEEPING"],
+            base / "register.log",
+        )
         row["register_s"] = round(reg.wall, 3)
         if reg.code != 0:
             row["problems"].append(f"register exit {reg.code}: {tail(reg.log)}")
             return row
-        pr = run_process(conf, a.workers + 1, base / "usage", base / "process.log",
-                         "0,1" if a.profile else "")
+        pr = run_process(conf, a.workers + 1, base / "usage", base / "process.log", "0,1" if a.profile else "")
         row.update(process_s=round(pr.wall, 3), loop_s=pr.loop_seconds, usage=pr.usage)
         if pr.code != 0:
             row["problems"].append(f"process exit {pr.code}: {tail(pr.log)}")
@@ -465,26 +491,41 @@ def bench_one(a: argparse.Namespace, work: Path, kind: str, keys: KeySet, entrie
         row["worker_cpu_s"] = round(sum(u["utime"] + u["stime"] for r, u in pr.usage.items() if r), 3)
         row["log_lines"] = pr.log.count("\n")
         if a.profile:
-            row["profile"] = {r: {"tottime": top_functions(p, 15, "tottime"),
-                                  "cumtime": top_functions(p, 25, "cumtime")} for r, p in pr.profiles.items()}
+            row["profile"] = {
+                r: {"tottime": top_functions(p, 15, "tottime"), "cumtime": top_functions(p, 25, "cumtime")}
+                for r, p in pr.profiles.items()
+            }
     return row
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     work = workdir_for(a.workdir, "legampi-bookkeeping-")
-    result: dict = {"benchmark": "bookkeeping", "started": dt.datetime.now().isoformat(timespec="seconds"),
-                    "argv": sys.argv[1:], "note": a.note, "machine": machine_info(),
-                    "config": {"files": a.files, "size": a.size_bytes, "workers": a.workers, "dbs": a.dbs,
-                               "mode": a.mode, "profile": a.profile}}
+    result: dict = {
+        "benchmark": "bookkeeping",
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "note": a.note,
+        "machine": machine_info(),
+        "config": {
+            "files": a.files,
+            "size": a.size_bytes,
+            "workers": a.workers,
+            "dbs": a.dbs,
+            "mode": a.mode,
+            "profile": a.profile,
+        },
+    }
     print(f"work folder: {work}{' (kept)' if a.keep else ''}")
     try:
         keys = keys_in(work / "keys")
         t0 = time.perf_counter()
         entries = make_small_files(work / "inbox", a.files, a.size_bytes, keys.inbox_public())
         write_manifest(work / "manifest.tsv", entries)
-        print(f"data: {len(entries)} Crypt4GH files of {datagen.human(a.size_bytes)} plaintext, generated in "
-              f"{time.perf_counter() - t0:.1f} s; W={a.workers} (mpiexec -n {a.workers + 1})")
+        print(
+            f"data: {len(entries)} Crypt4GH files of {datagen.human(a.size_bytes)} plaintext, generated in "
+            f"{time.perf_counter() - t0:.1f} s; W={a.workers} (mpiexec -n {a.workers + 1})"
+        )
         rows = []
         for kind in a.dbs:
             try:
@@ -506,18 +547,47 @@ def _f(x: float | None, fmt: str = "{:.0f}") -> str:
 
 
 def report(a: argparse.Namespace, rows: list[dict]) -> int:
-    print(f"\n== bookkeeping: {a.files} files of {datagen.human(a.size_bytes)}, W={a.workers}; files/s "
-          f"(target >= {TARGET_FILES_PER_S:.0f} overall)")
+    print(
+        f"\n== bookkeeping: {a.files} files of {datagen.human(a.size_bytes)}, W={a.workers}; files/s "
+        f"(target >= {TARGET_FILES_PER_S:.0f} overall)"
+    )
     table = []
     for r in rows:
-        table.append([r["db"], str(r["files"]), _f(r.get("register_s"), "{:.2f}"), _f(r.get("register_fps")),
-                      _f(r.get("process_s"), "{:.2f}"), _f(r.get("process_fps")),
-                      _f(r.get("loop_s"), "{:.1f}"), _f(r.get("loop_fps")), _f(r.get("overall_fps")),
-                      _f(r.get("rank0_cpu_frac"), "{:.0%}"),
-                      _f(r.get("rank0_loop_cpu_ms_per_file"), "{:.2f}"),
-                      _f(r.get("worker_cpu_s"), "{:.1f}"), "ok" if not r["problems"] else "FAILED"])
-    print_table(table, ["db", "files", "register s", "files/s", "process s", "files/s", "loop s", "files/s",
-                        "overall f/s", "rank0 CPU", "r0 loop ms/f", "workers CPU s", "check"])
+        table.append(
+            [
+                r["db"],
+                str(r["files"]),
+                _f(r.get("register_s"), "{:.2f}"),
+                _f(r.get("register_fps")),
+                _f(r.get("process_s"), "{:.2f}"),
+                _f(r.get("process_fps")),
+                _f(r.get("loop_s"), "{:.1f}"),
+                _f(r.get("loop_fps")),
+                _f(r.get("overall_fps")),
+                _f(r.get("rank0_cpu_frac"), "{:.0%}"),
+                _f(r.get("rank0_loop_cpu_ms_per_file"), "{:.2f}"),
+                _f(r.get("worker_cpu_s"), "{:.1f}"),
+                "ok" if not r["problems"] else "FAILED",
+            ]
+        )
+    print_table(
+        table,
+        [
+            "db",
+            "files",
+            "register s",
+            "files/s",
+            "process s",
+            "files/s",
+            "loop s",
+            "files/s",
+            "overall f/s",
+            "rank0 CPU",
+            "r0 loop ms/f",
+            "workers CPU s",
+            "check",
+        ],
+    )
     failed = [r for r in rows if r["problems"]]
     for r in failed:
         for p in r["problems"]:
@@ -528,8 +598,13 @@ def report(a: argparse.Namespace, rows: list[dict]) -> int:
     for r in rows:
         for rank, prof in sorted(r.get("profile", {}).items()):
             print(f"\n-- profile {r['db']} rank {rank} (cProfile, top by own time)")
-            print_table([[x["function"][:70], str(x["calls"]), f"{x['tottime']:.2f}", f"{x['cumtime']:.2f}"]
-                         for x in prof["tottime"]], ["function", "calls", "own s", "cum s"])
+            print_table(
+                [
+                    [x["function"][:70], str(x["calls"]), f"{x['tottime']:.2f}", f"{x['cumtime']:.2f}"]
+                    for x in prof["tottime"]
+                ],
+                ["function", "calls", "own s", "cum s"],
+            )
     if failed:
         return 1
     return 1 if missed and a.fail_on_target else 0
@@ -537,4 +612,3 @@ def report(a: argparse.Namespace, rows: list[dict]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

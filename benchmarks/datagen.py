@@ -228,9 +228,7 @@ def decrypt_digest(path: str, secret_key: bytes) -> tuple[str, str, int]:
         try:
             session_keys, edit_list = header.deconstruct(f, [(0, secret_key, None)])
         except ValueError as exc:
-            raise ValueError(
-                f"{path}: cannot decrypt the Crypt4GH header with the archive key: {exc}"
-            ) from exc
+            raise ValueError(f"{path}: cannot decrypt the Crypt4GH header with the archive key: {exc}") from exc
         if edit_list is not None:
             raise ValueError(f"{path}: unexpected edit list in an archived file")
         plain = bytearray(SEGMENT)

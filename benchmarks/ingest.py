@@ -166,9 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N|all",
         help="files per contender to decrypt and check in full (default 3)",
     )
-    r.add_argument(
-        "--repeat", type=int, default=1, help="runs per contender; the table shows the median (default 1)"
-    )
+    r.add_argument("--repeat", type=int, default=1, help="runs per contender; the table shows the median (default 1)")
     r.add_argument(
         "--warmup",
         type=int,
@@ -192,9 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     o.add_argument("--note", default="", help="free text stored in the JSON (e.g. 'machine shared')")
     b = p.add_argument_group("balance")
     b.add_argument("--balance-only", action="store_true", help="print only the scheduling simulation (fast)")
-    b.add_argument(
-        "--balance-workers", default="2,4,8,16", help="W values for the simulation (default 2,4,8,16)"
-    )
+    b.add_argument("--balance-workers", default="2,4,8,16", help="W values for the simulation (default 2,4,8,16)")
     b.add_argument(
         "--no-balance-real",
         action="store_true",
@@ -277,9 +273,7 @@ def machine_info() -> dict:
         "kernel": platform.release(),
         "loadavg_start": os.getloadavg(),
         "python": platform.python_version(),
-        "versions": {
-            d: _version(d) for d in ("crypt4gh", "mpi4py", "mpich", "cryptography", "numpy", "legampi")
-        },
+        "versions": {d: _version(d) for d in ("crypt4gh", "mpi4py", "mpich", "cryptography", "numpy", "legampi")},
         "mpiexec": mpiexec,
         "hydra_version": hydra,
     }
@@ -430,9 +424,7 @@ def run_legampi(workdir: Path, files: list[DataFile], workers: int, mode: str, d
     with open(workdir / "legampi-process.log", "a", encoding="utf-8") as every:  # all runs, for slow outliers
         every.write(f"=== {dt.datetime.now().isoformat(timespec='seconds')} {mode} {run.wall:.2f} s\n")
         every.write(proc.stdout + proc.stderr)
-    run.notes = (
-        f"untimed: init-db {timings['init-db']} s, register {timings['register']} s; log {base}/process.log"
-    )
+    run.notes = f"untimed: init-db {timings['init-db']} s, register {timings['register']} s; log {base}/process.log"
     if proc.returncode != 0:
         run.status, run.error = "error", f"process exit {proc.returncode}: {_tail(proc)}"
         return run
@@ -468,9 +460,7 @@ def _keys_of(workdir: Path) -> KeySet:
 # --------------------------------------------------------------------------- verification
 
 
-def verify(
-    run: ContenderRun, files: list[DataFile], keys: KeySet, spot: str, rng: random.Random
-) -> list[str]:
+def verify(run: ContenderRun, files: list[DataFile], keys: KeySet, spot: str, rng: random.Random) -> list[str]:
     """Problems with a contender's archive (empty list: verified). Checks outputs, not claims."""
     problems: list[str] = []
     by_name = {o.name: o for o in run.outcomes}
@@ -495,9 +485,7 @@ def verify(
     else:
         n = int(spot)
         ordered = sorted(files, key=lambda d: d.size)
-        chosen = (
-            [ordered[-1], ordered[0]] + rng.sample(ordered[1:-1], max(0, min(n - 2, len(ordered) - 2)))
-        )[:n]
+        chosen = ([ordered[-1], ordered[0]] + rng.sample(ordered[1:-1], max(0, min(n - 2, len(ordered) - 2))))[:n]
     sk = keys.archive_secret()
     for d in {d.name: d for d in chosen}.values():
         out = by_name[d.name].output
@@ -507,9 +495,7 @@ def verify(
             problems.append(f"{d.name}: {exc}")
             continue
         if (md5, sha, size) != (d.md5, d.sha256, d.size):
-            problems.append(
-                f"{d.name}: archive decrypts to md5 {md5} size {size}, manifest says {d.md5} {d.size}"
-            )
+            problems.append(f"{d.name}: archive decrypts to md5 {md5} size {size}, manifest says {d.md5} {d.size}")
         o = by_name[d.name]
         for algo, claimed in (("sha256", o.out_sha256), ("md5", o.out_md5), ("sha256", _sidecar(out))):
             if claimed and _file_digest(out, algo) != claimed:
@@ -630,9 +616,7 @@ def ratios(runs: list[ContenderRun]) -> dict[str, str | float]:
     }
 
 
-def real_balance(
-    files: list[DataFile], runs: list[ContenderRun], w: int, static_run: ContenderRun | None
-) -> dict:
+def real_balance(files: list[DataFile], runs: list[ContenderRun], w: int, static_run: ContenderRun | None) -> dict:
     """Balance on the generated files: simulated in bytes and in measured seconds, and measured for real."""
     listing = sorted(files, key=lambda d: d.name)
     out: dict = {"workers": w, "bytes": schedule_ratios([d.size for d in listing], w)}
@@ -645,9 +629,7 @@ def real_balance(
         out["seconds"] = schedule_ratios([secs[d.name] for d in listing], w)
         out["ideal_full_lpt_wall"] = round(lpt.wall, 3)
     if static_run is not None:
-        out["ideal_full_static_wall"] = (
-            round(static_run.wall, 3) if static_run.status == "ok" else static_run.error
-        )
+        out["ideal_full_static_wall"] = round(static_run.wall, 3) if static_run.status == "ok" else static_run.error
         if lpt and static_run.status == "ok":
             out["measured_static_over_lpt"] = round(static_run.wall / lpt.wall, 3)
     return out
@@ -723,9 +705,7 @@ def run_extra_smokes() -> int:
     return code
 
 
-def _run(
-    args: argparse.Namespace, workdir: Path, result: dict, sim: list[dict], skip_legampi: str | None
-) -> int:
+def _run(args: argparse.Namespace, workdir: Path, result: dict, sim: list[dict], skip_legampi: str | None) -> int:
     keys = datagen.make_keys(workdir / "keys")
     t0 = time.perf_counter()
     files = datagen.generate(workdir / "inbox", args.plan, keys, workers=args.workers)
@@ -766,13 +746,8 @@ def _run(
         static_run = _repeated(args, workdir, files, keys, "ideal", "full", "static", rng)
         runs.append(static_run)
 
-    print(
-        f"\n== results (W={args.workers}, {len(files)} files, {human(total)}; MB/s = plaintext MB / wall s)"
-    )
-    print(
-        f"{'contender':8} {'mode':6} {'schedule':8} {'files':>5} {'bytes':>9} {'wall s':>8} "
-        f"{'MB/s':>9}  status"
-    )
+    print(f"\n== results (W={args.workers}, {len(files)} files, {human(total)}; MB/s = plaintext MB / wall s)")
+    print(f"{'contender':8} {'mode':6} {'schedule':8} {'files':>5} {'bytes':>9} {'wall s':>8} {'MB/s':>9}  status")
     for r in runs:
         print(fmt_row(r, total))
     rat = ratios(runs)
@@ -786,10 +761,7 @@ def _run(
     for unit in ("bytes", "seconds"):
         if unit in bal:
             b = bal[unit]
-            print(
-                f"simulated in {unit:7}: static {b['static']:.2f}  "
-                f"listing {b['listing']:.2f}  LPT {b['lpt']:.2f}"
-            )
+            print(f"simulated in {unit:7}: static {b['static']:.2f}  listing {b['listing']:.2f}  LPT {b['lpt']:.2f}")
     if "measured_static_over_lpt" in bal:
         print(
             f"measured (ideal full): static {bal['ideal_full_static_wall']:.2f} s vs LPT "

@@ -67,12 +67,20 @@ examples:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="memory.py", description=__doc__.split("\n")[0], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", "--size", default="40MB,4GB",
-                   help="one-file runs, comma list of plaintext sizes (default 40MB,4GB)")
-    p.add_argument("--rank0-files", default="1000,5000,20000",
-                   help="file counts for rank 0's memory per file (default 1000,5000,20000; '' skips)")
+    p = argparse.ArgumentParser(
+        prog="memory.py",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--sizes", "--size", default="40MB,4GB", help="one-file runs, comma list of plaintext sizes (default 40MB,4GB)"
+    )
+    p.add_argument(
+        "--rank0-files",
+        default="1000,5000,20000",
+        help="file counts for rank 0's memory per file (default 1000,5000,20000; '' skips)",
+    )
     p.add_argument("--workers", "-W", type=int, default=2, help="workers in the rank 0 runs (default 2)")
     p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite", help="tracking database")
     p.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432/test")
@@ -114,8 +122,9 @@ def make_large(folder: Path, size: int, pk: bytes, seed: int) -> Entry:
     return Entry(name, got, md5, sha)
 
 
-def one_run(a: argparse.Namespace, work: Path, label: str, keys, entries: list[Entry], ranks: int,
-            src: Path, spot: int = 3) -> dict:
+def one_run(
+    a: argparse.Namespace, work: Path, label: str, keys, entries: list[Entry], ranks: int, src: Path, spot: int = 3
+) -> dict:
     """Register ENTRIES (already in SRC), process them with RANKS ranks; the row with every rank's usage."""
     base = work / f"run-{label}"
     row: dict = {"label": label, "files": len(entries), "ranks": ranks, "problems": []}
@@ -124,8 +133,11 @@ def one_run(a: argparse.Namespace, work: Path, label: str, keys, entries: list[E
         link_all(src, spaces["processing"], entries)
         manifest = base / "manifest.tsv"
         write_manifest(manifest, entries)
-        reg = run_step("register", [tool("legampi"), "-c", str(conf), "register", str(manifest),
-                                    "--dataset", f"EGAD-MEM-{label.upper()}"], base / "register.log")
+        reg = run_step(
+            "register",
+            [tool("legampi"), "-c", str(conf), "register", str(manifest), "--dataset", f"EGAD-MEM-{label.upper()}"],
+            base / "register.log",
+        )
         if reg.code != 0:
             row["problems"].append(f"register exit {reg.code}: {tail(reg.log)}")
             return row
@@ -157,14 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     need = 2.1 * max(a.size_list, default=0)
     free = shutil.disk_usage(work).free
     if need > free:
-        print(f"error: the {datagen.human(max(a.size_list))} run needs about {datagen.human(need)} free in "
-              f"{work}, only {datagen.human(free)} is free (use --workdir elsewhere or a smaller --sizes)",
-              file=sys.stderr)
+        print(
+            f"error: the {datagen.human(max(a.size_list))} run needs about {datagen.human(need)} free in "
+            f"{work}, only {datagen.human(free)} is free (use --workdir elsewhere or a smaller --sizes)",
+            file=sys.stderr,
+        )
         return 2
-    result: dict = {"benchmark": "memory", "started": dt.datetime.now().isoformat(timespec="seconds"),
-                    "argv": sys.argv[1:], "note": a.note, "machine": machine_info(),
-                    "config": {"sizes": a.size_list, "rank0_files": a.count_list, "workers": a.workers,
-                               "db": a.db}}
+    result: dict = {
+        "benchmark": "memory",
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "note": a.note,
+        "machine": machine_info(),
+        "config": {"sizes": a.size_list, "rank0_files": a.count_list, "workers": a.workers, "db": a.db},
+    }
     print(f"work folder: {work}{' (kept)' if a.keep else ''}")
     worker_rows: list[dict] = []
     rank0_rows: list[dict] = []
@@ -188,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             entries = make_small_files(src, max(a.count_list), 1024, pk)
             print(f"{len(entries)} files of 1 KiB: generated in {time.perf_counter() - t0:.1f} s", flush=True)
             for n in a.count_list:
-                row = _guarded(lambda n=n, src=src: one_run(a, work, f"files-{n}", keys, entries[:n],
-                                                            a.workers + 1, src), f"files-{n}")
+                row = _guarded(
+                    lambda n=n, src=src: one_run(a, work, f"files-{n}", keys, entries[:n], a.workers + 1, src),
+                    f"files-{n}",
+                )
                 rank0_rows.append(row)
                 shutil.rmtree(work / f"run-files-{n}")
     finally:
@@ -221,11 +241,20 @@ def report(a: argparse.Namespace, worker_rows: list[dict], rank0_rows: list[dict
     summary: dict = {"targets": {}}
     if worker_rows:
         print("\n== worker peak RSS, one file, mpiexec -n 2 (MB = 10^6 bytes)")
-        print_table([[datagen.human(r.get("size", 0)), _mb(r.get("worker_kb")), _mb(r.get("rank0_kb")),
-                      f"{r['wall']:.2f}" if "wall" in r else "-",
-                      f"{r['size'] / 1e6 / r['wall']:.0f}" if r.get("wall") else "-",
-                      "ok" if not r["problems"] else "FAILED"] for r in worker_rows],
-                    ["file", "worker MB", "rank 0 MB", "wall s", "MB/s", "check"])
+        print_table(
+            [
+                [
+                    datagen.human(r.get("size", 0)),
+                    _mb(r.get("worker_kb")),
+                    _mb(r.get("rank0_kb")),
+                    f"{r['wall']:.2f}" if "wall" in r else "-",
+                    f"{r['size'] / 1e6 / r['wall']:.0f}" if r.get("wall") else "-",
+                    "ok" if not r["problems"] else "FAILED",
+                ]
+                for r in worker_rows
+            ],
+            ["file", "worker MB", "rank 0 MB", "wall s", "MB/s", "check"],
+        )
         ok = [r for r in worker_rows if not r["problems"]]
         if ok:
             peaks = [r["worker_kb"] * 1024 for r in ok]
@@ -233,15 +262,27 @@ def report(a: argparse.Namespace, worker_rows: list[dict], rank0_rows: list[dict
             summary.update(worker_peak_max=max(peaks), worker_growth=growth)
             summary["targets"]["worker <= 100 MB"] = max(peaks) <= WORKER_TARGET
             summary["targets"]["worker does not grow with size"] = growth <= WORKER_GROWTH
-            print(f"worker peak {max(peaks) / 1e6:.1f} MB (target <= {WORKER_TARGET / 1e6:.0f}); growth from "
-                  f"the smallest to the largest file {growth / 1e6:+.1f} MB "
-                  f"(target <= {WORKER_GROWTH / 1e6:.0f})")
+            print(
+                f"worker peak {max(peaks) / 1e6:.1f} MB (target <= {WORKER_TARGET / 1e6:.0f}); growth from "
+                f"the smallest to the largest file {growth / 1e6:+.1f} MB "
+                f"(target <= {WORKER_GROWTH / 1e6:.0f})"
+            )
     if rank0_rows:
         print(f"\n== rank 0 peak RSS against the number of 1 KiB files, mpiexec -n {a.workers + 1}")
-        print_table([[str(r.get("files", "-")), _mb(r.get("rank0_kb")), _mb(r.get("rank0_loop_start_kb")),
-                      _mb(r.get("worker_kb")), f"{r['wall']:.2f}" if "wall" in r else "-",
-                      "ok" if not r["problems"] else "FAILED"] for r in rank0_rows],
-                    ["files", "rank 0 MB", "before loop", "worker MB", "wall s", "check"])
+        print_table(
+            [
+                [
+                    str(r.get("files", "-")),
+                    _mb(r.get("rank0_kb")),
+                    _mb(r.get("rank0_loop_start_kb")),
+                    _mb(r.get("worker_kb")),
+                    f"{r['wall']:.2f}" if "wall" in r else "-",
+                    "ok" if not r["problems"] else "FAILED",
+                ]
+                for r in rank0_rows
+            ],
+            ["files", "rank 0 MB", "before loop", "worker MB", "wall s", "check"],
+        )
         ok = [r for r in rank0_rows if not r["problems"]]
         if len(ok) >= 2:
             xs = [r["files"] for r in ok]
@@ -252,10 +293,15 @@ def report(a: argparse.Namespace, worker_rows: list[dict], rank0_rows: list[dict
             if all(r.get("rank0_loop_start_kb") for r in ok):
                 before = slope(xs, [r["rank0_loop_start_kb"] * 1024 for r in ok])
                 summary["rank0_bytes_per_file_before_loop"] = before
-            extra = "" if before is None else \
-                f"; {before / 1024:.2f} KiB of it already before the dispatch loop (recovery, plan, claim)"
-            print(f"rank 0 grows {per_file / 1024:.2f} KiB per file (least squares; target <= "
-                  f"{RANK0_TARGET / 1024:.0f} KiB){extra}")
+            extra = (
+                ""
+                if before is None
+                else f"; {before / 1024:.2f} KiB of it already before the dispatch loop (recovery, plan, claim)"
+            )
+            print(
+                f"rank 0 grows {per_file / 1024:.2f} KiB per file (least squares; target <= "
+                f"{RANK0_TARGET / 1024:.0f} KiB){extra}"
+            )
     return report_end(worker_rows + rank0_rows, "label", summary)
 
 

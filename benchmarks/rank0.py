@@ -70,8 +70,12 @@ examples:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="rank0.py", description=__doc__.split("\n")[0], epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="rank0.py",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--files", type=int, default=6, help="number of files (default 6)")
     p.add_argument("--size", default="100MB", help="plaintext size of each file (default 100MB)")
     p.add_argument("--mode", choices=["full", "header"], default="full", help="reencrypt mode")
@@ -99,8 +103,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def legampi_once(a: argparse.Namespace, work: Path, files: list[datagen.DataFile], keys: datagen.KeySet,
-                 ranks: int, rng: random.Random) -> dict:
+def legampi_once(
+    a: argparse.Namespace,
+    work: Path,
+    files: list[datagen.DataFile],
+    keys: datagen.KeySet,
+    ranks: int,
+    rng: random.Random,
+) -> dict:
     """One verified legampi run with RANKS ranks; the row with rank 0's CPU."""
     base = work / f"run-n{ranks}"
     row: dict = {"contender": f"legampi -n {ranks}", "workers": ranks - 1, "problems": []}
@@ -108,8 +118,11 @@ def legampi_once(a: argparse.Namespace, work: Path, files: list[datagen.DataFile
     with database(a.db, base, a.pg_dsn) as url:
         conf, spaces = prepare(base, keys, url, a.mode)
         link_all(work / "inbox", spaces["processing"], entries)
-        reg = run_step("register", [tool("legampi"), "-c", str(conf), "register", str(work / "manifest.tsv"),
-                                    "--dataset", "EGAD-RANK0"], base / "register.log")
+        reg = run_step(
+            "register",
+            [tool("legampi"), "-c", str(conf), "register", str(work / "manifest.tsv"), "--dataset", "EGAD-RANK0"],
+            base / "register.log",
+        )
         if reg.code != 0:
             row["problems"].append(f"register exit {reg.code}: {tail(reg.log)}")
             return row
@@ -131,15 +144,17 @@ def legampi_once(a: argparse.Namespace, work: Path, files: list[datagen.DataFile
         run = ContenderRun("legampi", a.mode, "mpi", ranks - 1)
         for d in files:
             out = _find_output(spaces["end_storage"], d.name)
-            run.outcomes.append(FileOutcome(d.name, output=str(out) if out else None,
-                                            error=None if out else "no archived file"))
+            run.outcomes.append(
+                FileOutcome(d.name, output=str(out) if out else None, error=None if out else "no archived file")
+            )
         row["problems"] += verify(run, files, keys, a.verify, rng)
     shutil.rmtree(base)
     return row
 
 
-def ideal_once(a: argparse.Namespace, work: Path, files: list[datagen.DataFile], keys: datagen.KeySet,
-               rng: random.Random) -> dict:
+def ideal_once(
+    a: argparse.Namespace, work: Path, files: list[datagen.DataFile], keys: datagen.KeySet, rng: random.Random
+) -> dict:
     out = work / "run-ideal"
     if out.exists():
         shutil.rmtree(out)
@@ -181,10 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank0: {why}", file=sys.stderr)
         return 2
     work = workdir_for(a.workdir, "legampi-rank0-")
-    result: dict = {"benchmark": "rank0", "started": dt.datetime.now().isoformat(timespec="seconds"),
-                    "argv": sys.argv[1:], "note": a.note, "machine": machine_info(),
-                    "config": {"files": a.files, "size": a.size_bytes, "mode": a.mode, "db": a.db,
-                               "repeat": a.repeat}}
+    result: dict = {
+        "benchmark": "rank0",
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "note": a.note,
+        "machine": machine_info(),
+        "config": {"files": a.files, "size": a.size_bytes, "mode": a.mode, "db": a.db, "repeat": a.repeat},
+    }
     print(f"work folder: {work}{' (kept)' if a.keep else ''}")
     rng = random.Random(1)
     try:
@@ -194,8 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         files = datagen.generate(work / "inbox", plan, keys, workers=2)
         datagen.write_manifest(work / "manifest.tsv", files)
         total = sum(d.size for d in files)
-        print(f"data: {len(files)} files, {datagen.human(total)} plaintext, generated in "
-              f"{time.perf_counter() - t0:.1f} s; mode {a.mode}, warm cache", flush=True)
+        print(
+            f"data: {len(files)} files, {datagen.human(total)} plaintext, generated in "
+            f"{time.perf_counter() - t0:.1f} s; mode {a.mode}, warm cache",
+            flush=True,
+        )
         rows = [
             repeated(a, lambda: legampi_once(a, work, files, keys, 3, rng)),
             repeated(a, lambda: legampi_once(a, work, files, keys, 2, rng)),
@@ -219,16 +241,26 @@ def _pct(x: float | None) -> str:
 
 
 def report(a: argparse.Namespace, rows: list[dict], total: int) -> dict:
-    print(f"\n== rank 0 cost: {a.files} x {datagen.human(a.size_bytes)} ({datagen.human(total)}), "
-          f"mode {a.mode}, {a.db}; median of {a.repeat}")
-    print_table([[r["contender"], f"{r['wall']:.2f}" if "wall" in r else "-",
-                  f"{total / 1e6 / r['wall']:.0f}" if r.get("wall") else "-",
-                  f"{r['rank0_cpu_loop']:.3f}" if "rank0_cpu_loop" in r else "-",
-                  _pct(r.get("rank0_frac_loop")),
-                  f"{r['rank0_cpu_all']:.2f}" if "rank0_cpu_all" in r else "-", _pct(r.get("rank0_frac_all")),
-                  "ok" if not r["problems"] else "FAILED"] for r in rows],
-                ["contender", "wall s", "MB/s", "r0 loop CPU s", "r0 CPU % loop", "r0 CPU s all",
-                 "r0 CPU % all", "check"])
+    print(
+        f"\n== rank 0 cost: {a.files} x {datagen.human(a.size_bytes)} ({datagen.human(total)}), "
+        f"mode {a.mode}, {a.db}; median of {a.repeat}"
+    )
+    print_table(
+        [
+            [
+                r["contender"],
+                f"{r['wall']:.2f}" if "wall" in r else "-",
+                f"{total / 1e6 / r['wall']:.0f}" if r.get("wall") else "-",
+                f"{r['rank0_cpu_loop']:.3f}" if "rank0_cpu_loop" in r else "-",
+                _pct(r.get("rank0_frac_loop")),
+                f"{r['rank0_cpu_all']:.2f}" if "rank0_cpu_all" in r else "-",
+                _pct(r.get("rank0_frac_all")),
+                "ok" if not r["problems"] else "FAILED",
+            ]
+            for r in rows
+        ],
+        ["contender", "wall s", "MB/s", "r0 loop CPU s", "r0 CPU % loop", "r0 CPU s all", "r0 CPU % all", "check"],
+    )
     n3, n2, ideal = rows
     summary: dict = {"targets": {}}
     if not n3["problems"] and not n2["problems"]:
@@ -236,9 +268,11 @@ def report(a: argparse.Namespace, rows: list[dict], total: int) -> dict:
         frac = max(n3["rank0_frac_loop"], n2["rank0_frac_loop"])
         summary["rank0_frac_loop_max"] = frac
         summary["targets"]["rank 0 CPU < 2% of the loop wall"] = frac < RANK0_CPU_TARGET
-        print(f"-n 3 / -n 2 speed-up {summary['speedup_n3_over_n2']:.2f}x (not a target, see --help); rank 0 "
-              f"CPU at most {100 * summary['rank0_frac_loop_max']:.2f}% of the loop wall (target < "
-              f"{100 * RANK0_CPU_TARGET:.0f}%)")
+        print(
+            f"-n 3 / -n 2 speed-up {summary['speedup_n3_over_n2']:.2f}x (not a target, see --help); rank 0 "
+            f"CPU at most {100 * summary['rank0_frac_loop_max']:.2f}% of the loop wall (target < "
+            f"{100 * RANK0_CPU_TARGET:.0f}%)"
+        )
     if not n3["problems"] and not ideal["problems"]:
         ratio = summary["legampi_n3_over_ideal"] = ideal["wall"] / n3["wall"]
         summary["targets"][f"-n 3 >= {IDEAL_TARGET}x ideal W=2"] = ratio >= IDEAL_TARGET

@@ -32,12 +32,21 @@ from ingest import _tool, legampi_available, machine_info, write_legampi_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="startup.py", description=__doc__.split("\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="startup.py",
+        description=__doc__.split("\n")[0],
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--ranks", type=int, default=3, help="mpiexec -n (default 3)")
     p.add_argument("--rounds", type=int, default=21, help="runs of every variant (default 21)")
-    p.add_argument("--variant", action="append", default=[], metavar="'VAR=VALUE ...'",
-                   help="environment variant to compare with the defaults (repeatable)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="'VAR=VALUE ...'",
+        help="environment variant to compare with the defaults (repeatable)",
+    )
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--keep", action="store_true")
     p.add_argument("--json", type=Path, default=None)
@@ -81,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
                 wall = time.perf_counter() - t0
                 if proc.returncode != 0:
-                    print(f"FAILED {v or 'defaults'}: exit {proc.returncode}: {proc.stderr.strip()[-400:]}",
-                          file=sys.stderr)
+                    print(
+                        f"FAILED {v or 'defaults'}: exit {proc.returncode}: {proc.stderr.strip()[-400:]}",
+                        file=sys.stderr,
+                    )
                     return 1
                 walls[v].append(wall)
     finally:
@@ -91,13 +102,25 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for v in variants:
         w = sorted(walls[v])
-        rows.append([v or "(legampi defaults)", f"{1000 * statistics.median(w):.1f}",
-                     f"{1000 * w[len(w) // 4]:.1f}", f"{1000 * w[0]:.1f}"])
+        rows.append(
+            [
+                v or "(legampi defaults)",
+                f"{1000 * statistics.median(w):.1f}",
+                f"{1000 * w[len(w) // 4]:.1f}",
+                f"{1000 * w[0]:.1f}",
+            ]
+        )
     print(f"\n== empty job, mpiexec -n {a.ranks}, {a.rounds} rounds (ms)")
     print_table(rows, ["variant", "median", "p25", "min"])
-    result = {"benchmark": "startup", "started": dt.datetime.now().isoformat(timespec="seconds"),
-              "argv": sys.argv[1:], "note": a.note, "machine": machine_info(),
-              "config": {"ranks": a.ranks, "rounds": a.rounds}, "walls": walls}
+    result = {
+        "benchmark": "startup",
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "note": a.note,
+        "machine": machine_info(),
+        "config": {"ranks": a.ranks, "rounds": a.rounds},
+        "walls": walls,
+    }
     write_json(a.json, "startup", result)
     return 0
 

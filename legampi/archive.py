@@ -4,6 +4,7 @@ Everything here keeps one promise: a name in end_storage is either absent or a c
 fsynced file. Work happens under a recognisable temp name in the final folder (same filesystem), and
 the final name appears only through os.link, which never replaces an existing file.
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,15 +17,15 @@ from pathlib import Path, PurePosixPath
 
 from legampi.formats import IngestError
 
-ARCHIVE_EXTENSION = '.c4gh'
-TEMP_MARKER = '.legampi-tmp-'
+ARCHIVE_EXTENSION = ".c4gh"
+TEMP_MARKER = ".legampi-tmp-"
 DIR_MODE = 0o750
-_TEMP_RE = re.compile(r'^\..+' + re.escape(TEMP_MARKER) + r'\d+-[0-9a-f]{8,}$')
+_TEMP_RE = re.compile(r"^\..+" + re.escape(TEMP_MARKER) + r"\d+-[0-9a-f]{8,}$")
 
 
 def temp_name(final_name: str) -> str:
     """Hidden temp name next to `final_name`, unique per process and call, recognisable by recovery."""
-    return f'.{final_name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}'
+    return f".{final_name}{TEMP_MARKER}{os.getpid()}-{secrets.token_hex(6)}"
 
 
 def is_temp_name(name: str) -> bool:
@@ -36,26 +37,27 @@ def final_name_of_temp(name: str) -> str:
     """The final file name a temp name was standing in for."""
     base = os.path.basename(name)
     if not is_temp_name(base):
-        raise ValueError(f'{name} is not a legampi temp name')
-    return base[1:base.rindex(TEMP_MARKER)]
+        raise ValueError(f"{name} is not a legampi temp name")
+    return base[1 : base.rindex(TEMP_MARKER)]
 
 
 def _norm_ext(e: str) -> str:
-    return (e if e.startswith('.') else '.' + e).lower()
+    return (e if e.startswith(".") else "." + e).lower()
 
 
 def check_rel(rel: str) -> PurePosixPath:
     """Refuse registered paths that could point outside the workspace."""
-    if not rel or '\x00' in rel:
-        raise IngestError('unsafe_path', f'{rel!r}: empty path or NUL byte in the registered path')
+    if not rel or "\x00" in rel:
+        raise IngestError("unsafe_path", f"{rel!r}: empty path or NUL byte in the registered path")
     p = PurePosixPath(rel)
-    if p.is_absolute() or rel.startswith('/'):
-        raise IngestError('unsafe_path', f'{rel}: registered path is absolute; it must be relative to '
-                                         'the processing folder')
-    if any(part == '..' for part in p.parts):
-        raise IngestError('unsafe_path', f'{rel}: registered path contains "..": refused')
-    if not p.parts or p.name in ('', '.'):
-        raise IngestError('unsafe_path', f'{rel}: registered path names no file')
+    if p.is_absolute() or rel.startswith("/"):
+        raise IngestError(
+            "unsafe_path", f"{rel}: registered path is absolute; it must be relative to the processing folder"
+        )
+    if any(part == ".." for part in p.parts):
+        raise IngestError("unsafe_path", f'{rel}: registered path contains "..": refused')
+    if not p.parts or p.name in ("", "."):
+        raise IngestError("unsafe_path", f"{rel}: registered path names no file")
     return p
 
 
@@ -63,8 +65,8 @@ def archive_name(rel: str, extensions: tuple[str, ...] | list[str]) -> str:
     """Relative archive path: the input's encryption extension replaced by `.c4gh` (added if none)."""
     p = check_rel(rel)
     name = p.name
-    dot = name.rfind('.')
-    suffix = name[dot:].lower() if dot > 0 else ''
+    dot = name.rfind(".")
+    suffix = name[dot:].lower() if dot > 0 else ""
     if suffix and suffix in {_norm_ext(e) for e in extensions}:
         name = name[:dot]
     return str(p.with_name(name + ARCHIVE_EXTENSION))
@@ -76,11 +78,13 @@ def safe_source(processing: Path, rel: str) -> Path:
     root = Path(processing).resolve()
     src = root.joinpath(*p.parts)
     if src.is_symlink():
-        raise IngestError('unsafe_path', f'{rel}: source is a symbolic link; refusing to follow it')
+        raise IngestError("unsafe_path", f"{rel}: source is a symbolic link; refusing to follow it")
     resolved = src.resolve()
     if resolved != src or not resolved.is_relative_to(root):
-        raise IngestError('unsafe_path', f'{rel}: source resolves to {resolved}, outside the processing '
-                                         f'folder {root} (a symlinked folder?)')
+        raise IngestError(
+            "unsafe_path",
+            f"{rel}: source resolves to {resolved}, outside the processing folder {root} (a symlinked folder?)",
+        )
     return src
 
 
@@ -90,8 +94,7 @@ def open_source(src: Path, rel: str) -> int:
         return os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise IngestError('unsafe_path',
-                              f'{rel}: source is a symbolic link; refusing to follow it') from None
+            raise IngestError("unsafe_path", f"{rel}: source is a symbolic link; refusing to follow it") from None
         raise
 
 
@@ -105,7 +108,7 @@ def make_dirs(path: Path, top: Path, mode: int = DIR_MODE) -> None:
     path = Path(path)
     top_abs = Path(top).absolute()
     if path.absolute() != top_abs and top_abs not in path.absolute().parents:
-        raise IngestError('unsafe_path', f'{path} is outside {top}')
+        raise IngestError("unsafe_path", f"{path} is outside {top}")
     missing = []
     p = path
     while not p.exists() and p != p.parent:
@@ -131,7 +134,7 @@ def fsync_dir(path: Path) -> None:
 class TempArchiveFile:
     """A file being written under a temp name in its final folder; commit() links it into place."""
 
-    def __init__(self, final: Path, mode: int = 0o640, checksum: str = 'sha256') -> None:
+    def __init__(self, final: Path, mode: int = 0o640, checksum: str = "sha256") -> None:
         self.final = Path(final)
         self.mode = mode
         self.temp = self.final.parent / temp_name(self.final.name)
@@ -139,8 +142,9 @@ class TempArchiveFile:
         self.checksum_type = checksum
         self.size = 0
         self.committed = False
-        self._fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                                       | os.O_NOFOLLOW, mode)
+        self._fd: int | None = os.open(
+            self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode
+        )
         try:
             os.fchmod(self._fd, mode)  # the umask must not decide the archive's permissions
         except BaseException:
@@ -150,7 +154,7 @@ class TempArchiveFile:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hash and write all of `data` (os.write may write less than asked)."""
         if self._fd is None:
-            raise ValueError('write to a closed archive temp file')
+            raise ValueError("write to a closed archive temp file")
         view = memoryview(data)
         self.hasher.update(view)
         total = len(view)
@@ -162,7 +166,7 @@ class TempArchiveFile:
     def finish(self) -> str:
         """fsync and close the temp file; return the hex checksum of the bytes written."""
         if self._fd is None:
-            raise ValueError('archive temp file already closed')
+            raise ValueError("archive temp file already closed")
         fd, self._fd = self._fd, None
         try:
             os.fsync(fd)
@@ -176,12 +180,14 @@ class TempArchiveFile:
         durable=False leaves the folder fsync to the caller, who writes the sidecar into the same
         folder next and fsyncs it once for both (one directory fsync per file, not two)."""
         if self._fd is not None:
-            raise ValueError('finish() the archive temp file before commit()')
+            raise ValueError("finish() the archive temp file before commit()")
         try:
             os.link(self.temp, self.final)
         except FileExistsError:
-            raise IngestError('conflict', f'{self.final}: archived copy already exists; not overwritten '
-                                          '(run `legampi recover` to reconcile it)') from None
+            raise IngestError(
+                "conflict",
+                f"{self.final}: archived copy already exists; not overwritten (run `legampi recover` to reconcile it)",
+            ) from None
         self.committed = True
         os.unlink(self.temp)
         if durable:
@@ -217,7 +223,7 @@ def write_durably(path: Path, data: bytes, mode: int = 0o640) -> Path:
             os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -247,7 +253,7 @@ def quarantine_source(src: Path, quarantine: Path, rel: str) -> Path:
     target = dest
     n = 1
     while target.exists() or target.is_symlink():
-        target = dest.with_name(f'{dest.name}.{n}')
+        target = dest.with_name(f"{dest.name}.{n}")
         n += 1
     try:
         os.link(src, target)

@@ -37,8 +37,13 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line for the site's log collector."""
 
     def format(self, record: logging.LogRecord) -> str:
-        obj = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
-               "rank": getattr(record, "rank", 0), "logger": record.name, "message": record.getMessage()}
+        obj = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "rank": getattr(record, "rank", 0),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         for k in ("file_id", "dataset_id"):
             if hasattr(record, k):
                 obj[k] = getattr(record, k)
@@ -120,9 +125,14 @@ def cmd_fetch_metadata(cfg: Config, args: argparse.Namespace) -> int:
 
     if not cfg.api.api_url:
         raise ConfigError(cfg.path, "api", "api_url", "missing (needed by fetch-metadata)")
-    text = manifest.fetch_metadata(cfg.api.api_url, args.dataset_id, cfg.api.api_user,
-                                   cfg.api.api_pass.reveal() if cfg.api.api_pass else None,
-                                   cfg.api.timeout, cfg.api.retries)
+    text = manifest.fetch_metadata(
+        cfg.api.api_url,
+        args.dataset_id,
+        cfg.api.api_user,
+        cfg.api.api_pass.reveal() if cfg.api.api_pass else None,
+        cfg.api.timeout,
+        cfg.api.retries,
+    )
     folder = cfg.workspaces.metadata
     if folder is None:
         raise ConfigError(cfg.path, "workspaces", "metadata", "missing (fetch-metadata stores the JSON there)")
@@ -143,10 +153,19 @@ def cmd_monitor(cfg: Config, args: argparse.Namespace) -> int:
 
     db = _db(cfg)
     branches, branch = array_share(args.branches, args.branch)
-    rep = run_pass(db, cfg.workspaces.receiving, cfg.workspaces.processing, cfg.func.age_limit,
-                   cfg.func.pass_limit, branches, branch)
-    print(f"monitor pass: {len(rep.moved)} moved to processing, {rep.tracked} newly tracked, "
-          f"{rep.waiting} waiting, {len(rep.unregistered)} unregistered")
+    rep = run_pass(
+        db,
+        cfg.workspaces.receiving,
+        cfg.workspaces.processing,
+        cfg.func.age_limit,
+        cfg.func.pass_limit,
+        branches,
+        branch,
+    )
+    print(
+        f"monitor pass: {len(rep.moved)} moved to processing, {rep.tracked} newly tracked, "
+        f"{rep.waiting} waiting, {len(rep.unregistered)} unregistered"
+    )
     for name in rep.moved:
         print(f"  moved {name}")
     for e in rep.errors:
@@ -161,9 +180,27 @@ def status_data(db: Database, dataset: str | None) -> dict[str, Any]:
     datasets = db.datasets(dataset)
     for d in datasets:
         d["by_status"] = {s: counts.get(d["dataset_id"], {}).get(s, {"files": 0, "bytes": 0}) for s in STATUSES}
-    files = [{k: f[k] for k in ("file_id", "dataset_id", "file_name", "status", "size", "archive_path", "md5",
-                                "sha256", "archive_checksum", "archive_checksum_type", "error", "attempts",
-                                "updated_at")} for f in db.files(dataset)]
+    files = [
+        {
+            k: f[k]
+            for k in (
+                "file_id",
+                "dataset_id",
+                "file_name",
+                "status",
+                "size",
+                "archive_path",
+                "md5",
+                "sha256",
+                "archive_checksum",
+                "archive_checksum_type",
+                "error",
+                "attempts",
+                "updated_at",
+            )
+        }
+        for f in db.files(dataset)
+    ]
     return {"datasets": datasets, "files": files}
 
 
@@ -182,16 +219,34 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     rows = []
     for d in data["datasets"]:
         bs = d["by_status"]
-        rows.append([d["dataset_id"], d["n_files"], human(d["n_bytes"])] + [bs[s]["files"] for s in STATUSES]
-                    + [d[k] or "-" for k in ("date_requested", "date_download_start", "date_download_end",
-                                             "date_processing_end")])
-    _print_table(rows, ["dataset", "files", "bytes", *STATUSES, "requested", "download start", "download end",
-                        "processing end"])
+        rows.append(
+            [d["dataset_id"], d["n_files"], human(d["n_bytes"])]
+            + [bs[s]["files"] for s in STATUSES]
+            + [
+                d[k] or "-"
+                for k in ("date_requested", "date_download_start", "date_download_end", "date_processing_end")
+            ]
+        )
+    _print_table(
+        rows, ["dataset", "files", "bytes", *STATUSES, "requested", "download start", "download end", "processing end"]
+    )
     if not args.brief:
         print()
-        _print_table([[f["dataset_id"], f["file_id"], f["file_name"], f["status"], human(f["size"]),
-                       f["archive_path"] or "", f["error"] or ""] for f in data["files"]],
-                     ["dataset", "file", "name", "status", "size", "archive", "error"])
+        _print_table(
+            [
+                [
+                    f["dataset_id"],
+                    f["file_id"],
+                    f["file_name"],
+                    f["status"],
+                    human(f["size"]),
+                    f["archive_path"] or "",
+                    f["error"] or "",
+                ]
+                for f in data["files"]
+            ],
+            ["dataset", "file", "name", "status", "size", "archive", "error"],
+        )
     if unregistered:
         print(f"\n{len(unregistered)} unregistered file(s) in receiving (not in any manifest, never moved):")
         for n in unregistered:
@@ -216,10 +271,20 @@ def cmd_process(cfg: Config, args: argparse.Namespace) -> int:
     stop.install()  # before MPI starts: an early USR1/TERM must not kill the rank
     team = _mpi_team(args)
     branches, branch = array_share(args.branches, args.branch)
-    return run_process(cfg, team, _connect(cfg), schedule=args.schedule, branches=branches, branch=branch,
-                       retry_failed=args.retry_failed, dataset=args.dataset, limit=args.limit,
-                       recover_first=not args.no_recover, progress_interval=args.progress_interval,
-                       should_stop=stop)
+    return run_process(
+        cfg,
+        team,
+        _connect(cfg),
+        schedule=args.schedule,
+        branches=branches,
+        branch=branch,
+        retry_failed=args.retry_failed,
+        dataset=args.dataset,
+        limit=args.limit,
+        recover_first=not args.no_recover,
+        progress_interval=args.progress_interval,
+        should_stop=stop,
+    )
 
 
 def cmd_recover(cfg: Config, args: argparse.Namespace) -> int:
@@ -238,8 +303,7 @@ def cmd_process_file(cfg: Config, args: argparse.Namespace) -> int:
     try:
         rel = path.relative_to(cfg.workspaces.processing).as_posix()
     except ValueError:
-        raise ConfigError(cfg.path, "workspaces", "processing", f"{path} is not inside the processing folder") \
-            from None
+        raise ConfigError(cfg.path, "workspaces", "processing", f"{path} is not inside the processing folder") from None
     md5, sha = args.md5, args.sha256
     file_id = rel
     if md5 is None and sha is None:
@@ -248,8 +312,10 @@ def cmd_process_file(cfg: Config, args: argparse.Namespace) -> int:
             print(f"{rel}: not registered; give --md5/--sha256 or register its manifest", file=sys.stderr)
             return EXIT_FAILED
         md5, sha, file_id = rows[0]["md5"], rows[0]["sha256"], rows[0]["file_id"]
-    r = process_file(FileTask(file_id, "", rel, md5, sha, path.stat().st_size if path.exists() else None),
-                     PipelineContext.from_config(cfg))
+    r = process_file(
+        FileTask(file_id, "", rel, md5, sha, path.stat().st_size if path.exists() else None),
+        PipelineContext.from_config(cfg),
+    )
     json.dump({k: v for k, v in vars(r).items()}, sys.stdout, indent=2, default=str)
     print()
     return EXIT_OK if r.status == "available" else EXIT_FAILED
@@ -271,9 +337,13 @@ def cmd_checksum(cfg: Config | None, args: argparse.Namespace) -> int:
 def cmd_update(cfg: Config, args: argparse.Namespace) -> int:
     db = _db(cfg)
     try:
-        old = db.set_status(args.file_id, args.status, "status-set",
-                            f"by operator {os.environ.get('USER', '?')}: {args.reason or 'no reason given'}",
-                            error=args.reason if args.status == "failed" else None)
+        old = db.set_status(
+            args.file_id,
+            args.status,
+            "status-set",
+            f"by operator {os.environ.get('USER', '?')}: {args.reason or 'no reason given'}",
+            error=args.reason if args.status == "failed" else None,
+        )
     except KeyError:
         print(f"no file with id {args.file_id!r}", file=sys.stderr)
         return EXIT_FAILED
@@ -337,10 +407,11 @@ def cmd_testdata(cfg: Config, args: argparse.Namespace) -> int:
     elif args.format == "gpg":
         keys["gpg_home"] = cfg.crypto.gnupg_home
     metadata = cfg.workspaces.metadata or cfg.workspaces.receiving
-    entries = make_dataset(cfg.workspaces.receiving, metadata, args.dataset, sizes, args.format, seed=args.seed,
-                           **keys)
-    print(f"{len(entries)} {args.format} file(s), {sum(sizes)} plaintext bytes, in {cfg.workspaces.receiving}; "
-          f"manifests {metadata / (args.dataset + '.tab')} and {metadata / (args.dataset + '.json')}")
+    entries = make_dataset(cfg.workspaces.receiving, metadata, args.dataset, sizes, args.format, seed=args.seed, **keys)
+    print(
+        f"{len(entries)} {args.format} file(s), {sum(sizes)} plaintext bytes, in {cfg.workspaces.receiving}; "
+        f"manifests {metadata / (args.dataset + '.tab')} and {metadata / (args.dataset + '.json')}"
+    )
     return EXIT_OK
 
 
@@ -362,8 +433,11 @@ def cmd_track(cfg: Config, args: argparse.Namespace) -> int:
     from .archive import archive_name
     from .monitor import scan
 
-    state = Path(args.state) if args.state else (cfg.workspaces.metadata or cfg.workspaces.processing) / \
-        "legampi-track.json"
+    state = (
+        Path(args.state)
+        if args.state
+        else (cfg.workspaces.metadata or cfg.workspaces.processing) / "legampi-track.json"
+    )
     data = json.loads(state.read_text(encoding="utf-8")) if state.exists() else {}
     if args.action == "start":
         data = {"receiving": sorted(n for n, _ in scan(cfg.workspaces.receiving))}
@@ -375,8 +449,9 @@ def cmd_track(cfg: Config, args: argparse.Namespace) -> int:
         print(f"recorded {len(data[key])} file(s) of {key} in {state}")
         return EXIT_OK
     if "receiving" not in data or "end_storage" not in data:
-        print(f"{state}: run `legampi track start` before the transfer and `track end` after processing",
-              file=sys.stderr)
+        print(
+            f"{state}: run `legampi track start` before the transfer and `track end` after processing", file=sys.stderr
+        )
         return EXIT_FAILED
     archived = set(data["end_storage"])
     lost = [n for n in data["receiving"] if archive_name(n, cfg.func.extensions) not in archived]
@@ -389,8 +464,15 @@ def cmd_track(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_rekey(cfg: Config, args: argparse.Namespace) -> int:
     from .rekey import run_rekey
 
-    return run_rekey(cfg, _mpi_team(args), _connect(cfg), args.new_archive_public_key, args.new_archive_secret_key,
-                     args.dataset, args.limit)
+    return run_rekey(
+        cfg,
+        _mpi_team(args),
+        _connect(cfg),
+        args.new_archive_public_key,
+        args.new_archive_secret_key,
+        args.dataset,
+        args.limit,
+    )
 
 
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
@@ -404,12 +486,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="legampi",
         description="Move encrypted genomic datasets from a transfer end-point into a Crypt4GH archive: "
-                    "notice finished transfers, decrypt as a stream, verify checksums, re-encrypt for the "
-                    "archive key, move atomically, record everything. Run under mpiexec/srun for many ranks.")
+        "notice finished transfers, decrypt as a stream, verify checksums, re-encrypt for the "
+        "archive key, move atomically, record everything. Run under mpiexec/srun for many ranks.",
+    )
     p.add_argument("-c", "--config", help=f"configuration INI file (default: ${config_mod.ENV_CONFIG})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="text", choices=["text", "json"],
-                   help="json: one JSON object per line for a log collector")
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line for a log collector",
+    )
     p.add_argument("--log-file", help="also append log lines to this file")
     p.add_argument("--version", action="version", version=f"legampi {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -430,12 +517,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--register", action="store_true", help="also register it")
 
     def share_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--branches", type=int, help="split the sorted listing into N shares (seed formula "
-                        "branch + branches*n); default: the Slurm array task's share, else everything")
+        sp.add_argument(
+            "--branches",
+            type=int,
+            help="split the sorted listing into N shares (seed formula "
+            "branch + branches*n); default: the Slurm array task's share, else everything",
+        )
         sp.add_argument("--branch", type=int, help="which share, 1..N")
 
-    sp = add("monitor", cmd_monitor, "one transfer-monitor pass: track receiving, move finished files to "
-             "processing")
+    sp = add("monitor", cmd_monitor, "one transfer-monitor pass: track receiving, move finished files to processing")
     share_opts(sp)
 
     sp = add("status", cmd_status, "datasets and files by status, the four dataset timestamps")
@@ -443,24 +533,43 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help='print {"datasets": [...], "files": [...]}')
     sp.add_argument("--brief", action="store_true", help="datasets only, no per-file table")
 
-    sp = add("process", cmd_process, "the batch job: archive every registered file in processing "
-             "(run under mpiexec/srun; rank 0 coordinates, the others stream files)")
-    sp.add_argument("--schedule", choices=["dynamic", "static"], default="dynamic",
-                    help="dynamic: largest file first to whichever rank is free (default); static: the seed's "
-                         "round-robin, file number branch + branches*n per rank")
+    sp = add(
+        "process",
+        cmd_process,
+        "the batch job: archive every registered file in processing "
+        "(run under mpiexec/srun; rank 0 coordinates, the others stream files)",
+    )
+    sp.add_argument(
+        "--schedule",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="dynamic: largest file first to whichever rank is free (default); static: the seed's "
+        "round-robin, file number branch + branches*n per rank",
+    )
     share_opts(sp)
     sp.add_argument("--retry-failed", action="store_true", help="also take files recorded as failed")
     sp.add_argument("--dataset", help="only this dataset")
     sp.add_argument("--limit", type=int, help="claim at most N files")
     sp.add_argument("--no-recover", action="store_true", help="skip the recovery step before processing")
-    sp.add_argument("--progress-interval", type=float, default=60.0,
-                    help="seconds between progress log lines when not on a terminal (default 60)")
+    sp.add_argument(
+        "--progress-interval",
+        type=float,
+        default=60.0,
+        help="seconds between progress log lines when not on a terminal (default 60)",
+    )
 
-    add("recover", cmd_recover, "release dead jobs' claims, remove temporary files, record verified archived "
-        "copies that have no row, remove processed sources")
+    add(
+        "recover",
+        cmd_recover,
+        "release dead jobs' claims, remove temporary files, record verified archived "
+        "copies that have no row, remove processed sources",
+    )
 
-    sp = add("process-file", cmd_process_file, "archive one file in processing, no MPI, no database update; "
-             "prints the result")
+    sp = add(
+        "process-file",
+        cmd_process_file,
+        "archive one file in processing, no MPI, no database update; prints the result",
+    )
     sp.add_argument("path")
     sp.add_argument("--md5", help="expected plaintext md5 (default: from the database)")
     sp.add_argument("--sha256", help="expected plaintext sha256 (default: from the database)")
@@ -477,28 +586,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("log-event", cmd_log_event, "stamp one of a dataset's dates now (the seed's datasetlogger)")
     sp.add_argument("dataset_id")
-    sp.add_argument("event", choices=["requested", "download_start", "download_end", "processing_end",
-                                      "date_requested", "date_download_start", "date_download_end",
-                                      "date_processing_end"])
+    sp.add_argument(
+        "event",
+        choices=[
+            "requested",
+            "download_start",
+            "download_end",
+            "processing_end",
+            "date_requested",
+            "date_download_start",
+            "date_download_end",
+            "date_processing_end",
+        ],
+    )
 
-    sp = add("verify-archive", cmd_verify_archive, "fixity audit: hash every archived file again and compare "
-             "with the database and sidecars (run under mpiexec/srun like process)")
+    sp = add(
+        "verify-archive",
+        cmd_verify_archive,
+        "fixity audit: hash every archived file again and compare "
+        "with the database and sidecars (run under mpiexec/srun like process)",
+    )
     sp.add_argument("--dataset")
-    sp.add_argument("--decrypt", action="store_true",
-                    help="also decrypt with [crypto] archive_secret_key and compare plaintext md5/sha256")
+    sp.add_argument(
+        "--decrypt",
+        action="store_true",
+        help="also decrypt with [crypto] archive_secret_key and compare plaintext md5/sha256",
+    )
 
     sp = add("report", cmd_report, "write a self-contained HTML report (datasets, timeline, throughput, failures)")
     sp.add_argument("-o", "--output", required=True, help="the HTML file to write")
     sp.add_argument("--dataset")
 
-    sp = add("demo", cmd_demo, "run the whole pipeline on throwaway keys and data in a new folder (SQLite, "
-             "local folders, the packaged mpiexec)", needs_config=False)
+    sp = add(
+        "demo",
+        cmd_demo,
+        "run the whole pipeline on throwaway keys and data in a new folder (SQLite, "
+        "local folders, the packaged mpiexec)",
+        needs_config=False,
+    )
     sp.add_argument("folder", nargs="?", help="an empty or new folder (default: a new temporary folder)")
     sp.add_argument("--files", type=int, default=36)
     sp.add_argument("--ranks", type=int, default=3, help="MPI ranks for process (default 3: 2 workers)")
 
-    sp = add("testdata", cmd_testdata, "write encrypted test files into receiving and their manifests (tab and "
-             "EGA JSON) into metadata, with real checksums")
+    sp = add(
+        "testdata",
+        cmd_testdata,
+        "write encrypted test files into receiving and their manifests (tab and "
+        "EGA JSON) into metadata, with real checksums",
+    )
     sp.add_argument("--dataset", default="EGAD00000000001")
     sp.add_argument("--files", type=int, default=10)
     sp.add_argument("--size", help="every file this size, e.g. 10MB (default 1MB)")
@@ -508,29 +643,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("count", cmd_count, "files and bytes per workspace (the seed's FileCount)")
 
-    sp = add("track", cmd_track, "record receiving before a transfer, the archive after, and list what was lost "
-             "(the seed's TrackItems)")
+    sp = add(
+        "track",
+        cmd_track,
+        "record receiving before a transfer, the archive after, and list what was lost (the seed's TrackItems)",
+    )
     sp.add_argument("action", choices=["start", "end", "compare"])
     sp.add_argument("--state", help="where to keep the lists (default: metadata/legampi-track.json)")
 
-    sp = add("rekey", cmd_rekey, "rotate the archive key: re-encrypt every archived file's header for a new "
-             "public key, payload unchanged (run under mpiexec/srun like process; resumes after interruption)")
+    sp = add(
+        "rekey",
+        cmd_rekey,
+        "rotate the archive key: re-encrypt every archived file's header for a new "
+        "public key, payload unchanged (run under mpiexec/srun like process; resumes after interruption)",
+    )
     sp.add_argument("--new-archive-public-key", required=True, metavar="PATH")
-    sp.add_argument("--new-archive-secret-key", metavar="PATH",
-                    help="also check each rotated file decrypts with it (passphrase from "
-                         "$LEGAMPI_NEW_ARCHIVE_PASSPHRASE)")
+    sp.add_argument(
+        "--new-archive-secret-key",
+        metavar="PATH",
+        help="also check each rotated file decrypts with it (passphrase from $LEGAMPI_NEW_ARCHIVE_PASSPHRASE)",
+    )
     sp.add_argument("--dataset", help="only this dataset")
     sp.add_argument("--limit", type=int, help="rotate at most N files this run")
 
-    sp = add("export", cmd_export, "export a dataset for a researcher: archived files with their header "
-             "re-encrypted for the researcher's public key, a sha256 manifest and a file list")
+    sp = add(
+        "export",
+        cmd_export,
+        "export a dataset for a researcher: archived files with their header "
+        "re-encrypted for the researcher's public key, a sha256 manifest and a file list",
+    )
     sp.add_argument("dataset_id")
     sp.add_argument("--recipient-pk", required=True, metavar="PATH", help="the researcher's Crypt4GH public key")
-    sp.add_argument("--to", required=True, metavar="DIR", help="export folder (created; files are never "
-                    "overwritten)")
+    sp.add_argument("--to", required=True, metavar="DIR", help="export folder (created; files are never overwritten)")
     sp.add_argument("--partial", action="store_true", help="export the archived files even if some are not yet")
-    sp.add_argument("--verify", action="store_true",
-                    help="also decrypt each payload in memory and compare plaintext md5/sha256")
+    sp.add_argument(
+        "--verify", action="store_true", help="also decrypt each payload in memory and compare plaintext md5/sha256"
+    )
     return p
 
 

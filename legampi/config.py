@@ -200,8 +200,7 @@ class _Reader:
             try:
                 value = file_name.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise self.err(section, f"{key}_file", f"cannot read secret file {file_name}: "
-                               f"{exc.strerror}") from None
+                raise self.err(section, f"{key}_file", f"cannot read secret file {file_name}: {exc.strerror}") from None
             return Secret(value, f"file {file_name}")
         if env_name and env_name in self.env:
             return Secret(self.env[env_name], f"env {env_name}")
@@ -216,15 +215,19 @@ def _database(r: _Reader) -> DatabaseConfig:
     if url is None:
         host = r.str("database", "host")
         if host is None:
-            raise r.err("database", "url", "missing: give url = sqlite:///ABSOLUTE/PATH or "
-                        "postgresql://USER@HOST:PORT/DB (or the seed's host/user/db keys)")
+            raise r.err(
+                "database",
+                "url",
+                "missing: give url = sqlite:///ABSOLUTE/PATH or "
+                "postgresql://USER@HOST:PORT/DB (or the seed's host/user/db keys)",
+            )
         user = r.str("database", "user", "")
         db = r.str("database", "db", required=True)
         port = r.int("database", "port", 5432, 1)
         auth = f"{quote(user or '', safe='')}@" if user else ""
         url = f"postgresql://{auth}{host}:{port}/{quote(db or '', safe='')}"
     if url.startswith("sqlite:///"):
-        target = url[len("sqlite:///"):]
+        target = url[len("sqlite:///") :]
         if not target.startswith("/"):
             raise r.err("database", "url", f"SQLite path must be absolute (sqlite:////abs/path.db), got {url!r}")
         parent = Path(target).parent
@@ -362,5 +365,6 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
     crypto = _crypto(r)
     if crypto.decrypt_via == "res" and not func.res_url:
         raise r.err("func_conf", "res_url", "required when [crypto] decrypt_via = res")
-    return Config(path=cfg_path, database=_database(r), func=func, api=_api(r),
-                  workspaces=_workspaces(r), crypto=crypto)
+    return Config(
+        path=cfg_path, database=_database(r), func=func, api=_api(r), workspaces=_workspaces(r), crypto=crypto
+    )

@@ -27,9 +27,27 @@ SCHEMA_VERSION = 1
 STATUSES = ("pending", "received", "processing", "available", "failed")
 DATASET_DATES = ("date_requested", "date_download_start", "date_download_end", "date_processing_end")
 
-FILE_COLUMNS = ("file_id", "dataset_id", "file_name", "size", "md5", "sha256", "status", "archive_path",
-                "archive_checksum", "archive_checksum_type", "archive_key", "plain_size", "archive_size",
-                "error", "attempts", "claimed_by", "claimed_at", "created_at", "updated_at")
+FILE_COLUMNS = (
+    "file_id",
+    "dataset_id",
+    "file_name",
+    "size",
+    "md5",
+    "sha256",
+    "status",
+    "archive_path",
+    "archive_checksum",
+    "archive_checksum_type",
+    "archive_key",
+    "plain_size",
+    "archive_size",
+    "error",
+    "attempts",
+    "claimed_by",
+    "claimed_at",
+    "created_at",
+    "updated_at",
+)
 DATASET_COLUMNS = ("dataset_id", "n_files", "n_bytes") + DATASET_DATES
 
 
@@ -52,8 +70,10 @@ def _iso(value: Any) -> Any:
 
 def schema_file(backend: str) -> Path:
     """Locate sql/<backend>.sql in the source tree or in an installed share/legampi/sql."""
-    candidates = [Path(__file__).resolve().parent.parent / "sql" / f"{backend}.sql",
-                  Path(sys.prefix) / "share" / "legampi" / "sql" / f"{backend}.sql"]
+    candidates = [
+        Path(__file__).resolve().parent.parent / "sql" / f"{backend}.sql",
+        Path(sys.prefix) / "share" / "legampi" / "sql" / f"{backend}.sql",
+    ]
     for c in candidates:
         if c.is_file():
             return c
@@ -63,7 +83,7 @@ def schema_file(backend: str) -> Path:
 def chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     """Slices of at most N items: statements stay under the backends' parameter limits."""
     for i in range(0, len(seq), n):
-        yield seq[i:i + n]
+        yield seq[i : i + n]
 
 
 @dataclass
@@ -86,7 +106,7 @@ class Database:
     @classmethod
     def connect(cls, cfg: DatabaseConfig) -> Database:
         if cfg.backend == "sqlite":
-            path = cfg.url[len("sqlite:///"):]
+            path = cfg.url[len("sqlite:///") :]
             try:
                 conn = sqlite3.connect(path, timeout=120, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
@@ -183,31 +203,44 @@ class Database:
         if v is None:
             raise DatabaseError(f"{self.label}: no legampi schema; run `legampi init-db` first")
         if v != SCHEMA_VERSION:
-            raise DatabaseError(f"{self.label}: schema version {v}, this legampi needs {SCHEMA_VERSION}; "
-                                "run `legampi init-db`")
+            raise DatabaseError(
+                f"{self.label}: schema version {v}, this legampi needs {SCHEMA_VERSION}; run `legampi init-db`"
+            )
 
     # ------------------------------------------------------------------ generic bulk helpers
-    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                    conflict: str = "") -> None:
+    def insert_many(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], conflict: str = ""
+    ) -> None:
         """Multi-row INSERT: one statement for many rows (no per-row round trip)."""
         if not rows:
             return
         per = max(1, 30000 // max(1, len(columns)))
         ph = "(" + ",".join("?" * len(columns)) + ")"
         for chunk in chunks(list(rows), min(per, 500)):
-            sql = (f"INSERT INTO {table} ({','.join(columns)}) VALUES " + ",".join([ph] * len(chunk))
-                   + (f" {conflict}" if conflict else ""))
+            sql = (
+                f"INSERT INTO {table} ({','.join(columns)}) VALUES "
+                + ",".join([ph] * len(chunk))
+                + (f" {conflict}" if conflict else "")
+            )
             self.execute(sql, [v for row in chunk for v in row])
 
     def add_events(self, events: Iterable[Event], job_id: str | None = None, at: str | None = None) -> None:
         at = at or now()
-        self.insert_many("file_event", ("file_id", "dataset_id", "event", "status", "details", "job_id", "at"),
-                         [(e.file_id, e.dataset_id, e.event, e.status, e.details, job_id, at) for e in events])
+        self.insert_many(
+            "file_event",
+            ("file_id", "dataset_id", "event", "status", "details", "job_id", "at"),
+            [(e.file_id, e.dataset_id, e.event, e.status, e.details, job_id, at) for e in events],
+        )
 
     # ------------------------------------------------------------------ files and datasets
-    def files(self, dataset_id: str | None = None, status: str | None = None,
-              names: Sequence[str] | None = None, file_ids: Sequence[str] | None = None,
-              columns: Sequence[str] = FILE_COLUMNS) -> list[dict[str, Any]]:
+    def files(
+        self,
+        dataset_id: str | None = None,
+        status: str | None = None,
+        names: Sequence[str] | None = None,
+        file_ids: Sequence[str] | None = None,
+        columns: Sequence[str] = FILE_COLUMNS,
+    ) -> list[dict[str, Any]]:
         """File rows, optionally only some COLUMNS (rank 0 holds one row per file: keep them small)."""
         unknown = set(columns) - set(FILE_COLUMNS)
         if unknown:
@@ -247,12 +280,16 @@ class Database:
         return self.query(sql + " ORDER BY dataset_id")
 
     def status_counts(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
-        sql = ("SELECT dataset_id, status, count(*) AS files, coalesce(sum(size), 0) AS bytes FROM file"
-               + (" WHERE dataset_id = ?" if dataset_id else "") + " GROUP BY dataset_id, status")
+        sql = (
+            "SELECT dataset_id, status, count(*) AS files, coalesce(sum(size), 0) AS bytes FROM file"
+            + (" WHERE dataset_id = ?" if dataset_id else "")
+            + " GROUP BY dataset_id, status"
+        )
         return self.query(sql, (dataset_id,) if dataset_id else ())
 
-    def events(self, file_id: str | None = None, dataset_id: str | None = None,
-               event: str | None = None) -> list[dict[str, Any]]:
+    def events(
+        self, file_id: str | None = None, dataset_id: str | None = None, event: str | None = None
+    ) -> list[dict[str, Any]]:
         where, params = [], []
         for col, val in (("file_id", file_id), ("dataset_id", dataset_id), ("event", event)):
             if val is not None:
@@ -263,8 +300,10 @@ class Database:
 
     def archived_timeline(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
         """When each file became available, with its size: the report's timeline."""
-        sql = ("SELECT e.at, coalesce(f.size, 0) AS bytes, e.dataset_id FROM file_event e JOIN file f "
-               "ON f.file_id = e.file_id WHERE e.event = 'available'")
+        sql = (
+            "SELECT e.at, coalesce(f.size, 0) AS bytes, e.dataset_id FROM file_event e JOIN file f "
+            "ON f.file_id = e.file_id WHERE e.event = 'available'"
+        )
         if dataset_id is not None:
             return self.query(sql + " AND e.dataset_id = ? ORDER BY e.at", (dataset_id,))
         return self.query(sql + " ORDER BY e.at")
@@ -272,12 +311,21 @@ class Database:
     def refresh_dataset_totals(self, dataset_ids: Iterable[str]) -> None:
         """n_files/n_bytes are derived from the file table so they are always the true totals."""
         for ds in sorted(set(dataset_ids)):
-            self.execute("UPDATE dataset_log SET n_files = (SELECT count(*) FROM file WHERE dataset_id = ?), "
-                         "n_bytes = (SELECT coalesce(sum(size), 0) FROM file WHERE dataset_id = ?) "
-                         "WHERE dataset_id = ?", (ds, ds, ds))
+            self.execute(
+                "UPDATE dataset_log SET n_files = (SELECT count(*) FROM file WHERE dataset_id = ?), "
+                "n_bytes = (SELECT coalesce(sum(size), 0) FROM file WHERE dataset_id = ?) "
+                "WHERE dataset_id = ?",
+                (ds, ds, ds),
+            )
 
-    def stamp_dataset(self, dataset_ids: Iterable[str], column: str, at: str | None = None,
-                      only_if_null: bool = True, when_no_status_in: Sequence[str] = ()) -> list[str]:
+    def stamp_dataset(
+        self,
+        dataset_ids: Iterable[str],
+        column: str,
+        at: str | None = None,
+        only_if_null: bool = True,
+        when_no_status_in: Sequence[str] = (),
+    ) -> list[str]:
         """Set one of the four dataset dates; optionally only once every file has left the given statuses."""
         if column not in DATASET_DATES:
             raise ValueError(f"unknown dataset date {column!r}")
@@ -289,15 +337,24 @@ class Database:
             if only_if_null:
                 sql += f" AND {column} IS NULL"
             if when_no_status_in:
-                sql += (f" AND NOT EXISTS (SELECT 1 FROM file WHERE dataset_id = ? AND status IN "
-                        f"({','.join('?' * len(when_no_status_in))}))")
+                sql += (
+                    f" AND NOT EXISTS (SELECT 1 FROM file WHERE dataset_id = ? AND status IN "
+                    f"({','.join('?' * len(when_no_status_in))}))"
+                )
                 params += [ds, *when_no_status_in]
             if self.execute(sql, params).rowcount:
                 stamped.append(ds)
         return stamped
 
-    def set_status(self, file_id: str, status: str, event: str, details: str | None = None,
-                   job_id: str | None = None, error: str | None = None) -> dict[str, Any]:
+    def set_status(
+        self,
+        file_id: str,
+        status: str,
+        event: str,
+        details: str | None = None,
+        job_id: str | None = None,
+        error: str | None = None,
+    ) -> dict[str, Any]:
         """Manual or single status change, recorded as an event."""
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; one of {', '.join(STATUSES)}")
@@ -306,12 +363,16 @@ class Database:
             if not rows:
                 raise KeyError(file_id)
             ts = now()
-            self.execute("UPDATE file SET status = ?, error = ?, claimed_by = NULL, claimed_at = NULL, "
-                         "updated_at = ? WHERE file_id = ?", (status, error, ts, file_id))
+            self.execute(
+                "UPDATE file SET status = ?, error = ?, claimed_by = NULL, claimed_at = NULL, "
+                "updated_at = ? WHERE file_id = ?",
+                (status, error, ts, file_id),
+            )
             self.add_events([Event(file_id, rows[0]["dataset_id"], event, status, details)], job_id, ts)
             if status == "available":
-                self.stamp_dataset([rows[0]["dataset_id"]], "date_processing_end", ts,
-                                   when_no_status_in=STATUSES[:3] + ("failed",))
+                self.stamp_dataset(
+                    [rows[0]["dataset_id"]], "date_processing_end", ts, when_no_status_in=STATUSES[:3] + ("failed",)
+                )
         return rows[0]
 
     # ------------------------------------------------------------------ registration
@@ -332,49 +393,85 @@ class Database:
                 if old is None:
                     clash = by_name.get(e["file_name"])
                     if clash is not None:
-                        raise ValueError(f"{where}: file name {e['file_name']!r} is already registered as file "
-                                         f"{clash['file_id']} of dataset {clash['dataset_id']}")
+                        raise ValueError(
+                            f"{where}: file name {e['file_name']!r} is already registered as file "
+                            f"{clash['file_id']} of dataset {clash['dataset_id']}"
+                        )
                     new.append(e)
                     continue
                 if old["dataset_id"] != dataset_id:
-                    raise ValueError(f"{where}: file {e['file_id']} is already registered in dataset "
-                                     f"{old['dataset_id']}, not {dataset_id}")
+                    raise ValueError(
+                        f"{where}: file {e['file_id']} is already registered in dataset "
+                        f"{old['dataset_id']}, not {dataset_id}"
+                    )
                 for k in ("file_name", "md5", "sha256", "size"):
                     if e.get(k) is not None and old.get(k) is not None and str(e[k]) != str(old[k]).strip():
-                        raise ValueError(f"{where}: file {e['file_id']} is registered with {k} {old[k]}, "
-                                         f"the manifest says {e[k]}")
+                        raise ValueError(
+                            f"{where}: file {e['file_id']} is registered with {k} {old[k]}, the manifest says {e[k]}"
+                        )
                 unchanged += 1
-            self.insert_many("dataset_log", ("dataset_id", "date_requested"), [(dataset_id, ts)],
-                             conflict="ON CONFLICT (dataset_id) DO NOTHING")
-            self.insert_many("file", ("file_id", "dataset_id", "file_name", "size", "md5", "sha256", "status",
-                                      "created_at", "updated_at"),
-                             [(e["file_id"], dataset_id, e["file_name"], e.get("size"), e.get("md5"),
-                               e.get("sha256"), "pending", ts, ts) for e in new])
-            self.insert_many("filedataset", ("dataset_id", "file_id"), [(dataset_id, e["file_id"]) for e in new],
-                             conflict="ON CONFLICT DO NOTHING")
-            self.add_events([Event(e["file_id"], dataset_id, "registered", "pending", f"from {source}")
-                             for e in new], at=ts)
+            self.insert_many(
+                "dataset_log",
+                ("dataset_id", "date_requested"),
+                [(dataset_id, ts)],
+                conflict="ON CONFLICT (dataset_id) DO NOTHING",
+            )
+            self.insert_many(
+                "file",
+                ("file_id", "dataset_id", "file_name", "size", "md5", "sha256", "status", "created_at", "updated_at"),
+                [
+                    (
+                        e["file_id"],
+                        dataset_id,
+                        e["file_name"],
+                        e.get("size"),
+                        e.get("md5"),
+                        e.get("sha256"),
+                        "pending",
+                        ts,
+                        ts,
+                    )
+                    for e in new
+                ],
+            )
+            self.insert_many(
+                "filedataset",
+                ("dataset_id", "file_id"),
+                [(dataset_id, e["file_id"]) for e in new],
+                conflict="ON CONFLICT DO NOTHING",
+            )
+            self.add_events(
+                [Event(e["file_id"], dataset_id, "registered", "pending", f"from {source}") for e in new], at=ts
+            )
             self.refresh_dataset_totals([dataset_id])
         return len(new), unchanged
 
     # ------------------------------------------------------------------ transfer monitor
     def tracking(self) -> dict[str, dict[str, Any]]:
-        return {r["name"]: r for r in self.query(
-            "SELECT name, size, mtime, passes, first_seen, last_seen FROM trackingtable")}
+        return {
+            r["name"]: r
+            for r in self.query("SELECT name, size, mtime, passes, first_seen, last_seen FROM trackingtable")
+        }
 
-    def apply_monitor_pass(self, upserts: Sequence[tuple[str, int, float, int]], forget: Sequence[str],
-                           moved: Sequence[dict[str, Any]], sizes: dict[str, int]) -> None:
+    def apply_monitor_pass(
+        self,
+        upserts: Sequence[tuple[str, int, float, int]],
+        forget: Sequence[str],
+        moved: Sequence[dict[str, Any]],
+        sizes: dict[str, int],
+    ) -> None:
         """Write one monitor pass: tracking rows, files moved to processing, dataset dates."""
         ts = now()
         with self.transaction():
             old = self.tracking()
             new_rows = [(n, s, m, p, ts, ts) for n, s, m, p in upserts if n not in old]
-            self.insert_many("trackingtable", ("name", "size", "mtime", "passes", "first_seen", "last_seen"),
-                             new_rows)
+            self.insert_many("trackingtable", ("name", "size", "mtime", "passes", "first_seen", "last_seen"), new_rows)
             for n, s, m, p in upserts:
                 if n in old:
-                    self.execute("UPDATE trackingtable SET size = ?, mtime = ?, passes = ?, last_seen = ? "
-                                 "WHERE name = ?", (s, m, p, ts, n))
+                    self.execute(
+                        "UPDATE trackingtable SET size = ?, mtime = ?, passes = ?, last_seen = ? WHERE name = ?",
+                        (s, m, p, ts, n),
+                    )
             for chunk in chunks(list(forget), 500):
                 self.execute(f"DELETE FROM trackingtable WHERE name IN ({','.join('?' * len(chunk))})", chunk)
             moved_names = {f["file_name"] for f in moved}
@@ -384,51 +481,73 @@ class Database:
                 if name in moved_names:
                     self.execute("UPDATE file SET size = ? WHERE file_name = ? AND size IS NULL", (size, name))
             seen = self.files(names=[r[0] for r in new_rows]) if new_rows else []
-            self.stamp_dataset({r["dataset_id"] for r in seen} | {f["dataset_id"] for f in moved},
-                               "date_download_start", ts)
+            self.stamp_dataset(
+                {r["dataset_id"] for r in seen} | {f["dataset_id"] for f in moved}, "date_download_start", ts
+            )
             for f in moved:
-                self.execute("UPDATE file SET status = 'received', updated_at = ? WHERE file_id = ? AND "
-                             "status = 'pending'", (ts, f["file_id"]))
-            self.add_events([Event(f["file_id"], f["dataset_id"], "received", "received",
-                                   "moved to processing") for f in moved], at=ts)
+                self.execute(
+                    "UPDATE file SET status = 'received', updated_at = ? WHERE file_id = ? AND status = 'pending'",
+                    (ts, f["file_id"]),
+                )
+            self.add_events(
+                [Event(f["file_id"], f["dataset_id"], "received", "received", "moved to processing") for f in moved],
+                at=ts,
+            )
             touched = {f["dataset_id"] for f in moved} | {r["dataset_id"] for r in seen}
             self.refresh_dataset_totals(touched)
-            self.stamp_dataset({f["dataset_id"] for f in moved}, "date_download_end", ts,
-                               when_no_status_in=("pending",))
+            self.stamp_dataset(
+                {f["dataset_id"] for f in moved}, "date_download_end", ts, when_no_status_in=("pending",)
+            )
 
     # ------------------------------------------------------------------ jobs and claims
     def job_start(self, job_id: str, command: str, host: str, ranks: int) -> None:
         ts = now()
         with self.transaction():
-            self.insert_many("job", ("job_id", "command", "host", "pid", "ranks", "started_at", "heartbeat_at"),
-                             [(job_id, command, host, os.getpid(), ranks, ts, ts)])
+            self.insert_many(
+                "job",
+                ("job_id", "command", "host", "pid", "ranks", "started_at", "heartbeat_at"),
+                [(job_id, command, host, os.getpid(), ranks, ts, ts)],
+            )
 
     def job_heartbeat(self, job_id: str) -> None:
         self.execute("UPDATE job SET heartbeat_at = ? WHERE job_id = ?", (now(), job_id))
 
-    def job_end(self, job_id: str, exit_status: int, summary: str,
-                ranks: Sequence[tuple[int, str, int, int, float]] = ()) -> None:
+    def job_end(
+        self, job_id: str, exit_status: int, summary: str, ranks: Sequence[tuple[int, str, int, int, float]] = ()
+    ) -> None:
         with self.transaction():
-            self.execute("UPDATE job SET ended_at = ?, exit_status = ?, summary = ? WHERE job_id = ?",
-                         (now(), exit_status, summary, job_id))
-            self.insert_many("job_rank", ("job_id", "rank", "host", "files", "bytes", "seconds"),
-                             [(job_id, *r) for r in ranks])
+            self.execute(
+                "UPDATE job SET ended_at = ?, exit_status = ?, summary = ? WHERE job_id = ?",
+                (now(), exit_status, summary, job_id),
+            )
+            self.insert_many(
+                "job_rank", ("job_id", "rank", "host", "files", "bytes", "seconds"), [(job_id, *r) for r in ranks]
+            )
 
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
-        return self.query("SELECT job_id, command, host, pid, ranks, started_at, heartbeat_at, ended_at, "
-                          "exit_status, summary FROM job ORDER BY started_at DESC LIMIT ?", (limit,))
+        return self.query(
+            "SELECT job_id, command, host, pid, ranks, started_at, heartbeat_at, ended_at, "
+            "exit_status, summary FROM job ORDER BY started_at DESC LIMIT ?",
+            (limit,),
+        )
 
     def job_ranks(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
         if not job_ids:
             return []
-        return self.query("SELECT job_id, rank, host, files, bytes, seconds FROM job_rank WHERE job_id IN "
-                          f"({','.join('?' * len(job_ids))}) ORDER BY job_id, rank", list(job_ids))
+        return self.query(
+            "SELECT job_id, rank, host, files, bytes, seconds FROM job_rank WHERE job_id IN "
+            f"({','.join('?' * len(job_ids))}) ORDER BY job_id, rank",
+            list(job_ids),
+        )
 
     def job_failures(self, job_ids: Sequence[str]) -> dict[str, int]:
         if not job_ids:
             return {}
-        rows = self.query("SELECT job_id, count(*) AS n FROM file_event WHERE event = 'failed' AND job_id IN "
-                          f"({','.join('?' * len(job_ids))}) GROUP BY job_id", list(job_ids))
+        rows = self.query(
+            "SELECT job_id, count(*) AS n FROM file_event WHERE event = 'failed' AND job_id IN "
+            f"({','.join('?' * len(job_ids))}) GROUP BY job_id",
+            list(job_ids),
+        )
         return {r["job_id"]: int(r["n"]) for r in rows}
 
     def claim(self, file_ids: Sequence[str], job_id: str, retry_failed: bool = False) -> list[str]:
@@ -442,7 +561,8 @@ class Database:
                     f"UPDATE file SET status = 'processing', claimed_by = ?, claimed_at = ?, updated_at = ?, "
                     f"attempts = attempts + 1 WHERE file_id IN ({','.join('?' * len(chunk))}) AND status IN "
                     f"({','.join('?' * len(allowed))}) RETURNING file_id, dataset_id",
-                    [job_id, ts, ts, *chunk, *allowed])
+                    [job_id, ts, ts, *chunk, *allowed],
+                )
                 rows = cur.fetchall()
                 got += [r[0] for r in rows]
                 self.add_events([Event(r[0], r[1], "claimed", "processing") for r in rows], job_id, ts)
@@ -462,20 +582,37 @@ class Database:
                     where += " AND claimed_by = ?"
                     params.append(job_id)
                 rows = self.query(f"SELECT file_id, dataset_id, claimed_by FROM file WHERE {where}", params)
-                self.execute(f"UPDATE file SET status = 'received', claimed_by = NULL, claimed_at = NULL, "
-                             f"updated_at = ? WHERE {where}", [ts, *params])
-                self.add_events([Event(r["file_id"], r["dataset_id"], "released", "received",
-                                       f"{reason} (claimed by {r['claimed_by']})") for r in rows], job_id, ts)
+                self.execute(
+                    f"UPDATE file SET status = 'received', claimed_by = NULL, claimed_at = NULL, "
+                    f"updated_at = ? WHERE {where}",
+                    [ts, *params],
+                )
+                self.add_events(
+                    [
+                        Event(
+                            r["file_id"],
+                            r["dataset_id"],
+                            "released",
+                            "received",
+                            f"{reason} (claimed by {r['claimed_by']})",
+                        )
+                        for r in rows
+                    ],
+                    job_id,
+                    ts,
+                )
                 n += len(rows)
         return n
 
     def stale_claims(self, claim_timeout: int, this_host: str, alive: Any) -> list[dict[str, Any]]:
         """Claims whose job has ended, died (same host, pid gone) or stopped heart-beating."""
         cutoff = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=claim_timeout)).isoformat(
-            timespec="microseconds")
+            timespec="microseconds"
+        )
         rows = self.query(
             "SELECT f.file_id, f.dataset_id, f.file_name, f.claimed_by, f.claimed_at, j.host, j.pid, j.ended_at, "
-            "j.heartbeat_at FROM file f LEFT JOIN job j ON j.job_id = f.claimed_by WHERE f.status = 'processing'")
+            "j.heartbeat_at FROM file f LEFT JOIN job j ON j.job_id = f.claimed_by WHERE f.status = 'processing'"
+        )
         stale = []
         for r in rows:
             if r["host"] is None:
@@ -500,30 +637,62 @@ class Database:
         ts = now()
         with self.transaction():
             rows = {r["file_id"]: r for r in self.files(file_ids=[x.file_id for x in results])}
-            ok = [x for x in results if x.file_id in rows and
-                  (job_id is None or rows[x.file_id]["claimed_by"] == job_id)]
-            cols = ("file_id", "status", "md5", "sha256", "archive_path", "archive_checksum", "archive_checksum_type",
-                    "archive_key", "plain_size", "archive_size", "error")
+            ok = [
+                x for x in results if x.file_id in rows and (job_id is None or rows[x.file_id]["claimed_by"] == job_id)
+            ]
+            cols = (
+                "file_id",
+                "status",
+                "md5",
+                "sha256",
+                "archive_path",
+                "archive_checksum",
+                "archive_checksum_type",
+                "archive_key",
+                "plain_size",
+                "archive_size",
+                "error",
+            )
             casts = {"plain_size": "BIGINT", "archive_size": "BIGINT"}
-            sets = ", ".join(f"{c} = CAST(v.column{i + 1} AS {casts.get(c, 'TEXT')})"
-                             for i, c in enumerate(cols) if c not in ("file_id", "md5", "sha256"))
+            sets = ", ".join(
+                f"{c} = CAST(v.column{i + 1} AS {casts.get(c, 'TEXT')})"
+                for i, c in enumerate(cols)
+                if c not in ("file_id", "md5", "sha256")
+            )
             for chunk in chunks(ok, 200):
                 values = []
                 for x in chunk:
                     done = x.status == "available"
-                    values += [x.file_id, x.status, x.md5 if done else None, x.sha256 if done else None,
-                               x.archive_path, x.archive_checksum, x.archive_checksum_type, x.archive_key,
-                               x.plain_size, x.archive_size, x.error]
+                    values += [
+                        x.file_id,
+                        x.status,
+                        x.md5 if done else None,
+                        x.sha256 if done else None,
+                        x.archive_path,
+                        x.archive_checksum,
+                        x.archive_checksum_type,
+                        x.archive_key,
+                        x.plain_size,
+                        x.archive_size,
+                        x.error,
+                    ]
                 ph = ",".join(["(" + ",".join("?" * len(cols)) + ")"] * len(chunk))
-                self.execute(f"UPDATE file SET {sets}, md5 = coalesce(file.md5, CAST(v.column3 AS TEXT)), "
-                             f"sha256 = coalesce(file.sha256, CAST(v.column4 AS TEXT)), "
-                             f"claimed_by = NULL, claimed_at = NULL, updated_at = ? FROM (VALUES {ph}) AS v "
-                             f"WHERE file.file_id = v.column1", [ts, *values])
-            self.add_events([Event(x.file_id, rows[x.file_id]["dataset_id"], x.status, x.status,
-                                   _result_details(x)) for x in ok], job_id, ts)
+                self.execute(
+                    f"UPDATE file SET {sets}, md5 = coalesce(file.md5, CAST(v.column3 AS TEXT)), "
+                    f"sha256 = coalesce(file.sha256, CAST(v.column4 AS TEXT)), "
+                    f"claimed_by = NULL, claimed_at = NULL, updated_at = ? FROM (VALUES {ph}) AS v "
+                    f"WHERE file.file_id = v.column1",
+                    [ts, *values],
+                )
+            self.add_events(
+                [Event(x.file_id, rows[x.file_id]["dataset_id"], x.status, x.status, _result_details(x)) for x in ok],
+                job_id,
+                ts,
+            )
             datasets = {rows[x.file_id]["dataset_id"] for x in ok if x.status == "available"}
-            self.stamp_dataset(datasets, "date_processing_end", ts,
-                               when_no_status_in=("pending", "received", "processing", "failed"))
+            self.stamp_dataset(
+                datasets, "date_processing_end", ts, when_no_status_in=("pending", "received", "processing", "failed")
+            )
             if job_id is not None:
                 self.job_heartbeat(job_id)
         return [x for x in ok if x.status == "available"]
@@ -539,21 +708,26 @@ class Database:
         done: list[dict[str, Any]] = []
         with self.transaction():
             for r in rows:
-                cur = self.execute("UPDATE file SET archive_checksum = ?, archive_key = ?, archive_size = ?, "
-                                   "updated_at = ? WHERE file_id = ? AND status = 'available' AND "
-                                   "archive_checksum = ?", (r["new_checksum"], r["new_key"], r["archive_size"],
-                                                            ts, r["file_id"], r["old_checksum"]))
+                cur = self.execute(
+                    "UPDATE file SET archive_checksum = ?, archive_key = ?, archive_size = ?, "
+                    "updated_at = ? WHERE file_id = ? AND status = 'available' AND "
+                    "archive_checksum = ?",
+                    (r["new_checksum"], r["new_key"], r["archive_size"], ts, r["file_id"], r["old_checksum"]),
+                )
                 if cur.rowcount:
                     done.append(r)
-            self.add_events([Event(r["file_id"], r["dataset_id"], "rekeyed", "available", r["details"])
-                             for r in done], job_id, ts)
+            self.add_events(
+                [Event(r["file_id"], r["dataset_id"], "rekeyed", "available", r["details"]) for r in done], job_id, ts
+            )
         return [r["file_id"] for r in done]
 
 
 def _result_details(x: Any) -> str:
     if x.status == "available":
-        return (f"archived {x.archive_path} {x.archive_checksum_type}:{x.archive_checksum} "
-                f"{x.bytes_read} bytes in {x.seconds:.3f}s on {x.host} rank {x.rank}")
+        return (
+            f"archived {x.archive_path} {x.archive_checksum_type}:{x.archive_checksum} "
+            f"{x.bytes_read} bytes in {x.seconds:.3f}s on {x.host} rank {x.rank}"
+        )
     text = f"{x.error_kind}: {x.error}"
     if getattr(x, "quarantined_to", None):
         text += f" (source moved to {x.quarantined_to})"

@@ -50,9 +50,10 @@ def run(folder: Path | None, files: int, ranks: int, out=None) -> int:
     inbox_sk, inbox_pk = _keypair(root / "keys", "inbox")
     archive_sk, archive_pk = _keypair(root / "keys", "archive")
     cfg = root / "legampi.ini"
-    cfg.write_text(f"""# legampi demo configuration (embedded default: SQLite, local folders)
+    cfg.write_text(
+        f"""# legampi demo configuration (embedded default: SQLite, local folders)
 [database]
-url = sqlite:///{root / 'tracking.db'}
+url = sqlite:///{root / "tracking.db"}
 
 [func_conf]
 # the demo does not wait for real transfers: files older than 0 s, unchanged over 2 passes, have arrived
@@ -60,23 +61,29 @@ age_limit = 0
 pass_limit = 2
 
 [workspaces]
-receiving = {root / 'receiving'}
-processing = {root / 'processing'}
-end_storage = {root / 'archive'}
-metadata = {root / 'metadata'}
+receiving = {root / "receiving"}
+processing = {root / "processing"}
+end_storage = {root / "archive"}
+metadata = {root / "metadata"}
 
 [crypto]
 inbox_secret_key = {inbox_sk}
 archive_public_key = {archive_pk}
 archive_secret_key = {archive_sk}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     from crypt4gh.keys import get_public_key
 
     sizes = sizes_from_spec(files, None, "lognormal:256KiB,1.5", seed=7)
-    print(f"legampi demo in {root}: writing {files} Crypt4GH files "
-          f"({sum(sizes) / 1e6:.1f} MB of plaintext) into receiving/", file=out)
-    make_dataset(root / "receiving", root / "metadata", "EGAD00000000001", sizes, "c4gh",
-                 inbox_pk=get_public_key(str(inbox_pk)))
+    print(
+        f"legampi demo in {root}: writing {files} Crypt4GH files "
+        f"({sum(sizes) / 1e6:.1f} MB of plaintext) into receiving/",
+        file=out,
+    )
+    make_dataset(
+        root / "receiving", root / "metadata", "EGAD00000000001", sizes, "c4gh", inbox_pk=get_public_key(str(inbox_pk))
+    )
     legampi = [sys.executable, "-m", "legampi", "--log-level", "warning", "-c", str(cfg)]
     steps = [("init-db",), ("register", str(root / "metadata" / "EGAD00000000001.json"))]
     steps += [("monitor",)] * 3
@@ -87,6 +94,9 @@ archive_secret_key = {archive_sk}
     code = subprocess.run([mpiexec_path(), "-n", str(ranks), *legampi, "process"]).returncode
     print("$ legampi status --brief", file=out, flush=True)
     subprocess.run([*legampi, "status", "--brief"], check=True)
-    print(f"\nArchive: {root / 'archive'} (decrypt a file with: crypt4gh decrypt --sk {archive_sk} < FILE.c4gh)\n"
-          f"Config:  {cfg}\nNext:    legampi -c {cfg} status", file=out)
+    print(
+        f"\nArchive: {root / 'archive'} (decrypt a file with: crypt4gh decrypt --sk {archive_sk} < FILE.c4gh)\n"
+        f"Config:  {cfg}\nNext:    legampi -c {cfg} status",
+        file=out,
+    )
     return code

@@ -28,8 +28,11 @@ def make_job_id() -> str:
     """Slurm's job (and array task) id when there is one, else host:pid:time — unique per run."""
     env = os.environ
     if env.get("SLURM_JOB_ID"):
-        jid = f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}" \
-            if env.get("SLURM_ARRAY_TASK_ID") else f"slurm-{env['SLURM_JOB_ID']}"
+        jid = (
+            f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+            if env.get("SLURM_ARRAY_TASK_ID")
+            else f"slurm-{env['SLURM_JOB_ID']}"
+        )
         return f"{jid}-{int(time.time())}"
     return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
 
@@ -47,8 +50,10 @@ def array_share(branches: int | None, branch: int | None, env: dict[str, str] | 
         step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
         offset = int(env["SLURM_ARRAY_TASK_ID"]) - first
         if offset % step or not 0 <= offset // step < count:
-            raise ValueError(f"array task {env['SLURM_ARRAY_TASK_ID']} is not on the range {first}+{step}*k of "
-                             f"{count} tasks; use a range like --array=1-{count} or give --branches/--branch")
+            raise ValueError(
+                f"array task {env['SLURM_ARRAY_TASK_ID']} is not on the range {first}+{step}*k of "
+                f"{count} tasks; use a range like --array=1-{count} or give --branches/--branch"
+            )
         return count, offset // step + 1
     return 1, 1
 
@@ -81,8 +86,16 @@ class Plan:
     skipped: list[str] = field(default_factory=list)  # registered but not eligible (e.g. failed, claimed)
 
 
-def plan(db: Database, cfg: Config, job_id: str, branches: int = 1, branch: int = 1,
-         retry_failed: bool = False, dataset: str | None = None, limit: int | None = None) -> Plan:
+def plan(
+    db: Database,
+    cfg: Config,
+    job_id: str,
+    branches: int = 1,
+    branch: int = 1,
+    retry_failed: bool = False,
+    dataset: str | None = None,
+    limit: int | None = None,
+) -> Plan:
     """List processing, join with the database, claim eligible files for this job in one transaction.
 
     With --branches, the share is taken over the sorted names of all *registered* files, which every
@@ -107,8 +120,17 @@ def plan(db: Database, cfg: Config, job_id: str, branches: int = 1, branch: int 
     return out
 
 
-def _claim_chunks(db: Database, out: Plan, names: list[str], listing: dict[str, int], job_id: str,
-                  eligible: tuple[str, ...], retry_failed: bool, dataset: str | None, limit: int | None) -> None:
+def _claim_chunks(
+    db: Database,
+    out: Plan,
+    names: list[str],
+    listing: dict[str, int],
+    job_id: str,
+    eligible: tuple[str, ...],
+    retry_failed: bool,
+    dataset: str | None,
+    limit: int | None,
+) -> None:
     for chunk in chunks([n for n in names if not archive.is_temp_name(n)], 1000):
         rows = {r["file_name"]: r for r in db.files(names=chunk, columns=PLAN_COLUMNS)}
         wanted = []
@@ -121,10 +143,13 @@ def _claim_chunks(db: Database, out: Plan, names: list[str], listing: dict[str, 
             elif r["status"] != "available":
                 out.skipped.append(f"{name} ({r['status']})")
         if limit is not None:
-            wanted = wanted[:max(0, limit - len(out.tasks))]
+            wanted = wanted[: max(0, limit - len(out.tasks))]
         got = set(db.claim([r["file_id"] for r in wanted], job_id, retry_failed=retry_failed))
-        out.tasks += [FileTask(r["file_id"], r["dataset_id"], r["file_name"], r["md5"], r["sha256"],
-                               listing[r["file_name"]]) for r in wanted if r["file_id"] in got]
+        out.tasks += [
+            FileTask(r["file_id"], r["dataset_id"], r["file_name"], r["md5"], r["sha256"], listing[r["file_name"]])
+            for r in wanted
+            if r["file_id"] in got
+        ]
 
 
 class Recorder:
@@ -135,8 +160,15 @@ class Recorder:
     job ends non-zero, leaving archived-but-unrecorded files for `legampi recover` to record.
     """
 
-    def __init__(self, db: Database, cfg: Config, job_id: str, reconnect: Callable[[], Database] | None = None,
-                 retries: int = 5, backoff: float = 1.0):
+    def __init__(
+        self,
+        db: Database,
+        cfg: Config,
+        job_id: str,
+        reconnect: Callable[[], Database] | None = None,
+        retries: int = 5,
+        backoff: float = 1.0,
+    ):
         self.db, self.cfg, self.job_id = db, cfg, job_id
         self.reconnect, self.retries, self.backoff = reconnect, retries, backoff
         self.buffer: list[FileResult] = []
@@ -153,11 +185,16 @@ class Recorder:
         ds = self.datasets.get(result.file_id, "")
         extra = {"file_id": result.file_id, "dataset_id": ds}
         if result.status == "failed":
-            log.error("FAILED %s (dataset %s, file %s): %s", result.rel, ds, result.file_id, result.error,
-                      extra=extra)
+            log.error("FAILED %s (dataset %s, file %s): %s", result.rel, ds, result.file_id, result.error, extra=extra)
         else:
-            log.info("archived %s (dataset %s, file %s) -> %s", result.rel, ds, result.file_id,
-                     result.archive_path, extra=extra)
+            log.info(
+                "archived %s (dataset %s, file %s) -> %s",
+                result.rel,
+                ds,
+                result.file_id,
+                result.archive_path,
+                extra=extra,
+            )
         if len(self.buffer) >= self.cfg.func.batch_size:
             self.flush()
 
@@ -203,7 +240,7 @@ class Recorder:
                 if attempt == self.retries or self.reconnect is None:
                     raise
                 log.error("database error (%s); reconnecting, attempt %d of %d", exc, attempt + 1, self.retries)
-                time.sleep(self.backoff * (2 ** attempt))
+                time.sleep(self.backoff * (2**attempt))
                 try:
                     self.db.close()
                     self.db = self.reconnect()
@@ -221,9 +258,12 @@ class RecoveryReport:
     problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"released {len(self.released)} stale claim(s)", f"recorded {len(self.recorded)} archived "
-               f"copy(ies) that had no row", f"removed {len(self.temp_removed)} temporary file(s)",
-               f"removed {len(self.sources_removed)} processed source(s)"]
+        out = [
+            f"released {len(self.released)} stale claim(s)",
+            f"recorded {len(self.recorded)} archived copy(ies) that had no row",
+            f"removed {len(self.temp_removed)} temporary file(s)",
+            f"removed {len(self.sources_removed)} processed source(s)",
+        ]
         out += [f"  released: {x}" for x in self.released] + [f"  recorded: {x}" for x in self.recorded]
         out += [f"  temp removed: {x}" for x in self.temp_removed]
         out += [f"  source removed: {x}" for x in self.sources_removed]
@@ -278,17 +318,29 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
         if side.exists():
             ok, expected, found = checksum.check_sidecar(side)
             if not ok:
-                rep.problems.append(f"{final}: archive checksum {found} does not match its sidecar {expected}; "
-                                    "left for an operator (not recorded)")
+                rep.problems.append(
+                    f"{final}: archive checksum {found} does not match its sidecar {expected}; "
+                    "left for an operator (not recorded)"
+                )
                 continue
             digest = found
         else:
             digest = checksum.hash_file(final, algo)
             checksum.write_sidecar(final, digest, algo, cfg.crypto.file_mode)
-        results.append(FileResult(
-            file_id=f["file_id"], rel=f["file_name"], status="available", archive_path=str(final),
-            md5=f["md5"], sha256=f["sha256"], archive_checksum=digest, archive_checksum_type=algo,
-            archive_size=final.stat().st_size, host=host))
+        results.append(
+            FileResult(
+                file_id=f["file_id"],
+                rel=f["file_name"],
+                status="available",
+                archive_path=str(final),
+                md5=f["md5"],
+                sha256=f["sha256"],
+                archive_checksum=digest,
+                archive_checksum_type=algo,
+                archive_size=final.stat().st_size,
+                host=host,
+            )
+        )
     recovered_ids = {r.file_id for r in results}
     if results:
         # Recovery writes under its own claim so record_results' ownership check holds.
@@ -358,20 +410,22 @@ class Summary:
 
     def lines(self) -> list[str]:
         mbs = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
-        out = [f"job {self.job_id}: {self.files} file(s), {self.available} available, {self.failed} failed, "
-               f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s = {mbs:.1f} MB/s overall "
-               f"({self.bytes_available / 1e6:.1f} MB available, "
-               f"{(self.bytes - self.bytes_available) / 1e6:.1f} MB failed)"
-               + (" (stopped early by signal)" if self.stopped else "")]
+        out = [
+            f"job {self.job_id}: {self.files} file(s), {self.available} available, {self.failed} failed, "
+            f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s = {mbs:.1f} MB/s overall "
+            f"({self.bytes_available / 1e6:.1f} MB available, "
+            f"{(self.bytes - self.bytes_available) / 1e6:.1f} MB failed)"
+            + (" (stopped early by signal)" if self.stopped else "")
+        ]
         for rank, host, files, nbytes, secs in self.rank_rows():
             rate = nbytes / secs / 1e6 if secs > 0 else 0.0
-            out.append(f"  rank {rank} on {host}: {files} file(s), {nbytes / 1e6:.1f} MB, busy {secs:.1f}s, "
-                       f"{rate:.1f} MB/s")
+            out.append(
+                f"  rank {rank} on {host}: {files} file(s), {nbytes / 1e6:.1f} MB, busy {secs:.1f}s, {rate:.1f} MB/s"
+            )
         if self.released:
             out.append(f"  {self.released} claimed file(s) not started were released for the next run")
         out += [f"  FAILED {f}" for f in self.failures]
         return out
-
 
 
 class Progress:
@@ -396,8 +450,10 @@ class Progress:
         rate = self.bytes / el
         left = (self.total_bytes - self.bytes) / rate if rate > 0 else float("nan")
         eta = f"{left / 60:.1f} min" if left == left else "?"
-        return (f"{self.files}/{self.total_files} files, {self.bytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB, "
-                f"{rate / 1e6:.1f} MB/s, {self.failed} failed, ~{eta} left")
+        return (
+            f"{self.files}/{self.total_files} files, {self.bytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB, "
+            f"{rate / 1e6:.1f} MB/s, {self.failed} failed, ~{eta} left"
+        )
 
     def tick(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -415,10 +471,22 @@ class Progress:
             self.stream.write("\n")
 
 
-def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, schedule: str = "dynamic",
-                branches: int = 1, branch: int = 1, retry_failed: bool = False, dataset: str | None = None,
-                limit: int | None = None, recover_first: bool = True, progress_interval: float = 60.0,
-                should_stop: Callable[[], bool] = lambda: False, out: Any = None) -> int:
+def run_process(
+    cfg: Config,
+    team: Any,
+    connect: Callable[[], Database],
+    *,
+    schedule: str = "dynamic",
+    branches: int = 1,
+    branch: int = 1,
+    retry_failed: bool = False,
+    dataset: str | None = None,
+    limit: int | None = None,
+    recover_first: bool = True,
+    progress_interval: float = 60.0,
+    should_stop: Callable[[], bool] = lambda: False,
+    out: Any = None,
+) -> int:
     """`legampi process` on every rank: rank 0 plans, claims and records; workers stream files.
 
     Exit status: 0 when every file handed out was archived (or the job was stopped by a signal and
@@ -462,8 +530,14 @@ def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, sche
             for line in recover(db, cfg, job_id).lines():
                 log.info("recover: %s", line)
         p = plan(db, cfg, job_id, branches, branch, retry_failed, dataset, limit)
-        log.info("job %s: %d file(s) claimed, %d byte(s), %d worker rank(s), schedule %s", job_id, len(p.tasks),
-                 sum(t.size or 0 for t in p.tasks), max(team.size - 1, 1), schedule)
+        log.info(
+            "job %s: %d file(s) claimed, %d byte(s), %d worker rank(s), schedule %s",
+            job_id,
+            len(p.tasks),
+            sum(t.size or 0 for t in p.tasks),
+            max(team.size - 1, 1),
+            schedule,
+        )
         recorder = Recorder(db, cfg, job_id, reconnect=connect)
         recorder.datasets = {t.file_id: t.dataset_id for t in p.tasks}
         progress = Progress(len(p.tasks), sum(t.size or 0 for t in p.tasks), progress_interval)
@@ -477,8 +551,7 @@ def run_process(cfg: Config, team: Any, connect: Callable[[], Database], *, sche
             progress.tick()
 
         t0 = time.monotonic()
-        team.run(p.tasks, work, on_result, tick, should_stop, schedule,
-                             key=lambda t: t.size or 0, name=lambda t: t.rel)
+        team.run(p.tasks, work, on_result, tick, should_stop, schedule, key=lambda t: t.size or 0, name=lambda t: t.rel)
         recorder.flush()
         progress.close()
         leftover = [t.file_id for t in p.tasks if t.file_id not in recorder.done]

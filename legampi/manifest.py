@@ -64,8 +64,14 @@ def _size(value: Any, where: str) -> int | None:
 
 def _entry(file_id: str, name: str, md5: Any, sha256: Any, size: Any, line: int, where: str) -> dict[str, Any]:
     rel = safe_relpath(name, where)
-    e = {"file_id": file_id or rel, "file_name": rel, "md5": _checksum(md5, "md5", where),
-         "sha256": _checksum(sha256, "sha256", where), "size": _size(size, where), "line": line}
+    e = {
+        "file_id": file_id or rel,
+        "file_name": rel,
+        "md5": _checksum(md5, "md5", where),
+        "sha256": _checksum(sha256, "sha256", where),
+        "size": _size(size, where),
+        "line": line,
+    }
     if e["md5"] is None and e["sha256"] is None:
         raise ManifestError(f"{where}: no plaintext checksum (md5 or sha256) for {rel!r}")
     return e
@@ -90,8 +96,9 @@ def parse_tab(text: str, source: str) -> list[dict[str, Any]]:
         where = f"{source}:{lineno}"
         cols = raw.rstrip("\r\n").split("\t")
         if len(cols) < 2 or len(cols) > 4:
-            raise ManifestError(f"{where}: want 2 to 4 tab-separated columns (name, md5, size, sha256), "
-                                f"got {len(cols)}")
+            raise ManifestError(
+                f"{where}: want 2 to 4 tab-separated columns (name, md5, size, sha256), got {len(cols)}"
+            )
         name, md5 = cols[0], cols[1]
         size = cols[2] if len(cols) > 2 else None
         sha = cols[3] if len(cols) > 3 else None
@@ -121,8 +128,11 @@ def parse_ega_json(text: str, source: str) -> tuple[str | None, list[dict[str, A
             if not obj.get(key):
                 raise ManifestError(f"{where}: missing {key}")
         md5 = obj.get("fileMd5")
-        sha = obj.get("unencryptedChecksum") if str(obj.get("unencryptedChecksumType", "")).upper() == "SHA256" \
+        sha = (
+            obj.get("unencryptedChecksum")
+            if str(obj.get("unencryptedChecksumType", "")).upper() == "SHA256"
             else obj.get("sha256")
+        )
         ctype = str(obj.get("checksumType", "MD5")).upper()
         if md5 is None and obj.get("checksum") is not None:
             if ctype == "MD5":
@@ -166,8 +176,15 @@ class ApiError(OSError):
     """The EGA metadata API did not give a usable answer (an I/O error, as requests' own HTTPError is)."""
 
 
-def fetch_metadata(api_url: str, dataset_id: str, user: str | None, password: str | None,
-                   timeout: float = 30.0, retries: int = 3, backoff: float = 0.5) -> str:
+def fetch_metadata(
+    api_url: str,
+    dataset_id: str,
+    user: str | None,
+    password: str | None,
+    timeout: float = 30.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+) -> str:
     """GET the dataset's file list from the EGA API (``DATASETID`` in the URL), retrying 5xx and timeouts."""
     url = api_url.replace("DATASETID", dataset_id)
     auth = (user, password) if user is not None and password is not None else None
@@ -186,5 +203,5 @@ def fetch_metadata(api_url: str, dataset_id: str, user: str | None, password: st
                 raise ApiError(f"EGA API {url}: HTTP {r.status_code} {r.reason}")
             last = f"HTTP {r.status_code} {r.reason}"
         if attempt < retries:
-            time.sleep(backoff * (2 ** attempt))
+            time.sleep(backoff * (2**attempt))
     raise ApiError(f"EGA API {url}: gave up after {retries + 1} attempts, last error: {last}")

@@ -112,8 +112,16 @@ class PassReport:
     errors: list[str] = field(default_factory=list)
 
 
-def run_pass(db: Any, receiving: Path, processing: Path, age_limit: int, pass_limit: int,
-             branches: int = 1, branch: int = 1, clock: Any = time.time) -> PassReport:
+def run_pass(
+    db: Any,
+    receiving: Path,
+    processing: Path,
+    age_limit: int,
+    pass_limit: int,
+    branches: int = 1,
+    branch: int = 1,
+    clock: Any = time.time,
+) -> PassReport:
     """One monitor pass: observe receiving, update tracking, move finished registered files."""
     listing = dict(scan(receiving))
     names = share(list(listing), branches, branch) if branches > 1 else sorted(listing)
@@ -130,8 +138,10 @@ def run_pass(db: Any, receiving: Path, processing: Path, age_limit: int, pass_li
         if f is None:
             report.unregistered.append(name)
         elif f["status"] != "pending":
-            report.errors.append(f"{receiving / name}: registered file {f['file_id']} is already {f['status']}; "
-                                 "a second copy arrived and is left in receiving")
+            report.errors.append(
+                f"{receiving / name}: registered file {f['file_id']} is already {f['status']}; "
+                "a second copy arrived and is left in receiving"
+            )
             continue
         sizes[name] = obs.size
         if d.action == "move" and f is not None:
@@ -143,8 +153,9 @@ def run_pass(db: Any, receiving: Path, processing: Path, age_limit: int, pass_li
                 continue
             moved.append(f)
             report.moved.append(name)
-            log.info("transfer finished, moved to processing: %s (file %s, dataset %s)",
-                     name, f["file_id"], f["dataset_id"])
+            log.info(
+                "transfer finished, moved to processing: %s (file %s, dataset %s)", name, f["file_id"], f["dataset_id"]
+            )
             continue
         if d.action == "move":  # finished but unregistered: keep counting, never move
             d = Decision("pass", d.passes)
@@ -152,6 +163,7 @@ def run_pass(db: Any, receiving: Path, processing: Path, age_limit: int, pass_li
         report.tracked += d.action == "track"
         report.waiting += d.action != "track"
     gone = [n for n in tracking if n not in listing]
-    db.apply_monitor_pass(upserts, gone + [m["file_name"] for m in moved], moved,
-                          {n: s for n, s in sizes.items() if n in registered})
+    db.apply_monitor_pass(
+        upserts, gone + [m["file_name"] for m in moved], moved, {n: s for n, s in sizes.items() if n in registered}
+    )
     return report

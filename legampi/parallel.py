@@ -48,6 +48,7 @@ class StopFlag:
             if self.signum is None:
                 log.warning("received %s: finishing files in flight, then stopping", signal.Signals(signum).name)
             self.signum = signum
+
         for s in signals:
             signal.signal(s, handler)
 
@@ -82,7 +83,8 @@ class Team:
         if step_tasks and int(step_tasks) > 1 and self.size == 1:
             raise LaunchError(
                 f"Slurm started {step_tasks} tasks but MPI sees a communicator of size 1: every task would run "
-                "alone. Start with `srun --mpi=pmi2 legampi ...` (the PyPI mpich needs PMI2), or with one task.")
+                "alone. Start with `srun --mpi=pmi2 legampi ...` (the PyPI mpich needs PMI2), or with one task."
+            )
 
     # ------------------------------------------------------------------ collective helpers
     def agree(self, ok: bool, message: str = "") -> list[str]:
@@ -143,8 +145,9 @@ class Team:
         os._exit(code)
 
     # ------------------------------------------------------------------ messaging
-    def _recv(self, source: int, idle: Callable[[], None] | None = None,
-              tag: int | None = None) -> tuple[Any, int, int]:
+    def _recv(
+        self, source: int, idle: Callable[[], None] | None = None, tag: int | None = None
+    ) -> tuple[Any, int, int]:
         status = self.MPI.Status()
         delay = FIRST_WAIT
         want = self.MPI.ANY_TAG if tag is None else tag
@@ -164,10 +167,17 @@ class Team:
         self.bell.ring(dest)
 
     # ------------------------------------------------------------------ the run
-    def run(self, tasks: Sequence[Any] | None, work: Callable[[Any], Any] | None,
-            on_result: Callable[[Any], None], tick: Callable[[], None] = lambda: None,
-            should_stop: Callable[[], bool] = lambda: False, schedule: str = "dynamic",
-            key: Callable[[Any], int] = lambda t: 0, name: Callable[[Any], str] = str) -> list[Any]:
+    def run(
+        self,
+        tasks: Sequence[Any] | None,
+        work: Callable[[Any], Any] | None,
+        on_result: Callable[[Any], None],
+        tick: Callable[[], None] = lambda: None,
+        should_stop: Callable[[], bool] = lambda: False,
+        schedule: str = "dynamic",
+        key: Callable[[Any], int] = lambda t: 0,
+        name: Callable[[Any], str] = str,
+    ) -> list[Any]:
         """Process TASKS (given on rank 0) with WORK on the worker ranks; returns the unstarted tasks.
 
         Rank 0 calls on_result for every result as it arrives, and tick while it waits. Workers return [].
@@ -188,9 +198,16 @@ class Team:
         self._work(work, should_stop)
         return []
 
-    def _coordinate(self, tasks: list[Any], on_result: Callable[[Any], None], tick: Callable[[], None],
-                    should_stop: Callable[[], bool], schedule: str, key: Callable[[Any], int],
-                    name: Callable[[Any], str]) -> list[Any]:
+    def _coordinate(
+        self,
+        tasks: list[Any],
+        on_result: Callable[[Any], None],
+        tick: Callable[[], None],
+        should_stop: Callable[[], bool],
+        schedule: str,
+        key: Callable[[Any], int],
+        name: Callable[[Any], str],
+    ) -> list[Any]:
         workers = list(range(1, self.size))
         queues = order(tasks, schedule, key, name, len(workers))
         dynamic = schedule == "dynamic"
@@ -432,8 +449,9 @@ def launched_by_mpi(env: dict[str, str] | None = None) -> bool:
     return False
 
 
-def order(tasks: list[Any], schedule: str, key: Callable[[Any], int], name: Callable[[Any], str],
-          workers: int) -> list[deque[Any]]:
+def order(
+    tasks: list[Any], schedule: str, key: Callable[[Any], int], name: Callable[[Any], str], workers: int
+) -> list[deque[Any]]:
     """Dynamic: one queue, largest first. Static: the seed's formula over the sorted listing, file number
     ``branch + branches*n`` (1-based) going to worker ``branch`` (1..branches = workers)."""
     if schedule == "dynamic":

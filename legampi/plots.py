@@ -143,9 +143,7 @@ def _open_svg(height: float, testid: str, title: str) -> list[str]:
     ]
 
 
-def _legend(
-    items: Sequence[tuple[str, str, bool]], x0: float, y: float, max_x: float
-) -> tuple[list[str], float]:
+def _legend(items: Sequence[tuple[str, str, bool]], x0: float, y: float, max_x: float) -> tuple[list[str], float]:
     """Swatch + label per item, wrapping lines; returns the SVG parts and the y below the legend."""
     parts = ['<g class="legend" data-testid="legend">']
     x = x0
@@ -263,9 +261,7 @@ def _clip(label: str, width_px: float) -> str:
     return label if len(label) <= n else label[: max(n - 1, 1)] + "…"
 
 
-def hbar_chart(
-    bars: Sequence[Bar], *, testid: str, title: str, x_label: str, value_fmt: str = "{:.1f}"
-) -> str:
+def hbar_chart(bars: Sequence[Bar], *, testid: str, title: str, x_label: str, value_fmt: str = "{:.1f}") -> str:
     """Horizontal bars with the value printed at the end; a legend of groups (e.g. one per run)."""
     if not bars:
         raise ValueError(f"chart {testid!r}: no bars to plot")
@@ -294,9 +290,7 @@ def hbar_chart(
     out = _open_svg(height, testid, title) + parts
     for v in ticks:
         x = px(v)
-        out.append(
-            f'<line x1="{x:.1f}" y1="{top - 2}" x2="{x:.1f}" y2="{bottom + 4}" stroke="{GRID_COLOUR}"/>'
-        )
+        out.append(f'<line x1="{x:.1f}" y1="{top - 2}" x2="{x:.1f}" y2="{bottom + 4}" stroke="{GRID_COLOUR}"/>')
         out.append(
             f'<text class="tick" x="{x:.1f}" y="{bottom + 18}" text-anchor="middle" '
             f'fill="{AXIS_COLOUR}">{_fmt_tick(v)}</text>'
@@ -318,8 +312,7 @@ def hbar_chart(
             f"<title>{escape(b.label)}: {escape(shown)}</title></rect>"
         )
         out.append(
-            f'<text class="bar-value" x="{left + w + 5:.1f}" y="{y + bar_h - 5:.1f}" '
-            f'fill="#222">{escape(shown)}</text>'
+            f'<text class="bar-value" x="{left + w + 5:.1f}" y="{y + bar_h - 5:.1f}" fill="#222">{escape(shown)}</text>'
         )
     out.append(f'<line x1="{left}" y1="{top - 2}" x2="{left}" y2="{bottom + 4}" stroke="{AXIS_COLOUR}"/>')
     out.append(
@@ -358,9 +351,7 @@ def stacked_hbar_chart(
     out = _open_svg(height, testid, title) + legend
     for v in ticks:
         x = px(v)
-        out.append(
-            f'<line x1="{x:.1f}" y1="{top - 2}" x2="{x:.1f}" y2="{bottom + 4}" stroke="{GRID_COLOUR}"/>'
-        )
+        out.append(f'<line x1="{x:.1f}" y1="{top - 2}" x2="{x:.1f}" y2="{bottom + 4}" stroke="{GRID_COLOUR}"/>')
         out.append(
             f'<text class="tick" x="{x:.1f}" y="{bottom + 18}" text-anchor="middle" '
             f'fill="{AXIS_COLOUR}">{_fmt_tick(v)}</text>'
@@ -388,10 +379,7 @@ def stacked_hbar_chart(
                     f'fill="#fff" font-weight="600">{n}</text>'
                 )
             acc += n
-        out.append(
-            f'<text class="bar-value" x="{px(acc) + 5:.1f}" y="{y + bar_h - 7:.1f}" '
-            f'fill="#222">{total}</text>'
-        )
+        out.append(f'<text class="bar-value" x="{px(acc) + 5:.1f}" y="{y + bar_h - 7:.1f}" fill="#222">{total}</text>')
     out.append(f'<line x1="{left}" y1="{top - 2}" x2="{left}" y2="{bottom + 4}" stroke="{AXIS_COLOUR}"/>')
     out.append(
         f'<text class="axis-label" x="{(left + right) / 2:.1f}" y="{height - 10:.1f}" '

@@ -74,8 +74,8 @@ def _header_packets(raw: bytes) -> list[bytes]:
     count = int.from_bytes(raw[12:16], "little")
     out, off = [], 16
     for _ in range(count):
-        n = int.from_bytes(raw[off:off + 4], "little")
-        out.append(raw[off + 4:off + n])
+        n = int.from_bytes(raw[off : off + 4], "little")
+        out.append(raw[off + 4 : off + n])
         off += n
     if off != len(raw):
         raise RekeyError(f"malformed header: {len(raw) - off} stray bytes")
@@ -184,8 +184,16 @@ def rekey_file(task: RekeyTask, keys: RekeyKeys) -> RekeyResult:
     """Rotate one archived file to the new archive key; never raises for a per-file problem."""
     t0 = time.monotonic()
     path = Path(task.archive_path)
-    res = RekeyResult(task.file_id, task.dataset_id, task.archive_path, "failed", "",
-                      old_checksum=task.archive_checksum, old_key=task.archive_key, new_key=keys.new_fp)
+    res = RekeyResult(
+        task.file_id,
+        task.dataset_id,
+        task.archive_path,
+        "failed",
+        "",
+        old_checksum=task.archive_checksum,
+        old_key=task.archive_key,
+        new_key=keys.new_fp,
+    )
     try:
         _rekey(task, keys, path, res)
     except RekeyError as exc:
@@ -205,24 +213,29 @@ def _rekey(task: RekeyTask, keys: RekeyKeys, path: Path, res: RekeyResult) -> No
     if not task.archive_checksum:
         raise RekeyError(f"{path}: no archive checksum recorded; run `legampi verify-archive` first")
     if task.archive_key not in (None, keys.old_fp):
-        raise RekeyError(f"{path}: archived for key {task.archive_key}, but the configured archive secret key "
-                         f"is for {keys.old_fp}")
+        raise RekeyError(
+            f"{path}: archived for key {task.archive_key}, but the configured archive secret key is for {keys.old_fp}"
+        )
     marker = pending_path(path)
     if marker.exists():
         pend = read_pending(marker)
         found = checksum.hash_file(path, algo)
         if found == pend["new_checksum"]:
             if pend["new_key"] != keys.new_fp:
-                raise RekeyError(f"{path}: an interrupted run already rotated it to key {pend['new_key']}, not "
-                                 f"{keys.new_fp}; rerun with that public key to record it")
+                raise RekeyError(
+                    f"{path}: an interrupted run already rotated it to key {pend['new_key']}, not "
+                    f"{keys.new_fp}; rerun with that public key to record it"
+                )
             if not _sidecar_ok(path, algo, found):
                 checksum.write_sidecar(path, found, algo, keys.file_mode)
             res.result, res.new_checksum, res.archive_size = "recovered", found, path.stat().st_size
-            res.details = (f"{path}: found rotated by an interrupted run ({algo} {found}); recorded now")
+            res.details = f"{path}: found rotated by an interrupted run ({algo} {found}); recorded now"
             return
         if found != task.archive_checksum:
-            raise RekeyError(f"{path}: {algo} {found} matches neither the recorded checksum nor the pending "
-                             f"rotation in {marker.name}; left for an operator")
+            raise RekeyError(
+                f"{path}: {algo} {found} matches neither the recorded checksum nor the pending "
+                f"rotation in {marker.name}; left for an operator"
+            )
         marker.unlink()  # a run stopped before its rename: the recorded copy is intact, start over
         archive.fsync_dir(path.parent)
 
@@ -239,29 +252,42 @@ def _rekey(task: RekeyTask, keys: RekeyKeys, path: Path, res: RekeyResult) -> No
             writer.write(view[:n])
         new_hex = writer.finish()
         if reader.h.hexdigest() != task.archive_checksum:
-            raise RekeyError(f"{path}: {algo} {reader.h.hexdigest()} differs from the recorded "
-                             f"{task.archive_checksum}; not rotated (run `legampi verify-archive`)")
+            raise RekeyError(
+                f"{path}: {algo} {reader.h.hexdigest()} differs from the recorded "
+                f"{task.archive_checksum}; not rotated (run `legampi verify-archive`)"
+            )
         _check_written(writer.temp, new_header, new_hex, algo, keys, hdr.session_keys, task)
-        _write_json_durably(marker, {"algo": algo, "old_checksum": task.archive_checksum, "new_checksum": new_hex,
-                                     "old_key": task.archive_key or keys.old_fp, "new_key": keys.new_fp},
-                            keys.file_mode)
+        _write_json_durably(
+            marker,
+            {
+                "algo": algo,
+                "old_checksum": task.archive_checksum,
+                "new_checksum": new_hex,
+                "old_key": task.archive_key or keys.old_fp,
+                "new_key": keys.new_fp,
+            },
+            keys.file_mode,
+        )
         os.replace(writer.temp, path)
         replaced = True
         archive.fsync_dir(path.parent)
         checksum.write_sidecar(path, new_hex, algo, keys.file_mode)
         res.result, res.new_checksum, res.archive_size = "rekeyed", new_hex, writer.size
         res.bytes_read = reader.count
-        res.details = (f"{path}: header re-encrypted for key {keys.new_fp} (was {task.archive_key or keys.old_fp}), "
-                       f"payload unchanged, {algo} {new_hex}"
-                       + (", decrypts with the new secret key" if keys.new_sk is not None else ""))
+        res.details = (
+            f"{path}: header re-encrypted for key {keys.new_fp} (was {task.archive_key or keys.old_fp}), "
+            f"payload unchanged, {algo} {new_hex}"
+            + (", decrypts with the new secret key" if keys.new_sk is not None else "")
+        )
     finally:
         src.close()
         if writer is not None and not replaced:
             writer.abort()
 
 
-def _check_written(temp: Path, header: bytes, new_hex: str, algo: str, keys: RekeyKeys,
-                   session_keys: list[bytes], task: RekeyTask) -> None:
+def _check_written(
+    temp: Path, header: bytes, new_hex: str, algo: str, keys: RekeyKeys, session_keys: list[bytes], task: RekeyTask
+) -> None:
     """Read the fsynced temp file back: it starts with our header and hashes to the checksum of that header
     plus the payload bytes read from the old copy (so the payload on disk is byte-identical); with the new
     secret key, it also decrypts fully to the recorded plaintext md5/sha256."""
@@ -279,8 +305,9 @@ def _check_written(temp: Path, header: bytes, new_hex: str, algo: str, keys: Rek
             try:
                 hdr = read_header(reader, keys.new_sk, str(temp))
             except IngestError as exc:
-                raise RekeyError(f"{temp}: the rotated copy does not open with the new secret key "
-                                 f"({exc.message})") from None
+                raise RekeyError(
+                    f"{temp}: the rotated copy does not open with the new secret key ({exc.message})"
+                ) from None
             if sorted(hdr.session_keys) != sorted(session_keys):
                 raise RekeyError(f"{temp}: the new secret key opens other session keys than the old one")
             md5, sha = hashlib.md5(), hashlib.sha256()
@@ -322,43 +349,67 @@ class RekeyRecorder:
             return
         batch, self.buffer = self.buffer, []
         good = [r for r in batch if r.result != "failed"]
-        rows = [{"file_id": r.file_id, "dataset_id": r.dataset_id, "old_checksum": r.old_checksum,
-                 "new_checksum": r.new_checksum, "new_key": r.new_key, "archive_size": r.archive_size,
-                 "details": f"archive key {r.old_key or '?'} -> {r.new_key}: {r.details} (rank {r.rank})"}
-                for r in good]
+        rows = [
+            {
+                "file_id": r.file_id,
+                "dataset_id": r.dataset_id,
+                "old_checksum": r.old_checksum,
+                "new_checksum": r.new_checksum,
+                "new_key": r.new_key,
+                "archive_size": r.archive_size,
+                "details": f"archive key {r.old_key or '?'} -> {r.new_key}: {r.details} (rank {r.rank})",
+            }
+            for r in good
+        ]
         with self.db.transaction():
             changed = set(self.db.record_rekeys(rows, self.job_id))
             for r in good:
                 if r.file_id not in changed:
                     r.result = "failed"
-                    r.details += ("; NOT recorded: the row changed meanwhile (no longer available with the old "
-                                  "checksum); the pending marker is kept for an operator")
-            self.db.add_events([Event(r.file_id, r.dataset_id, "rekey-failed", None, r.details)
-                                for r in batch if r.result == "failed"], self.job_id)
+                    r.details += (
+                        "; NOT recorded: the row changed meanwhile (no longer available with the old "
+                        "checksum); the pending marker is kept for an operator"
+                    )
+            self.db.add_events(
+                [
+                    Event(r.file_id, r.dataset_id, "rekey-failed", None, r.details)
+                    for r in batch
+                    if r.result == "failed"
+                ],
+                self.job_id,
+            )
         for r in good:
             if r.file_id in changed:
                 marker = pending_path(Path(r.archive_path))
                 marker.unlink(missing_ok=True)
                 archive.fsync_dir(marker.parent)
         for r in batch:
-            (log.info if r.result != "failed" else log.error)("rekey %s: %s (file %s)", r.result, r.details,
-                                                              r.file_id)
+            (log.info if r.result != "failed" else log.error)("rekey %s: %s (file %s)", r.result, r.details, r.file_id)
         self.done += batch
         self.last = time.monotonic()
 
 
-def load_rekey_keys(cfg: Any, new_public_key: str | os.PathLike, new_secret_key: str | os.PathLike | None = None,
-                    env: dict[str, str] | None = None) -> RekeyKeys:
+def load_rekey_keys(
+    cfg: Any,
+    new_public_key: str | os.PathLike,
+    new_secret_key: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+) -> RekeyKeys:
     """Old archive secret key from the config, the new key pair from the command line (checked to match)."""
     env = dict(os.environ if env is None else env)
     if cfg.crypto.archive_secret_key is None:
         raise RekeyError("rekey needs [crypto] archive_secret_key (the current archive key) to open the headers")
     pw = cfg.crypto.archive_passphrase.reveal() if cfg.crypto.archive_passphrase else None
-    keys = RekeyKeys(load_secret_key(cfg.crypto.archive_secret_key, pw), load_public_key(new_public_key),
-                     file_mode=cfg.crypto.file_mode)
+    keys = RekeyKeys(
+        load_secret_key(cfg.crypto.archive_secret_key, pw),
+        load_public_key(new_public_key),
+        file_mode=cfg.crypto.file_mode,
+    )
     if keys.new_fp == keys.old_fp:
-        raise RekeyError(f"the new public key {new_public_key} belongs to the configured archive secret key "
-                         f"{cfg.crypto.archive_secret_key}: nothing to rotate")
+        raise RekeyError(
+            f"the new public key {new_public_key} belongs to the configured archive secret key "
+            f"{cfg.crypto.archive_secret_key}: nothing to rotate"
+        )
     if new_secret_key is not None:
         keys.new_sk = load_secret_key(new_secret_key, env.get(NEW_PASSPHRASE_ENV) or None)
         if public_from_secret(keys.new_sk) != keys.new_pk:
@@ -366,8 +417,9 @@ def load_rekey_keys(cfg: Any, new_public_key: str | os.PathLike, new_secret_key:
     return keys
 
 
-def rekey_tasks(db: Database, new_fp: str, dataset: str | None = None,
-                limit: int | None = None) -> tuple[list[RekeyTask], int]:
+def rekey_tasks(
+    db: Database, new_fp: str, dataset: str | None = None, limit: int | None = None
+) -> tuple[list[RekeyTask], int]:
     """`available` files not yet on the new key (and how many already are); markers left by a run that
     crashed after its commit are removed here."""
     tasks, already = [], 0
@@ -385,16 +437,33 @@ def rekey_tasks(db: Database, new_fp: str, dataset: str | None = None,
                     marker.unlink()
                     archive.fsync_dir(marker.parent)
             continue
-        tasks.append(RekeyTask(r["file_id"], r["dataset_id"], r["archive_path"], r["archive_checksum"],
-                               r["archive_checksum_type"], r["archive_key"], r["md5"], r["sha256"],
-                               int(r["archive_size"] or r["size"] or 0)))
+        tasks.append(
+            RekeyTask(
+                r["file_id"],
+                r["dataset_id"],
+                r["archive_path"],
+                r["archive_checksum"],
+                r["archive_checksum_type"],
+                r["archive_key"],
+                r["md5"],
+                r["sha256"],
+                int(r["archive_size"] or r["size"] or 0),
+            )
+        )
     tasks.sort(key=lambda t: t.archive_path)
     return (tasks[:limit] if limit is not None else tasks), already
 
 
-def run_rekey(cfg: Any, team: Any, connect: Callable[[], Database], new_public_key: str | os.PathLike,
-              new_secret_key: str | os.PathLike | None = None, dataset: str | None = None,
-              limit: int | None = None, out: Any = None) -> int:
+def run_rekey(
+    cfg: Any,
+    team: Any,
+    connect: Callable[[], Database],
+    new_public_key: str | os.PathLike,
+    new_secret_key: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    limit: int | None = None,
+    out: Any = None,
+) -> int:
     """`legampi rekey` on every rank: rank 0 lists and records, workers rotate files. Exit 0 all rotated,
     1 some failed, 2 could not start."""
     out = out or sys.stdout
@@ -437,18 +506,24 @@ def run_rekey(cfg: Any, team: Any, connect: Callable[[], Database], new_public_k
 def rekey_lines(results: Sequence[RekeyResult], keys: RekeyKeys, already: int, planned: int, cfg: Any) -> list[str]:
     """The operator's report: one line per file, a summary, and what to do next."""
     counts = {k: sum(r.result == k for r in results) for k in ("rekeyed", "recovered", "failed")}
-    lines = [f"  {r.result.upper()} {r.details} (rank {r.rank}, {r.seconds:.2f}s)"
-             for r in sorted(results, key=lambda r: r.archive_path)]
+    lines = [
+        f"  {r.result.upper()} {r.details} (rank {r.rank}, {r.seconds:.2f}s)"
+        for r in sorted(results, key=lambda r: r.archive_path)
+    ]
     mb = sum(r.bytes_read for r in results) / 1e6
-    lines.append(f"rekey to archive key {keys.new_fp} (from {keys.old_fp}): {planned} file(s) to rotate, "
-                 f"{counts['rekeyed']} rekeyed, {counts['recovered']} recovered from an interrupted run, "
-                 f"{counts['failed']} failed, {already} already on the new key; {mb:.1f} MB read")
+    lines.append(
+        f"rekey to archive key {keys.new_fp} (from {keys.old_fp}): {planned} file(s) to rotate, "
+        f"{counts['rekeyed']} rekeyed, {counts['recovered']} recovered from an interrupted run, "
+        f"{counts['failed']} failed, {already} already on the new key; {mb:.1f} MB read"
+    )
     if counts["failed"]:
         lines.append("some files were not rotated: fix the causes above and rerun `legampi rekey` (it resumes)")
     elif fingerprint(load_public_key(cfg.crypto.archive_public_key)) != keys.new_fp:
-        lines.append(f"REMINDER: edit {cfg.path or 'the configuration'}: set [crypto] archive_public_key to the new "
-                     "public key and archive_secret_key/archive_passphrase to the new secret key; until then new "
-                     "files are still archived for the old key (rerun rekey afterwards to catch them)")
+        lines.append(
+            f"REMINDER: edit {cfg.path or 'the configuration'}: set [crypto] archive_public_key to the new "
+            "public key and archive_secret_key/archive_passphrase to the new secret key; until then new "
+            "files are still archived for the old key (rerun rekey afterwards to catch them)"
+        )
     return lines
 
 
@@ -483,8 +558,9 @@ def _new_file(path: Path, data: bytes, mode: int) -> None:
             w.abort()
 
 
-def export_file(item: ExportItem, archive_sk: bytes, recipient_pk: bytes, top: Path, verify: bool = False,
-                file_mode: int = 0o640) -> str:
+def export_file(
+    item: ExportItem, archive_sk: bytes, recipient_pk: bytes, top: Path, verify: bool = False, file_mode: int = 0o640
+) -> str:
     """Write ITEM's archived copy re-encrypted for RECIPIENT_PK to item.dest; returns its sha256.
 
     The archived bytes are checked against the recorded archive checksum in the same read; with VERIFY
@@ -515,8 +591,10 @@ def export_file(item: ExportItem, archive_sk: bytes, recipient_pk: bytes, top: P
         digest = writer.finish()
         found = reader.h.hexdigest()
         if item.archive_checksum and found != item.archive_checksum:
-            raise RekeyError(f"{item.source}: {algo} {found} differs from the recorded {item.archive_checksum}; "
-                             "not exported (run `legampi verify-archive`)")
+            raise RekeyError(
+                f"{item.source}: {algo} {found} differs from the recorded {item.archive_checksum}; "
+                "not exported (run `legampi verify-archive`)"
+            )
         if verify and item.md5 and md5.hexdigest() != item.md5:
             raise RekeyError(f"{item.source}: plaintext md5 {md5.hexdigest()} != recorded {item.md5}")
         if verify and item.sha256 and sha.hexdigest() != item.sha256:
@@ -548,14 +626,34 @@ def export_plan(rows: Iterable[dict[str, Any]], end_storage: Path, to: Path) -> 
         except IngestError as exc:
             problems.append(f"file {r['file_id']}: {exc.message}")
             continue
-        items.append(ExportItem(r["file_id"], r["file_name"], rel.as_posix(), src, to / rel, r["archive_checksum"],
-                                r["archive_checksum_type"], r["archive_key"], r["md5"], r["sha256"],
-                                r["plain_size"]))
+        items.append(
+            ExportItem(
+                r["file_id"],
+                r["file_name"],
+                rel.as_posix(),
+                src,
+                to / rel,
+                r["archive_checksum"],
+                r["archive_checksum_type"],
+                r["archive_key"],
+                r["md5"],
+                r["sha256"],
+                r["plain_size"],
+            )
+        )
     return items, problems
 
 
-def run_export(cfg: Any, db: Database, dataset_id: str, recipient_pk_path: str | os.PathLike,
-               to: str | os.PathLike, partial: bool = False, verify: bool = False, out: Any = None) -> int:
+def run_export(
+    cfg: Any,
+    db: Database,
+    dataset_id: str,
+    recipient_pk_path: str | os.PathLike,
+    to: str | os.PathLike,
+    partial: bool = False,
+    verify: bool = False,
+    out: Any = None,
+) -> int:
     """`legampi export`: the dataset's archived files for one researcher's key, a sha256 manifest and a
     file list. Refuses (writing nothing) when a file is not archived (unless PARTIAL) or a target exists."""
     out = out or sys.stdout
@@ -566,8 +664,11 @@ def run_export(cfg: Any, db: Database, dataset_id: str, recipient_pk_path: str |
         return 1
     missing = [r for r in rows if r["status"] != "available"]
     if missing and not partial:
-        print(f"export: dataset {dataset_id}: {len(missing)} of {len(rows)} file(s) are not available; nothing "
-              "exported (use --partial to export the archived ones):", file=err)
+        print(
+            f"export: dataset {dataset_id}: {len(missing)} of {len(rows)} file(s) are not available; nothing "
+            "exported (use --partial to export the archived ones):",
+            file=err,
+        )
         for r in missing[:20]:
             print(f"  {r['file_id']} {r['file_name']} ({r['status']})", file=err)
         return 1
@@ -585,8 +686,11 @@ def run_export(cfg: Any, db: Database, dataset_id: str, recipient_pk_path: str |
         return 1
     items, problems = export_plan([r for r in rows if r["status"] == "available"], cfg.workspaces.end_storage, top)
     manifest, listing = top / f"{dataset_id}.sha256", top / f"{dataset_id}.tab"
-    problems += [f"{p}: already exists; not overwritten" for p in [i.dest for i in items] + [manifest, listing]
-                 if os.path.lexists(p)]
+    problems += [
+        f"{p}: already exists; not overwritten"
+        for p in [i.dest for i in items] + [manifest, listing]
+        if os.path.lexists(p)
+    ]
     if problems:
         print(f"export: dataset {dataset_id}: nothing exported:", file=err)
         for p in problems:
@@ -606,26 +710,41 @@ def run_export(cfg: Any, db: Database, dataset_id: str, recipient_pk_path: str |
             print(f"  FAILED {item.rel}: {text}", file=out)
         else:
             done.append((item, digest))
-            events.append(Event(item.file_id, dataset_id, "exported", "available",
-                                f"{item.dest} for recipient key {rfp}, sha256 {digest}"
-                                + (", payload verified" if verify else "")))
+            events.append(
+                Event(
+                    item.file_id,
+                    dataset_id,
+                    "exported",
+                    "available",
+                    f"{item.dest} for recipient key {rfp}, sha256 {digest}" + (", payload verified" if verify else ""),
+                )
+            )
             print(f"  EXPORTED {item.rel} sha256 {digest}", file=out)
         if len(events) >= cfg.func.batch_size:
             db.add_events(events)
             events = []
     db.add_events(events)
     if failed:
-        print(f"export of {dataset_id} INCOMPLETE: {len(done)} exported, {len(failed)} failed; no manifest written. "
-              f"Remove {top} and rerun once the causes are fixed.", file=out)
+        print(
+            f"export of {dataset_id} INCOMPLETE: {len(done)} exported, {len(failed)} failed; no manifest written. "
+            f"Remove {top} and rerun once the causes are fixed.",
+            file=out,
+        )
         return 1
-    _new_file(manifest, "".join(checksum.format_line(d, i.rel) for i, d in done).encode("utf-8",
-                                                                                         "surrogateescape"),
-              cfg.crypto.file_mode)
+    _new_file(
+        manifest,
+        "".join(checksum.format_line(d, i.rel) for i, d in done).encode("utf-8", "surrogateescape"),
+        cfg.crypto.file_mode,
+    )
     tab = "#file_id\tname\tmd5\tsha256\tsize\n" + "".join(
         f"{i.file_id}\t{i.rel}\t{i.md5 or ''}\t{i.sha256 or ''}\t{'' if i.plain_size is None else i.plain_size}\n"
-        for i, _d in done)
+        for i, _d in done
+    )
     _new_file(listing, tab.encode("utf-8", "surrogateescape"), cfg.crypto.file_mode)
-    print(f"exported dataset {dataset_id}: {len(done)} file(s) for recipient key {rfp} into {top}"
-          + (f" ({len(missing)} not available, skipped)" if missing else "")
-          + f"; check with: cd {top} && sha256sum -c {manifest.name}", file=out)
+    print(
+        f"exported dataset {dataset_id}: {len(done)} file(s) for recipient key {rfp} into {top}"
+        + (f" ({len(missing)} not available, skipped)" if missing else "")
+        + f"; check with: cd {top} && sha256sum -c {manifest.name}",
+        file=out,
+    )
     return 0

@@ -180,9 +180,7 @@ def _ts_td(t: datetime | None) -> str:
 
 
 def _table(testid: str, head: Sequence[tuple[str, str]], rows: Iterable[str]) -> str:
-    ths = "".join(
-        f'<th class="{cls}">{escape(h)}</th>' if cls else f"<th>{escape(h)}</th>" for h, cls in head
-    )
+    ths = "".join(f'<th class="{cls}">{escape(h)}</th>' if cls else f"<th>{escape(h)}</th>" for h, cls in head)
     body = "\n".join(f"<tr>{r}</tr>" for r in rows)
     return (
         f'<div class="scroll"><table data-testid="{testid}"><thead><tr>{ths}</tr></thead>'
@@ -238,9 +236,7 @@ def _datasets(datasets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _summary(
-    dsets: list[dict[str, Any]], runs: list[dict[str, Any]], n_failed: int, audit_counts: Counter[str]
-) -> str:
+def _summary(dsets: list[dict[str, Any]], runs: list[dict[str, Any]], n_failed: int, audit_counts: Counter[str]) -> str:
     n_files = sum(d["n_files"] for d in dsets)
     n_bytes = sum(d["n_bytes"] for d in dsets)
     avail_files = sum(d["by_status"].get("available", (0, 0))[0] for d in dsets)
@@ -289,13 +285,9 @@ def _datasets_section(dsets: list[dict[str, Any]]) -> str:
     colours = list(STATUSES) + [(s, "#6e7781") for s in extra]
     rows = [(d["id"], {s: fc[0] for s, fc in d["by_status"].items()}) for d in dsets]
     parts.append(
-        stacked_hbar_chart(
-            rows, colours, testid="plot-status", title="Files by status per dataset", x_label="files"
-        )
+        stacked_hbar_chart(rows, colours, testid="plot-status", title="Files by status per dataset", x_label="files")
     )
-    head = [("Dataset", ""), ("Files", "num"), ("Size", "num")] + [
-        (s, "num") for s in STATUS_ORDER + tuple(extra)
-    ]
+    head = [("Dataset", ""), ("Files", "num"), ("Size", "num")] + [(s, "num") for s in STATUS_ORDER + tuple(extra)]
     head.append(("Bytes archived", "num"))
     body = []
     for d in dsets:
@@ -395,9 +387,7 @@ def _archived_section(archived: list[dict[str, Any]], dataset_order: list[str]) 
         total_pts.append((t, float(acc)))
     name = "all datasets" if len(ids) > 1 else ids[0]
     series.append(Series(name, "#333333" if len(ids) > 1 else PALETTE[0], total_pts, dashed=len(ids) > 1))
-    parts.append(
-        time_bytes_chart(series, testid="plot-archived", title="Cumulative archived bytes over time")
-    )
+    parts.append(time_bytes_chart(series, testid="plot-archived", title="Cumulative archived bytes over time"))
     note = (
         f"{len(entries)} files, {human_bytes(acc)} archived between "
         f"{fmt_ts(datetime.fromtimestamp(entries[0][0], tz=timezone.utc))} and "
@@ -580,9 +570,7 @@ def _audits_section(audits: list[dict[str, Any]]) -> tuple[str, Counter[str]]:
         where = f"audits[{i}]"
         result = str(_get(a, "result", where))
         if result not in AUDIT_RESULTS:
-            raise ValueError(
-                f"report data: {where}.result must be one of {', '.join(AUDIT_RESULTS)}, got {result!r}"
-            )
+            raise ValueError(f"report data: {where}.result must be one of {', '.join(AUDIT_RESULTS)}, got {result!r}")
         counts[result] += 1
         rows.append((_ts(_get(a, "at", where), f"{where}.at"), result, a, where))
     if not rows:
@@ -590,18 +578,14 @@ def _audits_section(audits: list[dict[str, Any]]) -> tuple[str, Counter[str]]:
         parts.append("</section>")
         return "\n".join(parts), counts
     badges = " ".join(
-        f'<span class="badge b-{r}" data-result="{r}">{counts[r]} {r}</span>'
-        for r in AUDIT_RESULTS
-        if counts[r]
+        f'<span class="badge b-{r}" data-result="{r}">{counts[r]} {r}</span>' for r in AUDIT_RESULTS if counts[r]
     )
     times = [t for t, *_ in rows if t is not None]
     last = f" Last check {fmt_ts(max(times))} UTC." if times else ""
     parts.append(f'<p data-testid="audit-counts">{badges}<span class="note">{escape(last)}</span></p>')
     problems = [r for r in rows if r[1] != "ok"]
     if not problems:
-        parts.append(
-            f'<p class="ok-note">All {len(rows)} audited files matched their recorded checksums.</p>'
-        )
+        parts.append(f'<p class="ok-note">All {len(rows)} audited files matched their recorded checksums.</p>')
     else:
         problems.sort(key=lambda r: r[0].timestamp() if r[0] else float("-inf"), reverse=True)
         head = [("When", ""), ("File", ""), ("Dataset", ""), ("Result", ""), ("Details", "")]
@@ -667,20 +651,51 @@ def collect(db: Any, dataset: str | None = None, runs: int = 10) -> dict[str, An
     ranks: dict[str, list[dict[str, Any]]] = {}
     for r in db.job_ranks([j["job_id"] for j in jobs]):
         ranks.setdefault(r["job_id"], []).append(
-            {"rank": r["rank"], "host": r["host"], "files": r["files"], "bytes": r["bytes"], "seconds": r["seconds"]})
+            {"rank": r["rank"], "host": r["host"], "files": r["files"], "bytes": r["bytes"], "seconds": r["seconds"]}
+        )
     failures = db.job_failures([j["job_id"] for j in jobs])
     run_rows = []
     for j in jobs:
         rr = ranks.get(j["job_id"], [])
-        run_rows.append({"job_id": j["job_id"], "started_at": j["started_at"], "ended_at": j["ended_at"],
-                         "files": sum(x["files"] for x in rr), "bytes": sum(x["bytes"] for x in rr),
-                         "failed": failures.get(j["job_id"], 0), "ranks": rr})
-    failed = [{"file_id": f["file_id"], "dataset_id": f["dataset_id"], "file_name": f["file_name"],
-               "error": f["error"], "updated_at": f["updated_at"]} for f in status["files"] if f["status"] == "failed"]
-    audits = [{"at": e["at"], "file_id": e["file_id"] or "", "dataset_id": e["dataset_id"] or "",
-               "result": e["event"].removeprefix("audit-"), "details": e["details"] or ""}
-              for e in db.events(dataset_id=dataset) if e["event"].startswith("audit-")]
-    return {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "title": "legampi archive report" + (f": dataset {dataset}" if dataset else ""),
-            "datasets": status["datasets"], "archived": db.archived_timeline(dataset), "runs": run_rows,
-            "failed": failed, "audits": audits}
+        run_rows.append(
+            {
+                "job_id": j["job_id"],
+                "started_at": j["started_at"],
+                "ended_at": j["ended_at"],
+                "files": sum(x["files"] for x in rr),
+                "bytes": sum(x["bytes"] for x in rr),
+                "failed": failures.get(j["job_id"], 0),
+                "ranks": rr,
+            }
+        )
+    failed = [
+        {
+            "file_id": f["file_id"],
+            "dataset_id": f["dataset_id"],
+            "file_name": f["file_name"],
+            "error": f["error"],
+            "updated_at": f["updated_at"],
+        }
+        for f in status["files"]
+        if f["status"] == "failed"
+    ]
+    audits = [
+        {
+            "at": e["at"],
+            "file_id": e["file_id"] or "",
+            "dataset_id": e["dataset_id"] or "",
+            "result": e["event"].removeprefix("audit-"),
+            "details": e["details"] or "",
+        }
+        for e in db.events(dataset_id=dataset)
+        if e["event"].startswith("audit-")
+    ]
+    return {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "title": "legampi archive report" + (f": dataset {dataset}" if dataset else ""),
+        "datasets": status["datasets"],
+        "archived": db.archived_timeline(dataset),
+        "runs": run_rows,
+        "failed": failed,
+        "audits": audits,
+    }

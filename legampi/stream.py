@@ -4,6 +4,7 @@ One pass over the source with bounded buffers (a few MB whatever the file size):
 ever lives in memory, and a file reaches its final name in end_storage only after every check passed.
 `process_file` never raises for a per-file problem; it returns a FileResult that rank 0 records.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,8 @@ LOG = logging.getLogger(__name__)
 HOST = socket.gethostname()
 # Failures caused by the file's content: moving such a source aside lets the rest of a dataset go on.
 # Environment failures (io, nospace, conflict, unsafe_path) leave the source where it is.
-QUARANTINE_KINDS = frozenset({'checksum', 'corrupt', 'truncated', 'key', 'format'})
-_HEX = re.compile(r'^[0-9a-f]+$')
+QUARANTINE_KINDS = frozenset({"checksum", "corrupt", "truncated", "key", "format"})
+_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 @dataclass(slots=True)
@@ -40,9 +41,9 @@ class FileTask:
 
     file_id: str
     dataset_id: str
-    rel: str                 # posix path relative to the processing folder, as registered
-    md5: str | None          # expected plaintext md5 (lower-case hex) from the manifest
-    sha256: str | None       # expected plaintext sha256, when the manifest has it
+    rel: str  # posix path relative to the processing folder, as registered
+    md5: str | None  # expected plaintext md5 (lower-case hex) from the manifest
+    sha256: str | None  # expected plaintext sha256, when the manifest has it
     size: int | None = None  # size of the source file, for scheduling
 
 
@@ -52,13 +53,13 @@ class FileResult:
 
     file_id: str
     rel: str
-    status: str              # 'available' or 'failed'
-    archive_path: str | None = None   # absolute path of the archived file
-    md5: str | None = None            # computed plaintext md5
-    sha256: str | None = None         # computed plaintext sha256
+    status: str  # 'available' or 'failed'
+    archive_path: str | None = None  # absolute path of the archived file
+    md5: str | None = None  # computed plaintext md5
+    sha256: str | None = None  # computed plaintext sha256
     archive_checksum: str | None = None
-    archive_checksum_type: str | None = None   # 'sha256' or 'md5'
-    archive_key: str | None = None    # fingerprint of the archive public key used
+    archive_checksum_type: str | None = None  # 'sha256' or 'md5'
+    archive_key: str | None = None  # fingerprint of the archive public key used
     plain_size: int | None = None
     archive_size: int | None = None
     bytes_read: int = 0
@@ -66,7 +67,7 @@ class FileResult:
     error: str | None = None
     error_kind: str | None = None
     quarantined_to: str | None = None
-    host: str = ''
+    host: str = ""
     rank: int = 0
 
 
@@ -77,38 +78,41 @@ class PipelineContext:
     processing: Path
     end_storage: Path
     quarantine: Path | None
-    extensions: tuple[str, ...]            # e.g. ('.c4gh', '.cip', '.gpg')
-    inbox_secret_key: bytes | None = field(repr=False)   # raw 32-byte X25519 secret
-    archive_public_key: bytes = field(repr=False)        # raw 32-byte public key
-    reencrypt: str = 'full'                # 'full' | 'header'
-    archive_checksum: str = 'sha256'       # 'sha256' | 'md5'
+    extensions: tuple[str, ...]  # e.g. ('.c4gh', '.cip', '.gpg')
+    inbox_secret_key: bytes | None = field(repr=False)  # raw 32-byte X25519 secret
+    archive_public_key: bytes = field(repr=False)  # raw 32-byte public key
+    reencrypt: str = "full"  # 'full' | 'header'
+    archive_checksum: str = "sha256"  # 'sha256' | 'md5'
     legacy_password: str | None = field(default=None, repr=False)
-    legacy_cipher: str = 'aes128'          # 'aes128' | 'aes256'
+    legacy_cipher: str = "aes128"  # 'aes128' | 'aes256'
     gnupg_home: Path | None = None
     gpg_passphrase: str | None = field(default=None, repr=False)
-    decrypt_via: str = 'local'             # 'local' | 'res'
+    decrypt_via: str = "local"  # 'local' | 'res'
     res_url: str | None = None
-    res_source_format: str = 'aes128'
+    res_source_format: str = "aes128"
     res_source_key: str | None = field(default=None, repr=False)
     file_mode: int = 0o640
-    chunk_size: int = 4 * 1024 * 1024      # bytes read per I/O call (rounded to whole segments)
+    chunk_size: int = 4 * 1024 * 1024  # bytes read per I/O call (rounded to whole segments)
 
     def __post_init__(self) -> None:
-        checks = [('reencrypt', self.reencrypt, ('full', 'header')),
-                  ('archive_checksum', self.archive_checksum, checksum.ALGOS),
-                  ('legacy_cipher', self.legacy_cipher, ('aes128', 'aes256')),
-                  ('decrypt_via', self.decrypt_via, ('local', 'res'))]
+        checks = [
+            ("reencrypt", self.reencrypt, ("full", "header")),
+            ("archive_checksum", self.archive_checksum, checksum.ALGOS),
+            ("legacy_cipher", self.legacy_cipher, ("aes128", "aes256")),
+            ("decrypt_via", self.decrypt_via, ("local", "res")),
+        ]
         for name, value, allowed in checks:
             if value not in allowed:
-                raise ValueError(f'{name} = {value!r}; expected one of {", ".join(allowed)}')
+                raise ValueError(f"{name} = {value!r}; expected one of {', '.join(allowed)}")
         if len(self.archive_public_key) != 32:
-            raise ValueError('archive public key must be 32 bytes')
+            raise ValueError("archive public key must be 32 bytes")
         if self.inbox_secret_key is not None and len(self.inbox_secret_key) != 32:
-            raise ValueError('inbox secret key must be 32 bytes')
+            raise ValueError("inbox secret key must be 32 bytes")
         if self.chunk_size < 65536:
-            raise ValueError(f'chunk_size = {self.chunk_size}; at least 65536 bytes')
-        object.__setattr__(self, 'extensions', tuple(
-            (e if e.startswith('.') else '.' + e).lower() for e in self.extensions))
+            raise ValueError(f"chunk_size = {self.chunk_size}; at least 65536 bytes")
+        object.__setattr__(
+            self, "extensions", tuple((e if e.startswith(".") else "." + e).lower() for e in self.extensions)
+        )
 
     @classmethod
     def from_config(cls, cfg: Any) -> PipelineContext:
@@ -119,24 +123,31 @@ class PipelineContext:
             # config.Secret has .reveal(); accept a plain str too (res_source_key may be either)
             if secret is None:
                 return None
-            return secret.reveal() if hasattr(secret, 'reveal') else str(secret)
+            return secret.reveal() if hasattr(secret, "reveal") else str(secret)
 
         inbox = None
         if crypto.inbox_secret_key is not None:
             inbox = load_secret_key(crypto.inbox_secret_key, reveal(crypto.inbox_passphrase))
         return cls(
-            processing=Path(ws.processing), end_storage=Path(ws.end_storage),
+            processing=Path(ws.processing),
+            end_storage=Path(ws.end_storage),
             quarantine=Path(ws.quarantine) if ws.quarantine is not None else None,
             extensions=tuple(func.extensions),
             inbox_secret_key=inbox,
             archive_public_key=load_public_key(crypto.archive_public_key),
-            reencrypt=crypto.reencrypt, archive_checksum=crypto.archive_checksum,
-            legacy_password=reveal(crypto.legacy_password), legacy_cipher=crypto.legacy_cipher,
+            reencrypt=crypto.reencrypt,
+            archive_checksum=crypto.archive_checksum,
+            legacy_password=reveal(crypto.legacy_password),
+            legacy_cipher=crypto.legacy_cipher,
             gnupg_home=Path(crypto.gnupg_home) if crypto.gnupg_home is not None else None,
             gpg_passphrase=reveal(crypto.gpg_passphrase),
-            decrypt_via=crypto.decrypt_via, res_url=func.res_url,
-            res_source_format=crypto.res_source_format, res_source_key=reveal(crypto.res_source_key),
-            file_mode=crypto.file_mode, chunk_size=func.chunk_size)
+            decrypt_via=crypto.decrypt_via,
+            res_url=func.res_url,
+            res_source_format=crypto.res_source_format,
+            res_source_key=reveal(crypto.res_source_key),
+            file_mode=crypto.file_mode,
+            chunk_size=func.chunk_size,
+        )
 
     def secrets(self) -> list[str]:
         """Secret strings to scrub from any message that leaves the worker."""
@@ -144,26 +155,26 @@ class PipelineContext:
 
 
 def _io_error(rel: str, stage: str, e: OSError) -> IngestError:
-    kind = 'nospace' if e.errno in (errno.ENOSPC, errno.EDQUOT) else 'io'
+    kind = "nospace" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "io"
     reason = e.strerror or str(e)
-    if kind == 'nospace':
-        reason = 'no space left on device' if e.errno == errno.ENOSPC else 'disk quota exceeded'
-    return IngestError(kind, f'{rel}: {stage}: {reason}')
+    if kind == "nospace":
+        reason = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+    return IngestError(kind, f"{rel}: {stage}: {reason}")
 
 
 def _scrub(text: str, ctx: PipelineContext) -> str:
     for s in ctx.secrets():
         if len(s) >= 4:
-            text = text.replace(s, '***')
+            text = text.replace(s, "***")
     return text
 
 
 def _valid_hex(value: str | None, length: int, what: str, rel: str) -> str | None:
-    if value is None or value == '':
+    if value is None or value == "":
         return None
     v = value.strip().lower()
     if len(v) != length or not _HEX.match(v):
-        raise IngestError('checksum', f'{rel}: manifest {what} {value!r} is not a valid {what} digest')
+        raise IngestError("checksum", f"{rel}: manifest {what} {value!r} is not a valid {what} digest")
     return v
 
 
@@ -197,7 +208,7 @@ def process_file_overlapped(task: FileTask, ctx: PipelineContext, *, rank: int =
         except Exception as e:  # noqa: BLE001 - finish() records per-file problems itself, so this is a
             future.set_exception(e)  # bug: Future.result() re-raises it in the worker, which ends the job
 
-    threading.Thread(target=run, name=f'legampi-finish-{task.file_id}', daemon=True).start()
+    threading.Thread(target=run, name=f"legampi-finish-{task.file_id}", daemon=True).start()
     return future
 
 
@@ -206,7 +217,7 @@ def start_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> Callab
     returned function finishes it: fsync, compare with the manifest, move into place, write the sidecar.
     Failures of either part come back in the FileResult, never as exceptions."""
     t0 = time.monotonic()
-    res = FileResult(file_id=task.file_id, rel=task.rel, status='failed', host=HOST, rank=rank)
+    res = FileResult(file_id=task.file_id, rel=task.rel, status="failed", host=HOST, rank=rank)
     steps = _steps(task, ctx, res)
     ended = _advance(steps, task, res)  # True: the streaming part failed; nothing is left to finish
     streamed = time.monotonic() - t0
@@ -218,6 +229,7 @@ def start_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> Callab
         _conclude(res, ctx)
         res.seconds = streamed + time.monotonic() - t1  # working time, not time spent waiting for a thread
         return res
+
     return finish
 
 
@@ -231,29 +243,29 @@ def _advance(steps: Iterator[None], task: FileTask, res: FileResult) -> bool:
     except IngestError as e:
         res.error, res.error_kind = e.message, e.kind
     except OSError as e:
-        err = _io_error(task.rel, 'I/O error', e)
+        err = _io_error(task.rel, "I/O error", e)
         res.error, res.error_kind = err.message, err.kind
     except Exception as e:  # a bug must not take the whole MPI job down: record it on the file
-        LOG.exception('unexpected error while processing %s', task.rel)
-        res.error, res.error_kind = f'{task.rel}: unexpected {type(e).__name__}: {e}', 'io'
+        LOG.exception("unexpected error while processing %s", task.rel)
+        res.error, res.error_kind = f"{task.rel}: unexpected {type(e).__name__}: {e}", "io"
     return True
 
 
 def _conclude(res: FileResult, ctx: PipelineContext) -> None:
     """A failed file: no archive fields, the source quarantined when its content is at fault, secrets
     scrubbed from the message."""
-    if res.status == 'failed':
-        for name in ('archive_path', 'archive_checksum', 'archive_checksum_type', 'archive_size'):
+    if res.status == "failed":
+        for name in ("archive_path", "archive_checksum", "archive_checksum_type", "archive_size"):
             setattr(res, name, None)
         if ctx.quarantine is not None and res.error_kind in QUARANTINE_KINDS:
             try:  # these kinds come from reading the file, so its path passed safe_source already
                 src = archive.safe_source(ctx.processing, res.rel)
                 moved = archive.quarantine_source(src, ctx.quarantine, res.rel)
                 res.quarantined_to = str(moved)
-                res.error = f'{res.error}; source moved to {moved}'
+                res.error = f"{res.error}; source moved to {moved}"
             except (OSError, IngestError) as e:
-                res.error = f'{res.error}; moving the source to quarantine failed: {e}'
-        res.error = _scrub(res.error or 'unknown failure', ctx).replace('\n', ' ')
+                res.error = f"{res.error}; moving the source to quarantine failed: {e}"
+        res.error = _scrub(res.error or "unknown failure", ctx).replace("\n", " ")
 
 
 def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[None]:
@@ -262,18 +274,20 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
     up whichever way it ends (finished, failed, or closed unfinished)."""
     rel = task.rel
     src = archive.safe_source(ctx.processing, rel)
-    expected_md5 = _valid_hex(task.md5, 32, 'md5', rel)
-    expected_sha = _valid_hex(task.sha256, 64, 'sha256', rel)
+    expected_md5 = _valid_hex(task.md5, 32, "md5", rel)
+    expected_sha = _valid_hex(task.sha256, 64, "sha256", rel)
     fmt = detect_format(rel, ctx.extensions)
     final = archive.final_path(ctx.end_storage, rel, ctx.extensions)
     if os.path.lexists(final):
-        raise IngestError('conflict', f'{rel}: archived copy already exists at {final}; not overwritten '
-                                      '(run `legampi recover` to reconcile it)')
+        raise IngestError(
+            "conflict",
+            f"{rel}: archived copy already exists at {final}; not overwritten (run `legampi recover` to reconcile it)",
+        )
     try:
         fd = archive.open_source(src, rel)
     except OSError as e:
-        raise _io_error(rel, 'cannot open source', e) from None
-    source = open(fd, 'rb', buffering=0)
+        raise _io_error(rel, "cannot open source", e) from None
+    source = open(fd, "rb", buffering=0)
     writer: archive.TempArchiveFile | None = None
     stages: list[Any] = []  # generators to close on failure (a gpg child must not outlive its file)
     try:
@@ -286,27 +300,29 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
             archive.make_dirs(final.parent, ctx.end_storage)
             writer = archive.TempArchiveFile(final, ctx.file_mode, ctx.archive_checksum)
         except OSError as e:
-            raise _io_error(rel, f'cannot create the archive temp file in {final.parent}', e) from None
+            raise _io_error(rel, f"cannot create the archive temp file in {final.parent}", e) from None
         md5, sha = hashlib.md5(), hashlib.sha256()
         count = [0]
-        if fmt == 'crypt4gh' and ctx.reencrypt == 'header':
+        if fmt == "crypt4gh" and ctx.reencrypt == "header":
             if ctx.inbox_secret_key is None:
-                raise IngestError('key', f'{rel}: is Crypt4GH but no inbox secret key is configured')
+                raise IngestError("key", f"{rel}: is Crypt4GH but no inbox secret key is configured")
 
             def sink(plain: memoryview) -> None:
                 md5.update(plain)
                 sha.update(plain)
                 count[0] += len(plain)
-            out: Iterator[Any] = c4gh.reencrypt_header_stream(source, ctx.inbox_secret_key,
-                                                              ctx.archive_public_key, sink,
-                                                              chunk_size=ctx.chunk_size, label=rel)
+
+            out: Iterator[Any] = c4gh.reencrypt_header_stream(
+                source, ctx.inbox_secret_key, ctx.archive_public_key, sink, chunk_size=ctx.chunk_size, label=rel
+            )
             stages.append(out)
         else:
-            from_res = ctx.decrypt_via == 'res' and fmt in ('legacy_aes', 'openpgp')
+            from_res = ctx.decrypt_via == "res" and fmt in ("legacy_aes", "openpgp")
             plain = open_plaintext(src if from_res else source, fmt, ctx, label=rel)
             hashed = _hashing(plain, [md5, sha], count)
-            out = c4gh.encrypt_stream(hashed, ctx.archive_public_key,
-                                      batch_segments=c4gh.segments_per_read(ctx.chunk_size))
+            out = c4gh.encrypt_stream(
+                hashed, ctx.archive_public_key, batch_segments=c4gh.segments_per_read(ctx.chunk_size)
+            )
             stages += [plain, hashed, out]
         while True:
             try:
@@ -314,42 +330,49 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
             except StopIteration:
                 break
             except OSError as e:
-                raise _io_error(rel, 'reading or decrypting the source', e) from None
+                raise _io_error(rel, "reading or decrypting the source", e) from None
             try:
                 writer.write(block)
             except OSError as e:
-                raise _io_error(rel, f'writing the archive temp file in {final.parent}', e) from None
+                raise _io_error(rel, f"writing the archive temp file in {final.parent}", e) from None
         for gen in reversed(stages):
             gen.close()  # done with the source: a gpg child ends now, not after the fsync
         yield
         try:
             archive_hex = writer.finish()
         except OSError as e:
-            raise _io_error(rel, f'flushing the archive temp file in {final.parent}', e) from None
+            raise _io_error(rel, f"flushing the archive temp file in {final.parent}", e) from None
         st1 = os.stat(src, follow_symlinks=False)
         if (st1.st_ino, st1.st_size, st1.st_mtime_ns) != (st0.st_ino, st0.st_size, st0.st_mtime_ns):
-            raise IngestError('io', f'{rel}: source changed while it was being processed (still being '
-                                    'written?); try again once the transfer has finished')
+            raise IngestError(
+                "io",
+                f"{rel}: source changed while it was being processed (still being "
+                "written?); try again once the transfer has finished",
+            )
         md5_hex, sha_hex = md5.hexdigest(), sha.hexdigest()
-        hint = ''
-        if fmt == 'legacy_aes':
+        hint = ""
+        if fmt == "legacy_aes":
             from legampi.formats.legacy_aes import WRONG_PASSWORD_HINT  # only .cip needs the AES module
-            hint = f' ({WRONG_PASSWORD_HINT})'
+
+            hint = f" ({WRONG_PASSWORD_HINT})"
         if expected_md5 is not None and md5_hex != expected_md5:
-            raise IngestError('checksum', f'{rel}: plaintext md5 mismatch: manifest expects {expected_md5}, '
-                                          f'computed {md5_hex}{hint}')
+            raise IngestError(
+                "checksum", f"{rel}: plaintext md5 mismatch: manifest expects {expected_md5}, computed {md5_hex}{hint}"
+            )
         if expected_sha is not None and sha_hex != expected_sha:
-            raise IngestError('checksum', f'{rel}: plaintext sha256 mismatch: manifest expects '
-                                          f'{expected_sha}, computed {sha_hex}{hint}')
+            raise IngestError(
+                "checksum",
+                f"{rel}: plaintext sha256 mismatch: manifest expects {expected_sha}, computed {sha_hex}{hint}",
+            )
         try:
             writer.commit(durable=False)  # the sidecar's folder fsync below makes the link durable too
         except OSError as e:
-            raise _io_error(rel, f'moving the archived file into place at {final}', e) from None
+            raise _io_error(rel, f"moving the archived file into place at {final}", e) from None
         try:
             checksum.write_sidecar(final, archive_hex, ctx.archive_checksum, ctx.file_mode)
         except OSError as e:
             writer.uncommit()
-            raise _io_error(rel, f'writing the checksum sidecar next to {final}', e) from None
+            raise _io_error(rel, f"writing the checksum sidecar next to {final}", e) from None
         res.archive_path = str(final.absolute())
         res.md5, res.sha256 = md5_hex, sha_hex
         res.archive_checksum, res.archive_checksum_type = archive_hex, ctx.archive_checksum
@@ -357,7 +380,7 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
         res.plain_size = count[0]
         res.archive_size = writer.size
         res.bytes_read = st0.st_size
-        res.status = 'available'
+        res.status = "available"
     finally:
         for gen in reversed(stages):
             gen.close()

@@ -16,8 +16,19 @@ from typing import Any
 
 import numpy as np
 
-UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 10**6, "MB": 10**6, "MIB": 2**20,
-         "G": 10**9, "GB": 10**9, "GIB": 2**30}
+UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "KIB": 1024,
+    "M": 10**6,
+    "MB": 10**6,
+    "MIB": 2**20,
+    "G": 10**9,
+    "GB": 10**9,
+    "GIB": 2**30,
+}
 EXTENSION = {"c4gh": ".c4gh", "cip": ".cip", "gpg": ".gpg", "plain": ""}
 
 
@@ -25,7 +36,7 @@ def parse_size(text: str) -> int:
     """'100MB' -> 100000000, '64KiB' -> 65536, '0' -> 0."""
     t = text.strip().upper().replace(" ", "")
     num = t.rstrip("KMGIB")
-    unit = t[len(num):]
+    unit = t[len(num) :]
     if unit not in UNITS or not num:
         raise ValueError(f"bad size {text!r} (examples: 0, 512, 64KiB, 100MB, 2GB)")
     return int(float(num) * UNITS[unit])
@@ -52,9 +63,18 @@ def _plaintext(size: int, rng: np.random.Generator, block: int = 4 << 20) -> Ite
         left -= n
 
 
-def write_file(path: Path, size: int, fmt: str, rng: np.random.Generator, *, inbox_pk: bytes | None = None,
-               legacy_password: str | None = None, legacy_cipher: str = "aes128",
-               gpg_home: Path | None = None, gpg_recipient: str | None = None) -> tuple[str, str]:
+def write_file(
+    path: Path,
+    size: int,
+    fmt: str,
+    rng: np.random.Generator,
+    *,
+    inbox_pk: bytes | None = None,
+    legacy_password: str | None = None,
+    legacy_cipher: str = "aes128",
+    gpg_home: Path | None = None,
+    gpg_recipient: str | None = None,
+) -> tuple[str, str]:
     """Write one encrypted file of SIZE plaintext bytes; returns (md5, sha256) of the plaintext."""
     md5, sha = hashlib.md5(), hashlib.sha256()
 
@@ -84,8 +104,22 @@ def write_file(path: Path, size: int, fmt: str, rng: np.random.Generator, *, inb
         if gpg_home is None:
             raise ValueError("gpg test files need [crypto] gnupg_home with the node's key")
         with open(tmp, "wb") as fh:
-            cmd = ["gpg", "--homedir", str(gpg_home), "--batch", "--yes", "--trust-model", "always",
-                   "--compress-algo", "none", "-e", "-r", gpg_recipient or _first_gpg_key(gpg_home), "-o", "-"]
+            cmd = [
+                "gpg",
+                "--homedir",
+                str(gpg_home),
+                "--batch",
+                "--yes",
+                "--trust-model",
+                "always",
+                "--compress-algo",
+                "none",
+                "-e",
+                "-r",
+                gpg_recipient or _first_gpg_key(gpg_home),
+                "-o",
+                "-",
+            ]
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.PIPE)
             assert proc.stdin is not None
             for chunk in hashed():
@@ -107,28 +141,52 @@ def write_file(path: Path, size: int, fmt: str, rng: np.random.Generator, *, inb
 
 
 def _first_gpg_key(home: Path) -> str:
-    p = subprocess.run(["gpg", "--homedir", str(home), "--batch", "--with-colons", "--list-keys"],
-                       capture_output=True, text=True, check=True)
+    p = subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--with-colons", "--list-keys"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for line in p.stdout.splitlines():
         if line.startswith("fpr:"):
             return line.split(":")[9]
     raise ValueError(f"no OpenPGP key in {home}")
 
 
-def make_dataset(receiving: Path, metadata: Path, dataset_id: str, sizes: list[int], fmt: str, *,
-                 seed: int = 1, prefix: str = "", **keys: Any) -> list[dict[str, Any]]:
+def make_dataset(
+    receiving: Path,
+    metadata: Path,
+    dataset_id: str,
+    sizes: list[int],
+    fmt: str,
+    *,
+    seed: int = 1,
+    prefix: str = "",
+    **keys: Any,
+) -> list[dict[str, Any]]:
     """Write files into RECEIVING and DATASET.tab + DATASET.json into METADATA; returns the entries."""
     rng = np.random.default_rng(seed)
     entries = []
     for i, size in enumerate(sizes, 1):
         name = f"{prefix}{dataset_id}/sample{i:04d}.bam{EXTENSION[fmt]}"
         md5, sha = write_file(receiving / name, size, fmt, rng, **keys)
-        entries.append({"fileId": f"{dataset_id}F{i:07d}", "datasetId": dataset_id, "fileName": name,
-                        "fileSize": (receiving / name).stat().st_size, "checksum": md5, "checksumType": "MD5",
-                        "unencryptedChecksum": sha, "unencryptedChecksumType": "SHA256", "fileStatus": "available"})
+        entries.append(
+            {
+                "fileId": f"{dataset_id}F{i:07d}",
+                "datasetId": dataset_id,
+                "fileName": name,
+                "fileSize": (receiving / name).stat().st_size,
+                "checksum": md5,
+                "checksumType": "MD5",
+                "unencryptedChecksum": sha,
+                "unencryptedChecksumType": "SHA256",
+                "fileStatus": "available",
+            }
+        )
     metadata.mkdir(parents=True, exist_ok=True)
     (metadata / f"{dataset_id}.json").write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
     (metadata / f"{dataset_id}.tab").write_text(
-        "".join(f"{e['fileName']}\t{e['checksum']}\t{e['fileSize']}\t{e['unencryptedChecksum']}\n"
-                for e in entries), encoding="utf-8")
+        "".join(f"{e['fileName']}\t{e['checksum']}\t{e['fileSize']}\t{e['unencryptedChecksum']}\n" for e in entries),
+        encoding="utf-8",
+    )
     return entries

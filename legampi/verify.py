@@ -102,10 +102,14 @@ def audit_file(task: AuditTask, archive_secret_key: bytes | None = None) -> Audi
             if expected != found:
                 problems.append(f"sidecar says {expected}, file is {found}")
     if problems:
-        return AuditResult(task.file_id, task.dataset_id, "mismatch", f"{path}: " + "; ".join(problems),
-                           reader.count)
-    return AuditResult(task.file_id, task.dataset_id, "ok", f"{path}: {algo} {found}"
-                       + (", plaintext checksums match" if archive_secret_key is not None else ""), reader.count)
+        return AuditResult(task.file_id, task.dataset_id, "mismatch", f"{path}: " + "; ".join(problems), reader.count)
+    return AuditResult(
+        task.file_id,
+        task.dataset_id,
+        "ok",
+        f"{path}: {algo} {found}" + (", plaintext checksums match" if archive_secret_key is not None else ""),
+        reader.count,
+    )
 
 
 def unexpected_files(end_storage: Path, rows: list[dict[str, Any]], extensions: tuple[str, ...]) -> list[str]:
@@ -119,8 +123,9 @@ def unexpected_files(end_storage: Path, rows: list[dict[str, Any]], extensions: 
     return sorted(rel for rel, _ in scan(end_storage) if rel not in known)
 
 
-def run_verify(cfg: Any, team: Any, connect: Any, dataset: str | None = None, decrypt: bool = False,
-               out: Any = None) -> int:
+def run_verify(
+    cfg: Any, team: Any, connect: Any, dataset: str | None = None, decrypt: bool = False, out: Any = None
+) -> int:
     """`legampi verify-archive` on every rank; exit 1 if any file is missing, altered or unexpected."""
     import sys
 
@@ -153,9 +158,20 @@ def run_verify(cfg: Any, team: Any, connect: Any, dataset: str | None = None, de
     code = 0
     if team.coordinator:
         rows = db.files(dataset)
-        tasks = [AuditTask(r["file_id"], r["dataset_id"], r["archive_path"], r["archive_checksum"],
-                           r["archive_checksum_type"], r["md5"], r["sha256"], int(r["archive_size"] or 0))
-                 for r in rows if r["status"] == "available"]
+        tasks = [
+            AuditTask(
+                r["file_id"],
+                r["dataset_id"],
+                r["archive_path"],
+                r["archive_checksum"],
+                r["archive_checksum_type"],
+                r["md5"],
+                r["sha256"],
+                int(r["archive_size"] or 0),
+            )
+            for r in rows
+            if r["status"] == "available"
+        ]
         results: list[AuditResult] = []
 
         def on_result(r: AuditResult) -> None:
@@ -165,16 +181,22 @@ def run_verify(cfg: Any, team: Any, connect: Any, dataset: str | None = None, de
         team.run(tasks, work, on_result, key=lambda t: t.size, name=lambda t: t.archive_path)
         if dataset is None:
             for rel in unexpected_files(cfg.workspaces.end_storage, db.files(), cfg.func.extensions):
-                results.append(AuditResult("", "", "unexpected",
-                                           f"{cfg.workspaces.end_storage / rel}: not recorded as available"))
+                results.append(
+                    AuditResult("", "", "unexpected", f"{cfg.workspaces.end_storage / rel}: not recorded as available")
+                )
                 log.error("audit unexpected: %s", results[-1].details)
         with db.transaction():
-            db.add_events([Event(r.file_id or None, r.dataset_id or None, f"audit-{r.result}", None, r.details)
-                           for r in results])
+            db.add_events(
+                [Event(r.file_id or None, r.dataset_id or None, f"audit-{r.result}", None, r.details) for r in results]
+            )
         counts = {k: sum(r.result == k for r in results) for k in ("ok", "mismatch", "missing", "unexpected")}
-        print(f"fixity audit: {len(tasks)} archived file(s) checked"
-              + (" with decryption" if decrypt else "") + ": "
-              + ", ".join(f"{v} {k}" for k, v in counts.items()), file=out)
+        print(
+            f"fixity audit: {len(tasks)} archived file(s) checked"
+            + (" with decryption" if decrypt else "")
+            + ": "
+            + ", ".join(f"{v} {k}" for k, v in counts.items()),
+            file=out,
+        )
         for r in results:
             if r.result != "ok":
                 print(f"  {r.result.upper()} {r.details}", file=out)

@@ -78,29 +78,45 @@ class Workspace:
     archive_sk: Path
     archive_pk: Path
 
-    def legampi(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def legampi(
+        self, *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real `legampi` command with this workspace's config."""
         e = dict(os.environ, **(env or {}))
-        p = subprocess.run([LEGAMPI, "-c", str(self.config), *args], capture_output=True, text=True, env=e,
-                           timeout=timeout, cwd=self.root)
+        p = subprocess.run(
+            [LEGAMPI, "-c", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            env=e,
+            timeout=timeout,
+            cwd=self.root,
+        )
         if check and p.returncode != 0:
             raise AssertionError(f"legampi {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
         return p
 
-    def mpi(self, n: int, *args: str, check: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def mpi(
+        self, n: int, *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
         """Run `mpiexec -n N legampi -c CONFIG ARGS` for real."""
         e = dict(os.environ, **(env or {}))
-        p = subprocess.run([MPIEXEC, "-n", str(n), LEGAMPI, "-c", str(self.config), *args], capture_output=True,
-                           text=True, env=e, timeout=timeout, cwd=self.root)
+        p = subprocess.run(
+            [MPIEXEC, "-n", str(n), LEGAMPI, "-c", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            env=e,
+            timeout=timeout,
+            cwd=self.root,
+        )
         if check and p.returncode != 0:
-            raise AssertionError(f"mpiexec -n {n} legampi {' '.join(args)} exited {p.returncode}\n"
-                                 f"{p.stdout}\n{p.stderr}")
+            raise AssertionError(
+                f"mpiexec -n {n} legampi {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}"
+            )
         return p
 
-    def add_file(self, rel: str, size: int, where: str = "processing", fmt: str = "c4gh",
-                 data: bytes | None = None) -> dict[str, str | int]:
+    def add_file(
+        self, rel: str, size: int, where: str = "processing", fmt: str = "c4gh", data: bytes | None = None
+    ) -> dict[str, str | int]:
         """Write an encrypted test file; returns its manifest entry (name, md5, sha256, size, plaintext)."""
         from legampi.formats.crypt4gh import encrypt_stream
 
@@ -116,8 +132,13 @@ class Workspace:
                     fh.write(chunk)
         else:
             path.write_bytes(plain)
-        return {"name": rel, "md5": hashlib.md5(plain).hexdigest(), "sha256": hashlib.sha256(plain).hexdigest(),
-                "size": path.stat().st_size, "plain": plain}
+        return {
+            "name": rel,
+            "md5": hashlib.md5(plain).hexdigest(),
+            "sha256": hashlib.sha256(plain).hexdigest(),
+            "size": path.stat().st_size,
+            "plain": plain,
+        }
 
     def manifest(self, dataset: str, entries: list[dict], sha256: bool = False) -> Path:
         path = self.metadata / f"{dataset}.tab"
@@ -128,7 +149,8 @@ class Workspace:
 
 def write_config(root: Path, db_url: str, extra: str = "") -> Path:
     cfg = root / "legampi.ini"
-    cfg.write_text(f"""[database]
+    cfg.write_text(
+        f"""[database]
 url = {db_url}
 
 [func_conf]
@@ -138,17 +160,19 @@ batch_size = 50
 flush_interval = 0.5
 
 [workspaces]
-receiving = {root / 'receiving'}
-processing = {root / 'processing'}
-end_storage = {root / 'archive'}
-metadata = {root / 'metadata'}
+receiving = {root / "receiving"}
+processing = {root / "processing"}
+end_storage = {root / "archive"}
+metadata = {root / "metadata"}
 
 [crypto]
-inbox_secret_key = {root / 'keys' / 'inbox.sec'}
-archive_public_key = {root / 'keys' / 'archive.pub'}
-archive_secret_key = {root / 'keys' / 'archive.sec'}
+inbox_secret_key = {root / "keys" / "inbox.sec"}
+archive_public_key = {root / "keys" / "archive.pub"}
+archive_secret_key = {root / "keys" / "archive.sec"}
 {extra}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return cfg
 
 
@@ -160,8 +184,19 @@ def make_workspace(tmp_path: Path, db_url: str) -> Workspace:
     isk, ipk = make_keypair(root / "keys", "inbox")
     ask, apk = make_keypair(root / "keys", "archive")
     cfg = write_config(root, db_url)
-    return Workspace(root, cfg, db_url, root / "receiving", root / "processing", root / "archive",
-                     root / "metadata", isk, ipk, ask, apk)
+    return Workspace(
+        root,
+        cfg,
+        db_url,
+        root / "receiving",
+        root / "processing",
+        root / "archive",
+        root / "metadata",
+        isk,
+        ipk,
+        ask,
+        apk,
+    )
 
 
 def load_stand_in(filename: str) -> ModuleType:

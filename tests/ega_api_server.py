@@ -6,6 +6,7 @@ checksumType, unencryptedChecksum, unencryptedChecksumType and fileStatus. Switc
 5xx a given number of times before succeeding, always 401, or hang until the client times out.
 Bound to 127.0.0.1 on a free port (port 0), served from a background thread.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,11 +18,19 @@ from typing import Any
 PATH_TEMPLATE = "/elixir/data/metadata/datasets/{dataset}/files"
 
 
-def ega_file(file_id: str, dataset_id: str, name: str, size: int, md5: str, sha256: str | None = None,
-             status: str = "available") -> dict[str, Any]:
+def ega_file(
+    file_id: str, dataset_id: str, name: str, size: int, md5: str, sha256: str | None = None, status: str = "available"
+) -> dict[str, Any]:
     """One file object in the API's shape (plaintext md5 in checksum, sha256 in unencryptedChecksum)."""
-    obj: dict[str, Any] = {"fileId": file_id, "datasetId": dataset_id, "fileName": name, "fileSize": size,
-                           "checksum": md5, "checksumType": "MD5", "fileStatus": status}
+    obj: dict[str, Any] = {
+        "fileId": file_id,
+        "datasetId": dataset_id,
+        "fileName": name,
+        "fileSize": size,
+        "checksum": md5,
+        "checksumType": "MD5",
+        "fileStatus": status,
+    }
     if sha256 is not None:
         obj["unencryptedChecksum"] = sha256
         obj["unencryptedChecksumType"] = "SHA256"
@@ -38,9 +47,17 @@ class EgaApiServer:
     body: serve these raw bytes instead of the JSON (for garbage answers).
     """
 
-    def __init__(self, datasets: dict[str, list[dict[str, Any]]], user: str = "ega-test-user",
-                 password: str = "ega-test-password", fail_first: int = 0, fail_status: int = 500,
-                 always_status: int | None = None, hang: bool = False, body: bytes | None = None) -> None:
+    def __init__(
+        self,
+        datasets: dict[str, list[dict[str, Any]]],
+        user: str = "ega-test-user",
+        password: str = "ega-test-password",
+        fail_first: int = 0,
+        fail_status: int = 500,
+        always_status: int | None = None,
+        hang: bool = False,
+        body: bytes | None = None,
+    ) -> None:
         self.datasets = datasets
         self.user, self.password = user, password
         self.fail_first, self.fail_status = fail_first, fail_status
@@ -105,8 +122,7 @@ class EgaApiServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="ega-api",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="ega-api", daemon=True)
         self._thread.start()
         return self
 

@@ -5,6 +5,7 @@ short read as end of file (silently truncating data fed from pipes) and lib.decr
 corruption from truncation. Header crypto is done with `crypt4gh.sodium` directly because the
 `crypt4gh.header` helpers log secret keys at DEBUG level.
 """
+
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ from crypt4gh import sodium
 
 from legampi.formats import IngestError, read_exact_into
 
-MAGIC = b'crypt4gh'
+MAGIC = b"crypt4gh"
 VERSION = 1
 SEGMENT_SIZE = 65536
 CIPHER_DIFF = 28  # 12-byte nonce + 16-byte MAC
@@ -33,9 +34,9 @@ _PACKET_EDIT_LIST = 1
 class Header:
     """What the inbox key revealed from a Crypt4GH header."""
 
-    size: int                                   # bytes of the serialized header in the source
+    size: int  # bytes of the serialized header in the source
     session_keys: list[bytes] = field(repr=False)
-    packets: list[bytes] = field(repr=False)    # decrypted data-encryption packets, for re-encryption
+    packets: list[bytes] = field(repr=False)  # decrypted data-encryption packets, for re-encryption
 
 
 def segments_per_read(chunk_size: int) -> int:
@@ -45,7 +46,7 @@ def segments_per_read(chunk_size: int) -> int:
 
 def _decrypt_packet(packet: bytes, secret_key: bytes, public_key: bytes) -> bytes | None:
     """Open one header packet with our key; None if it is for somebody else."""
-    if len(packet) < 4 + 32 + CIPHER_DIFF + 1 or int.from_bytes(packet[:4], 'little') != 0:
+    if len(packet) < 4 + 32 + CIPHER_DIFF + 1 or int.from_bytes(packet[:4], "little") != 0:
         return None  # not X25519/ChaCha20 (the only method defined), or too short to be one
     peer_pk = packet[4:36]
     shared = sodium.kx_client(public_key, secret_key, peer_pk)
@@ -57,22 +58,22 @@ def _decrypt_packet(packet: bytes, secret_key: bytes, public_key: bytes) -> byte
     return bytes(out[:n])
 
 
-def read_header(stream: BinaryIO, secret_key: bytes, label: str = '<stream>') -> Header:
+def read_header(stream: BinaryIO, secret_key: bytes, label: str = "<stream>") -> Header:
     """Parse and open the header, leaving `stream` at the first data segment."""
     first = bytearray(16)
     n = read_exact_into(stream, first)
     if n == 0:
-        raise IngestError('truncated', f'{label}: empty file (0 bytes); a Crypt4GH file has a header')
-    if bytes(first[:min(n, 8)]) != MAGIC[:min(n, 8)]:
-        raise IngestError('format', f'{label}: not a Crypt4GH file (no "crypt4gh" magic at the start)')
+        raise IngestError("truncated", f"{label}: empty file (0 bytes); a Crypt4GH file has a header")
+    if bytes(first[: min(n, 8)]) != MAGIC[: min(n, 8)]:
+        raise IngestError("format", f'{label}: not a Crypt4GH file (no "crypt4gh" magic at the start)')
     if n < 16:
-        raise IngestError('truncated', f'{label}: Crypt4GH header cut after {n} bytes')
-    version = int.from_bytes(first[8:12], 'little')
+        raise IngestError("truncated", f"{label}: Crypt4GH header cut after {n} bytes")
+    version = int.from_bytes(first[8:12], "little")
     if version != VERSION:
-        raise IngestError('format', f'{label}: unsupported Crypt4GH version {version}')
-    count = int.from_bytes(first[12:16], 'little')
+        raise IngestError("format", f"{label}: unsupported Crypt4GH version {version}")
+    count = int.from_bytes(first[12:16], "little")
     if count == 0 or count > MAX_PACKETS:
-        raise IngestError('format', f'{label}: Crypt4GH header declares {count} packets')
+        raise IngestError("format", f"{label}: Crypt4GH header declares {count} packets")
     size = 16
     packets = []
     for i in range(count):
@@ -80,34 +81,39 @@ def read_header(stream: BinaryIO, secret_key: bytes, label: str = '<stream>') ->
         got = read_exact_into(stream, lenbuf)
         size += got
         if got < 4:
-            raise IngestError('truncated', f'{label}: Crypt4GH header cut inside packet {i} of {count}')
-        plen = int.from_bytes(lenbuf, 'little') - 4
+            raise IngestError("truncated", f"{label}: Crypt4GH header cut inside packet {i} of {count}")
+        plen = int.from_bytes(lenbuf, "little") - 4
         if plen <= 0 or plen > MAX_PACKET_LEN:
-            raise IngestError('format', f'{label}: Crypt4GH header packet {i} has invalid length {plen + 4}')
+            raise IngestError("format", f"{label}: Crypt4GH header packet {i} has invalid length {plen + 4}")
         body = bytearray(plen)
         got = read_exact_into(stream, body)
         size += got
         if got < plen:
-            raise IngestError('truncated', f'{label}: Crypt4GH header cut inside packet {i} of {count}')
+            raise IngestError("truncated", f"{label}: Crypt4GH header cut inside packet {i} of {count}")
         packets.append(bytes(body))
 
     public_key = sodium.derive_pk(secret_key)
     opened = [p for p in (_decrypt_packet(pkt, secret_key, public_key) for pkt in packets) if p is not None]
     if not opened:
-        raise IngestError('key', f'{label}: no Crypt4GH header packet opens with the inbox secret key '
-                                 '(encrypted for another recipient?)')
+        raise IngestError(
+            "key",
+            f"{label}: no Crypt4GH header packet opens with the inbox secret key (encrypted for another recipient?)",
+        )
     session_keys = []
     data_packets = []
     for pkt in opened:
-        ptype = int.from_bytes(pkt[:4], 'little')
+        ptype = int.from_bytes(pkt[:4], "little")
         if ptype == _PACKET_EDIT_LIST:
-            raise IngestError('format', f'{label}: Crypt4GH edit lists are not supported (the file holds a '
-                                        'range of its data); re-encrypt the whole file without --range')
+            raise IngestError(
+                "format",
+                f"{label}: Crypt4GH edit lists are not supported (the file holds a "
+                "range of its data); re-encrypt the whole file without --range",
+            )
         if ptype != _PACKET_DATA_ENC:
-            raise IngestError('format', f'{label}: unsupported Crypt4GH header packet type {ptype}')
-        method = int.from_bytes(pkt[4:8], 'little')
+            raise IngestError("format", f"{label}: unsupported Crypt4GH header packet type {ptype}")
+        method = int.from_bytes(pkt[4:8], "little")
         if method != 0 or len(pkt) != 8 + 32:
-            raise IngestError('format', f'{label}: unsupported Crypt4GH bulk encryption method {method}')
+            raise IngestError("format", f"{label}: unsupported Crypt4GH bulk encryption method {method}")
         session_keys.append(pkt[8:])
         data_packets.append(pkt)
     return Header(size=size, session_keys=session_keys, packets=data_packets)
@@ -134,20 +140,27 @@ def seal_packets(packets: Iterable[bytes], recipient_pk: bytes) -> tuple[list[by
     for pkt in packets:
         out = bytearray(len(pkt) + CIPHER_DIFF)
         n = sodium.chacha20poly1305_encrypt(out, pkt, shared)
-        sealed.append((0).to_bytes(4, 'little') + writer_pk + bytes(out[:n]))
+        sealed.append((0).to_bytes(4, "little") + writer_pk + bytes(out[:n]))
     return sealed, shared
 
 
 def _segment_failure(label: str, index: int, seg_len: int, last: bool) -> IngestError:
     if last and seg_len < CIPHER_SEGMENT_SIZE:
-        return IngestError('truncated', f'{label}: last Crypt4GH segment (#{index}, {seg_len} bytes) fails '
-                                        'authentication: the file is truncated or corrupted')
-    return IngestError('corrupt', f'{label}: Crypt4GH segment #{index} fails authentication (MAC '
-                                  'mismatch): the file is corrupted or was tampered with')
+        return IngestError(
+            "truncated",
+            f"{label}: last Crypt4GH segment (#{index}, {seg_len} bytes) fails "
+            "authentication: the file is truncated or corrupted",
+        )
+    return IngestError(
+        "corrupt",
+        f"{label}: Crypt4GH segment #{index} fails authentication (MAC "
+        "mismatch): the file is corrupted or was tampered with",
+    )
 
 
-def iter_segments(stream: BinaryIO, session_keys: list[bytes], chunk_size: int = 4 << 20,
-                  label: str = '<stream>') -> Iterator[tuple[memoryview, memoryview]]:
+def iter_segments(
+    stream: BinaryIO, session_keys: list[bytes], chunk_size: int = 4 << 20, label: str = "<stream>"
+) -> Iterator[tuple[memoryview, memoryview]]:
     """Yield (ciphertext, plaintext) views for batches of whole segments after the header.
 
     Both views point into buffers reused for the next batch: consume them before advancing.
@@ -169,10 +182,13 @@ def iter_segments(stream: BinaryIO, session_keys: list[bytes], chunk_size: int =
         while off < n:
             seg_len = min(CIPHER_SEGMENT_SIZE, n - off)
             if seg_len <= CIPHER_DIFF:
-                raise IngestError('truncated', f'{label}: last Crypt4GH segment (#{index}) has only '
-                                               f'{seg_len} bytes, under nonce + MAC: the file is truncated')
-            seg = cview[off:off + seg_len]
-            out = pview[plain_len:plain_len + seg_len - CIPHER_DIFF]
+                raise IngestError(
+                    "truncated",
+                    f"{label}: last Crypt4GH segment (#{index}) has only "
+                    f"{seg_len} bytes, under nonce + MAC: the file is truncated",
+                )
+            seg = cview[off : off + seg_len]
+            out = pview[plain_len : plain_len + seg_len - CIPHER_DIFF]
             for k, key in enumerate(keys):
                 try:
                     got = sodium.chacha20poly1305_decrypt(out, seg, key)
@@ -191,16 +207,18 @@ def iter_segments(stream: BinaryIO, session_keys: list[bytes], chunk_size: int =
             return
 
 
-def decrypt_stream(stream: BinaryIO, secret_key: bytes, chunk_size: int = 4 << 20,
-                   label: str = '<stream>') -> Iterator[memoryview]:
+def decrypt_stream(
+    stream: BinaryIO, secret_key: bytes, chunk_size: int = 4 << 20, label: str = "<stream>"
+) -> Iterator[memoryview]:
     """Plaintext chunks of a Crypt4GH stream (views valid until the next chunk is requested)."""
     hdr = read_header(stream, secret_key, label)
     for _cipher, plain in iter_segments(stream, hdr.session_keys, chunk_size, label):
         yield plain
 
 
-def encrypt_stream(chunks: Iterable[bytes | bytearray | memoryview], recipient_pk: bytes,
-                   batch_segments: int = 64) -> Iterator[memoryview | bytes]:
+def encrypt_stream(
+    chunks: Iterable[bytes | bytearray | memoryview], recipient_pk: bytes, batch_segments: int = 64
+) -> Iterator[memoryview | bytes]:
     """Crypt4GH-encrypt plaintext chunks of any size for `recipient_pk`: header, then segments.
 
     Short or odd-sized chunks (gpg pipes, HTTP) are regrouped into full 64 KiB segments so the output
@@ -223,23 +241,23 @@ def encrypt_stream(chunks: Iterable[bytes | bytearray | memoryview], recipient_p
     for chunk in chunks:
         mv = memoryview(chunk)
         if mv.ndim != 1 or mv.itemsize != 1:
-            mv = mv.cast('B')
+            mv = mv.cast("B")
         pos = 0
         total = len(mv)
         if plen:
             take = min(SEGMENT_SIZE - plen, total)
-            pview[plen:plen + take] = mv[:take]
+            pview[plen : plen + take] = mv[:take]
             plen += take
             pos = take
             if plen < SEGMENT_SIZE:
                 continue
-            olen += encrypt(oview[olen:olen + CIPHER_SEGMENT_SIZE], pview, session_key)
+            olen += encrypt(oview[olen : olen + CIPHER_SEGMENT_SIZE], pview, session_key)
             plen = 0
             if olen == len(obuf):
                 yield oview[:olen]
                 olen = 0
         while total - pos >= SEGMENT_SIZE:
-            olen += encrypt(oview[olen:olen + CIPHER_SEGMENT_SIZE], mv[pos:pos + SEGMENT_SIZE], session_key)
+            olen += encrypt(oview[olen : olen + CIPHER_SEGMENT_SIZE], mv[pos : pos + SEGMENT_SIZE], session_key)
             pos += SEGMENT_SIZE
             if olen == len(obuf):
                 yield oview[:olen]
@@ -249,14 +267,19 @@ def encrypt_stream(chunks: Iterable[bytes | bytearray | memoryview], recipient_p
             pview[:rest] = mv[pos:]
             plen = rest
     if plen:
-        olen += encrypt(oview[olen:olen + plen + CIPHER_DIFF], pview[:plen], session_key)
+        olen += encrypt(oview[olen : olen + plen + CIPHER_DIFF], pview[:plen], session_key)
     if olen:
         yield oview[:olen]
 
 
-def reencrypt_header_stream(stream: BinaryIO, secret_key: bytes, recipient_pk: bytes,
-                            plain_sink: Callable[[memoryview], None], chunk_size: int = 4 << 20,
-                            label: str = '<stream>') -> Iterator[bytes | memoryview]:
+def reencrypt_header_stream(
+    stream: BinaryIO,
+    secret_key: bytes,
+    recipient_pk: bytes,
+    plain_sink: Callable[[memoryview], None],
+    chunk_size: int = 4 << 20,
+    label: str = "<stream>",
+) -> Iterator[bytes | memoryview]:
     """Yield the archived file for `reencrypt = header`: new header, payload bytes copied unchanged.
 
     Every segment is still decrypted (and handed to `plain_sink`) so a corrupt payload is caught and

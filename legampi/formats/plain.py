@@ -1,4 +1,5 @@
 """Unencrypted input (no configured extension): read as is, refusing obvious Crypt4GH content."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -6,10 +7,10 @@ from typing import BinaryIO
 
 from legampi.formats import IngestError, read_exact_into
 
-_C4GH_MAGIC = b'crypt4gh'
+_C4GH_MAGIC = b"crypt4gh"
 
 
-def read_stream(stream: BinaryIO, chunk_size: int = 4 << 20, label: str = '<stream>') -> Iterator[memoryview]:
+def read_stream(stream: BinaryIO, chunk_size: int = 4 << 20, label: str = "<stream>") -> Iterator[memoryview]:
     """Yield the file in whole 64 KiB multiples (views into a reused buffer).
 
     A "plain" file that starts with the Crypt4GH magic was misnamed: archiving it would wrap
@@ -21,9 +22,12 @@ def read_stream(stream: BinaryIO, chunk_size: int = 4 << 20, label: str = '<stre
     first = True
     while True:
         n = read_exact_into(stream, buf)
-        if first and n >= len(_C4GH_MAGIC) and bytes(view[:len(_C4GH_MAGIC)]) == _C4GH_MAGIC:
-            raise IngestError('format', f'{label}: has no encryption extension but starts with the Crypt4GH '
-                                        'magic; rename it with the .c4gh extension')
+        if first and n >= len(_C4GH_MAGIC) and bytes(view[: len(_C4GH_MAGIC)]) == _C4GH_MAGIC:
+            raise IngestError(
+                "format",
+                f"{label}: has no encryption extension but starts with the Crypt4GH "
+                "magic; rename it with the .c4gh extension",
+            )
         first = False
         if n == 0:
             return

@@ -6,6 +6,7 @@ download must never become a short archived file. The source key travels in the 
 seed's API); we therefore never put the URL, or a requests exception message that contains it, into
 an error.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -18,35 +19,41 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
 
 
-def fetch_plaintext(url: str | None, path: str, source_format: str, source_key: str | None,
-                    chunk_size: int = 4 << 20, label: str = '<stream>',
-                    timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
-                    session: requests.Session | None = None) -> Iterator[bytes]:
+def fetch_plaintext(
+    url: str | None,
+    path: str,
+    source_format: str,
+    source_key: str | None,
+    chunk_size: int = 4 << 20,
+    label: str = "<stream>",
+    timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+    session: requests.Session | None = None,
+) -> Iterator[bytes]:
     """Plaintext chunks of `path` as decrypted by RES (`destinationFormat=plain`).
 
     A generator: the request is made at the first next(), and the response is always closed.
     """
     if not url:
-        raise IngestError('io', f'{label}: decrypt_via = res but no res_url is configured')
-    params = {'filePath': path, 'sourceFormat': source_format, 'destinationFormat': 'plain'}
+        raise IngestError("io", f"{label}: decrypt_via = res but no res_url is configured")
+    params = {"filePath": path, "sourceFormat": source_format, "destinationFormat": "plain"}
     if source_key is not None:
-        params['sourceKey'] = source_key
+        params["sourceKey"] = source_key
     getter = session.get if session is not None else requests.get
     try:
         resp = getter(url, params=params, stream=True, timeout=timeout)
     except requests.RequestException as e:
         # `from None`: the exception text carries the full URL including sourceKey.
-        raise IngestError('io', f'{label}: cannot reach the re-encryption service '
-                                f'({type(e).__name__})') from None
+        raise IngestError("io", f"{label}: cannot reach the re-encryption service ({type(e).__name__})") from None
     yield from _body(resp, chunk_size, label)
 
 
 def _body(resp: requests.Response, chunk_size: int, label: str) -> Iterator[bytes]:
     try:
         if resp.status_code != 200:
-            raise IngestError('io', f'{label}: re-encryption service answered HTTP {resp.status_code} '
-                                    f'{resp.reason or ""}'.rstrip())
-        declared = resp.headers.get('Content-Length')
+            raise IngestError(
+                "io", f"{label}: re-encryption service answered HTTP {resp.status_code} {resp.reason or ''}".rstrip()
+            )
+        declared = resp.headers.get("Content-Length")
         expected = int(declared) if declared is not None and declared.strip().isdigit() else None
         received = 0
         try:
@@ -54,10 +61,14 @@ def _body(resp: requests.Response, chunk_size: int, label: str) -> Iterator[byte
                 received += len(chunk)
                 yield chunk
         except requests.RequestException as e:
-            raise IngestError('truncated', f'{label}: plaintext stream from the re-encryption service broke '
-                                           f'after {received} bytes ({type(e).__name__})') from None
+            raise IngestError(
+                "truncated",
+                f"{label}: plaintext stream from the re-encryption service broke "
+                f"after {received} bytes ({type(e).__name__})",
+            ) from None
         if expected is not None and received != expected:
-            raise IngestError('truncated', f'{label}: re-encryption service sent {received} of {expected} '
-                                           'declared bytes')
+            raise IngestError(
+                "truncated", f"{label}: re-encryption service sent {received} of {expected} declared bytes"
+            )
     finally:
         resp.close()

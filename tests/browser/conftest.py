@@ -32,9 +32,7 @@ def find_chromium() -> str | None:
     return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
 
 
-def run_chromium(
-    binary: str, workdir: Path, extra: list[str], url: str
-) -> subprocess.CompletedProcess[bytes]:
+def run_chromium(binary: str, workdir: Path, extra: list[str], url: str) -> subprocess.CompletedProcess[bytes]:
     """Run headless Chromium once, bounded in time; on timeout its whole process group is killed."""
     profile = workdir / "profile"
     profile.mkdir(exist_ok=True)
@@ -69,9 +67,7 @@ def run_chromium(
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise AssertionError(
-            f"chromium did not finish within {CHROMIUM_TIMEOUT_S} s: {' '.join(cmd)}"
-        ) from None
+        raise AssertionError(f"chromium did not finish within {CHROMIUM_TIMEOUT_S} s: {' '.join(cmd)}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -105,9 +101,7 @@ def decode_png(blob: bytes) -> tuple[int, int, list[bytes]]:
     width, height, depth, colour, _comp, _filt, interlace = ihdr
     channels = {2: 3, 6: 4}.get(colour)
     if depth != 8 or channels is None or interlace:
-        raise ValueError(
-            f"unsupported PNG layout: depth {depth}, colour type {colour}, interlace {interlace}"
-        )
+        raise ValueError(f"unsupported PNG layout: depth {depth}, colour type {colour}, interlace {interlace}")
     raw = zlib.decompress(bytes(idat))
     stride = width * channels
     if len(raw) != height * (stride + 1):
@@ -285,9 +279,7 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def chromium_run(
-    chromium: str, tmp_path: Path
-) -> Callable[[list[str], str], subprocess.CompletedProcess[bytes]]:
+def chromium_run(chromium: str, tmp_path: Path) -> Callable[[list[str], str], subprocess.CompletedProcess[bytes]]:
     def run(extra: list[str], url: str) -> subprocess.CompletedProcess[bytes]:
         return run_chromium(chromium, tmp_path, extra, url)
 

@@ -83,9 +83,7 @@ def test_chromium_renders_empty_report(chromium_run, tmp_path: Path) -> None:
     assert "".join(dom.text).count("Nothing yet") == 4
 
 
-def test_chromium_screenshot_is_a_painted_page(
-    chromium_run, report_sample, png_decode, tmp_path: Path
-) -> None:
+def test_chromium_screenshot_is_a_painted_page(chromium_run, report_sample, png_decode, tmp_path: Path) -> None:
     url = write_report(report_sample, tmp_path / "report.html")
     png = tmp_path / "report.png"
     result = chromium_run([f"--screenshot={png}", f"--window-size={WIDTH},{HEIGHT}"], url)
@@ -122,9 +120,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         url = write_report(sample_report_data(), work / "report.html")
-        result = run_chromium(
-            binary, work, [f"--screenshot={out}", f"--window-size={WIDTH},{DOCS_HEIGHT}"], url
-        )
+        result = run_chromium(binary, work, [f"--screenshot={out}", f"--window-size={WIDTH},{DOCS_HEIGHT}"], url)
     if result.returncode != 0:
         print(result.stderr.decode(errors="replace")[-2000:], file=sys.stderr)
         return 1

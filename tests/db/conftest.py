@@ -4,6 +4,7 @@ Most commands run in-process through `legampi.cli.main` (same code path as the c
 fresh interpreter per call) so both backends together stay well under a minute; a few tests per
 command run the real `legampi` executable through `Workspace.legampi` to cover the entry point too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,7 @@ from legampi.config import DatabaseConfig
 from legampi.db import Database
 from tests.conftest import Workspace, load_stand_in, make_workspace, write_config
 
-TABLES = ("schema_version", "trackingtable", "file", "filedataset", "dataset_log", "file_event", "job",
-          "job_rank")
+TABLES = ("schema_version", "trackingtable", "file", "filedataset", "dataset_log", "file_event", "job", "job_rank")
 
 
 @dataclass
@@ -110,8 +110,9 @@ def set_mtime(path: Path, mtime: float) -> None:
 @pytest.fixture(scope="session")
 def dbh() -> SimpleNamespace:
     """Helpers for the database tests (a fixture, because importing `conftest` is ambiguous)."""
-    return SimpleNamespace(run=run, ok=ok, dump=dump, connect=connect, status=status, set_mtime=set_mtime,
-                           write_config=write_config)
+    return SimpleNamespace(
+        run=run, ok=ok, dump=dump, connect=connect, status=status, set_mtime=set_mtime, write_config=write_config
+    )
 
 
 def _make_workspace(tmp_path: Path, db_url: str, init: bool) -> Workspace:

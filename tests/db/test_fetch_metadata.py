@@ -3,6 +3,7 @@
 Fetching does not depend on the database backend, so most tests run on SQLite only; --register runs on
 both. The API password comes from `[api] api_pass_env` and must appear in no output, file or table.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,17 +24,20 @@ SHA = [f"{i:x}" * 64 for i in range(1, 10)]
 
 @pytest.fixture
 def files(ega_api: SimpleNamespace) -> list[dict]:
-    return [ega_api.file("EGAF00000000001", DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0],
-                         SHA[0]),
-            ega_api.file("EGAF00000000002", DATASET, "sample 2/reads.bam.cip", 1234, MD5[1], SHA[1]),
-            ega_api.file("EGAF00000000003", DATASET, "sample\u00e9/x.gpg", 99, MD5[2])]
+    return [
+        ega_api.file("EGAF00000000001", DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0], SHA[0]),
+        ega_api.file("EGAF00000000002", DATASET, "sample 2/reads.bam.cip", 1234, MD5[1], SHA[1]),
+        ega_api.file("EGAF00000000003", DATASET, "sample\u00e9/x.gpg", 99, MD5[2]),
+    ]
 
 
 def use_api(ws: Workspace, server: Any, timeout: float = 5, retries: int = 3) -> dict[str, str]:
     """Point the workspace's config at the server; returns the environment holding the password."""
     text = ws.config.read_text()
-    text += (f"\n[api]\napi_url = {server.api_url}\napi_user = {API_USER}\napi_pass_env = EGA_TEST_PW\n"
-             f"timeout = {timeout}\nretries = {retries}\n")
+    text += (
+        f"\n[api]\napi_url = {server.api_url}\napi_user = {API_USER}\napi_pass_env = EGA_TEST_PW\n"
+        f"timeout = {timeout}\nretries = {retries}\n"
+    )
     ws.config.write_text(text)
     return {"EGA_TEST_PW": API_PASSWORD}
 
@@ -46,8 +50,9 @@ def no_secret(ws: Workspace, dbh: SimpleNamespace, *outputs: str) -> None:
     assert API_PASSWORD not in repr(dbh.dump(ws.db_url))
 
 
-def test_fetch_saves_the_json(sqlite_workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace,
-                              files: list[dict]) -> None:
+def test_fetch_saves_the_json(
+    sqlite_workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace, files: list[dict]
+) -> None:
     ws = sqlite_workspace
     with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD) as server:
         env = use_api(ws, server)
@@ -57,26 +62,33 @@ def test_fetch_saves_the_json(sqlite_workspace: Workspace, dbh: SimpleNamespace,
         assert f"metadata of {DATASET} saved to {target}" in r.stdout
         assert json.loads(target.read_text()) == files
         assert [p.name for p in ws.metadata.iterdir()] == [target.name]  # no temporary file left
-        assert server.requests == [{"path": f"/elixir/data/metadata/datasets/{DATASET}/files",
-                                    "user": API_USER, "password_ok": True, "status": 200}]
+        assert server.requests == [
+            {
+                "path": f"/elixir/data/metadata/datasets/{DATASET}/files",
+                "user": API_USER,
+                "password_ok": True,
+                "status": 200,
+            }
+        ]
         assert dbh.dump(ws.db_url) == before  # without --register nothing is registered
         no_secret(ws, dbh, r.stdout, r.stderr)
 
 
-def test_fetch_and_register(workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace,
-                            files: list[dict]) -> None:
+def test_fetch_and_register(
+    workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace, files: list[dict]
+) -> None:
     ws = workspace
     with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD) as server:
         env = use_api(ws, server)
         r = dbh.ok(ws, "fetch-metadata", DATASET, "--register", env=env)
         assert f"dataset {DATASET}: 3 file(s) registered" in r.stdout
         db = dbh.connect(ws.db_url)
-        got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"])
-               for f in db.files()}
-        assert got == {"EGAF00000000001": (DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0],
-                                           SHA[0]),
-                       "EGAF00000000002": (DATASET, "sample 2/reads.bam.cip", 1234, MD5[1], SHA[1]),
-                       "EGAF00000000003": (DATASET, "sample\u00e9/x.gpg", 99, MD5[2], None)}
+        got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"]) for f in db.files()}
+        assert got == {
+            "EGAF00000000001": (DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0], SHA[0]),
+            "EGAF00000000002": (DATASET, "sample 2/reads.bam.cip", 1234, MD5[1], SHA[1]),
+            "EGAF00000000003": (DATASET, "sample\u00e9/x.gpg", 99, MD5[2], None),
+        }
         [ds] = db.datasets()
         assert (ds["dataset_id"], ds["n_files"], ds["n_bytes"]) == (DATASET, 3, 5_000_000_001_333)
         before = dbh.dump(ws.db_url)
@@ -86,11 +98,13 @@ def test_fetch_and_register(workspace: Workspace, dbh: SimpleNamespace, ega_api:
         no_secret(ws, dbh, r.output, r2.output)
 
 
-def test_server_errors_are_retried_then_succeed(sqlite_workspace: Workspace, dbh: SimpleNamespace,
-                                               ega_api: SimpleNamespace, files: list[dict]) -> None:
+def test_server_errors_are_retried_then_succeed(
+    sqlite_workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace, files: list[dict]
+) -> None:
     ws = sqlite_workspace
-    with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD, fail_first=2,
-                        fail_status=503) as server:
+    with ega_api.Server(
+        {DATASET: files}, user=API_USER, password=API_PASSWORD, fail_first=2, fail_status=503
+    ) as server:
         env = use_api(ws, server)
         r = dbh.ok(ws, "fetch-metadata", DATASET, env=env)
         assert [q["status"] for q in server.requests] == [503, 503, 200]
@@ -98,8 +112,9 @@ def test_server_errors_are_retried_then_succeed(sqlite_workspace: Workspace, dbh
         no_secret(ws, dbh, r.output)
 
 
-def test_unauthorised_fails_clearly_and_writes_nothing(sqlite_workspace: Workspace, dbh: SimpleNamespace,
-                                                       ega_api: SimpleNamespace, files: list[dict]) -> None:
+def test_unauthorised_fails_clearly_and_writes_nothing(
+    sqlite_workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace, files: list[dict]
+) -> None:
     ws = sqlite_workspace
     with ega_api.Server({DATASET: files}, user=API_USER, password="the server expects another") as server:
         env = use_api(ws, server)
@@ -115,8 +130,9 @@ def test_unauthorised_fails_clearly_and_writes_nothing(sqlite_workspace: Workspa
         no_secret(ws, dbh, r.stdout, r.stderr)
 
 
-def test_server_that_keeps_failing_gives_up(sqlite_workspace: Workspace, dbh: SimpleNamespace,
-                                            ega_api: SimpleNamespace, files: list[dict]) -> None:
+def test_server_that_keeps_failing_gives_up(
+    sqlite_workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace, files: list[dict]
+) -> None:
     ws = sqlite_workspace
     with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD, fail_first=100) as server:
         env = use_api(ws, server, retries=1)
@@ -129,8 +145,9 @@ def test_server_that_keeps_failing_gives_up(sqlite_workspace: Workspace, dbh: Si
         no_secret(ws, dbh, r.output)
 
 
-def test_garbage_answer_is_refused_before_it_is_saved(sqlite_workspace: Workspace, dbh: SimpleNamespace,
-                                                      ega_api: SimpleNamespace, files: list[dict]) -> None:
+def test_garbage_answer_is_refused_before_it_is_saved(
+    sqlite_workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace, files: list[dict]
+) -> None:
     ws = sqlite_workspace
     bad = [dict(files[0], fileName="../../etc/cron.d/x")]
     with ega_api.Server({DATASET: bad}, user=API_USER, password=API_PASSWORD) as server:
@@ -141,8 +158,9 @@ def test_garbage_answer_is_refused_before_it_is_saved(sqlite_workspace: Workspac
         assert list(ws.metadata.iterdir()) == [] and dbh.dump(ws.db_url) == before
 
 
-def test_unknown_dataset_is_a_clear_error(sqlite_workspace: Workspace, dbh: SimpleNamespace,
-                                          ega_api: SimpleNamespace, files: list[dict]) -> None:
+def test_unknown_dataset_is_a_clear_error(
+    sqlite_workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace, files: list[dict]
+) -> None:
     ws = sqlite_workspace
     with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD) as server:
         env = use_api(ws, server)
@@ -169,8 +187,7 @@ def test_timeouts_are_retried_and_reported(ega_api: SimpleNamespace, files: list
 
 def test_client_retries_5xx_without_backoff(ega_api: SimpleNamespace, files: list[dict]) -> None:
     with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD, fail_first=3) as server:
-        text = fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=3,
-                              backoff=0)
+        text = fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=3, backoff=0)
         assert json.loads(text) == files
         assert [q["status"] for q in server.requests] == [500, 500, 500, 200]
     with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD, always_status=401) as server:

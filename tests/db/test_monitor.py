@@ -4,6 +4,7 @@ A file is tracked on the pass that first sees it, counted on each later pass in 
 and moved on the pass that reaches pass_limit: three passes for a finished file. Mtimes are set with
 os.utime, never by sleeping.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ def register(ws: Workspace, dbh: SimpleNamespace, dataset: str, names: list[str]
 
 def monitor(ws: Workspace, dbh: SimpleNamespace, *args: str) -> SimpleNamespace:
     r = dbh.ok(ws, "monitor", *args)
-    moved = [x[len("  moved "):] for x in r.stdout.splitlines() if x.startswith("  moved ")]
+    moved = [x[len("  moved ") :] for x in r.stdout.splitlines() if x.startswith("  moved ")]
     return SimpleNamespace(out=r.stdout, err=r.stderr, moved=moved)
 
 
@@ -132,8 +133,9 @@ def test_unregistered_files_stay_and_are_listed(workspace: Workspace, dbh: Simpl
     assert "1 unregistered file(s) in receiving" in text and "stray/unknown file \u00e5.c4gh" in text
 
 
-def test_symlinks_and_fifos_are_never_followed_or_moved(workspace: Workspace, dbh: SimpleNamespace,
-                                                        tmp_path: Path) -> None:
+def test_symlinks_and_fifos_are_never_followed_or_moved(
+    workspace: Workspace, dbh: SimpleNamespace, tmp_path: Path
+) -> None:
     ws = workspace
     outside = tmp_path / "outside"
     (outside / "dir").mkdir(parents=True)
@@ -156,8 +158,12 @@ def test_symlinks_and_fifos_are_never_followed_or_moved(workspace: Workspace, db
     assert (ws.receiving / "pipe.c4gh").exists()
     assert sorted(p.name for p in ws.processing.rglob("*")) == ["real.c4gh"]
     status = {f["file_name"]: f["status"] for f in dbh.connect(ws.db_url).files()}
-    assert status == {"link.c4gh": "pending", "linkdir/inner.c4gh": "pending", "pipe.c4gh": "pending",
-                      "real.c4gh": "received"}
+    assert status == {
+        "link.c4gh": "pending",
+        "linkdir/inner.c4gh": "pending",
+        "pipe.c4gh": "pending",
+        "real.c4gh": "received",
+    }
     assert set(dbh.connect(ws.db_url).tracking()) == set()
 
 
@@ -177,8 +183,7 @@ def test_branches_restrict_a_pass_to_its_share(workspace: Workspace, dbh: Simple
     assert r.returncode == 1 and "--branch must be between 1 and --branches (3), got 4" in r.stderr
 
 
-def test_second_copy_of_a_received_file_is_left_and_reported(workspace: Workspace,
-                                                             dbh: SimpleNamespace) -> None:
+def test_second_copy_of_a_received_file_is_left_and_reported(workspace: Workspace, dbh: SimpleNamespace) -> None:
     ws = workspace
     register(ws, dbh, "EGAD1", ["a.c4gh"])
     put(ws, "a.c4gh", b"one")
@@ -194,8 +199,9 @@ def test_second_copy_of_a_received_file_is_left_and_reported(workspace: Workspac
     assert after["file"] == before["file"] and after["file_event"] == before["file_event"]
 
 
-def test_partial_sizes_seen_by_the_monitor_do_not_contradict_the_manifest(workspace: Workspace,
-                                                                         dbh: SimpleNamespace) -> None:
+def test_partial_sizes_seen_by_the_monitor_do_not_contradict_the_manifest(
+    workspace: Workspace, dbh: SimpleNamespace
+) -> None:
     """Re-registering the same manifest mid-transfer changes nothing; a missing size is filled on move."""
     ws = workspace
     man = ws.metadata / "EGAD1.tab"

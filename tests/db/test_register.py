@@ -1,4 +1,5 @@
 """`legampi register`: tab and EGA JSON manifests, one transaction, idempotent, refusals write nothing."""
+
 from __future__ import annotations
 
 import json
@@ -19,33 +20,42 @@ def tab(ws: Workspace, name: str, text: str) -> Path:
     return path
 
 
-def test_tab_manifest_fills_file_filedataset_and_dataset_log(workspace: Workspace,
-                                                             dbh: SimpleNamespace) -> None:
+def test_tab_manifest_fills_file_filedataset_and_dataset_log(workspace: Workspace, dbh: SimpleNamespace) -> None:
     ws = workspace
-    man = tab(ws, "EGAD00000000001.tab",
-              f"# dataset one\n\na/b/c/one.bam.c4gh\t{MD5[0]}\t1000\n"
-              f"two with space \u00e9.cip\t{MD5[1].upper()}\t2000\t{SHA[1]}\n"
-              f"three.gpg\t{MD5[2]}\n")
+    man = tab(
+        ws,
+        "EGAD00000000001.tab",
+        f"# dataset one\n\na/b/c/one.bam.c4gh\t{MD5[0]}\t1000\n"
+        f"two with space \u00e9.cip\t{MD5[1].upper()}\t2000\t{SHA[1]}\n"
+        f"three.gpg\t{MD5[2]}\n",
+    )
     r = ws.legampi("register", str(man))  # the real executable
     assert "dataset EGAD00000000001: 3 file(s) registered, 0 already registered" in r.stdout
     db = dbh.connect(ws.db_url)
     files = {f["file_id"]: f for f in db.files()}
     assert set(files) == {"a/b/c/one.bam.c4gh", "two with space \u00e9.cip", "three.gpg"}
     one, two, three = (files[k] for k in ("a/b/c/one.bam.c4gh", "two with space \u00e9.cip", "three.gpg"))
-    assert (one["dataset_id"], one["md5"], one["size"], one["sha256"], one["status"]) == \
-        ("EGAD00000000001", MD5[0], 1000, None, "pending")
+    assert (one["dataset_id"], one["md5"], one["size"], one["sha256"], one["status"]) == (
+        "EGAD00000000001",
+        MD5[0],
+        1000,
+        None,
+        "pending",
+    )
     assert (two["md5"], two["sha256"], two["size"]) == (MD5[1], SHA[1], 2000)  # checksums stored lower case
     assert three["size"] is None
     fd = db.query("SELECT dataset_id, file_id FROM filedataset ORDER BY file_id")
     assert [(x["dataset_id"], x["file_id"]) for x in fd] == sorted(
-        [("EGAD00000000001", k) for k in files], key=lambda t: t[1])
+        [("EGAD00000000001", k) for k in files], key=lambda t: t[1]
+    )
     [ds] = db.datasets()
     assert (ds["dataset_id"], ds["n_files"], ds["n_bytes"]) == ("EGAD00000000001", 3, 3000)
     assert ds["date_requested"] is not None
     assert ds["date_download_start"] is ds["date_download_end"] is ds["date_processing_end"] is None
     events = db.events(dataset_id="EGAD00000000001")
     assert sorted((e["file_id"], e["event"], e["status"]) for e in events) == sorted(
-        (k, "registered", "pending") for k in files)
+        (k, "registered", "pending") for k in files
+    )
 
 
 def test_dataset_option_overrides_the_base_name(workspace: Workspace, dbh: SimpleNamespace) -> None:
@@ -57,20 +67,35 @@ def test_dataset_option_overrides_the_base_name(workspace: Workspace, dbh: Simpl
 
 def test_ega_json_manifest(workspace: Workspace, dbh: SimpleNamespace) -> None:
     ws = workspace
-    objs = [{"fileId": "EGAF00000000001", "datasetId": "EGAD00000000099", "fileName": "s1/r1.bam.c4gh",
-             "fileSize": 5_000_000_000_000, "checksum": MD5[0], "checksumType": "MD5",
-             "unencryptedChecksum": SHA[0], "unencryptedChecksumType": "SHA256", "fileStatus": "available"},
-            {"fileId": "EGAF00000000002", "datasetId": "EGAD00000000099", "fileName": "s1/r2.bam.cip",
-             "fileSize": 77, "fileMd5": MD5[1]}]
+    objs = [
+        {
+            "fileId": "EGAF00000000001",
+            "datasetId": "EGAD00000000099",
+            "fileName": "s1/r1.bam.c4gh",
+            "fileSize": 5_000_000_000_000,
+            "checksum": MD5[0],
+            "checksumType": "MD5",
+            "unencryptedChecksum": SHA[0],
+            "unencryptedChecksumType": "SHA256",
+            "fileStatus": "available",
+        },
+        {
+            "fileId": "EGAF00000000002",
+            "datasetId": "EGAD00000000099",
+            "fileName": "s1/r2.bam.cip",
+            "fileSize": 77,
+            "fileMd5": MD5[1],
+        },
+    ]
     man = ws.metadata / "meta.json"
     man.write_text(json.dumps(objs))
     assert "dataset EGAD00000000099: 2 file(s) registered" in dbh.ok(ws, "register", str(man)).stdout
     db = dbh.connect(ws.db_url)
-    got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"])
-           for f in db.files()}
-    assert got == {"EGAF00000000001": ("EGAD00000000099", "s1/r1.bam.c4gh", 5_000_000_000_000, MD5[0],
-                                       SHA[0]),
-                   "EGAF00000000002": ("EGAD00000000099", "s1/r2.bam.cip", 77, MD5[1], None)}
+    got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"]) for f in db.files()}
+    assert got == {
+        "EGAF00000000001": ("EGAD00000000099", "s1/r1.bam.c4gh", 5_000_000_000_000, MD5[0], SHA[0]),
+        "EGAF00000000002": ("EGAD00000000099", "s1/r2.bam.cip", 77, MD5[1], None),
+    }
     [ds] = db.datasets()
     assert ds["n_bytes"] == 5_000_000_000_077 and ds["n_files"] == 2
 
@@ -109,16 +134,20 @@ def refuse(ws: Workspace, dbh: SimpleNamespace, man: Path, *extra: str) -> str:
     return r.stderr
 
 
-@pytest.mark.parametrize(("line", "words"), [
-    ("just-a-name", "want 2 to 4 tab-separated columns"),
-    (f"c.c4gh\t{MD5[2][:-1]}", "bad md5"),
-    (f"c.c4gh\t{'z' * 32}", "bad md5"),
-    (f"c.c4gh\t{MD5[2]}\t5\t{SHA[2]}0", "bad sha256"),
-    (f"/data/c.c4gh\t{MD5[2]}", "absolute path"),
-    (f"sub/../../c.c4gh\t{MD5[2]}", "contains '..'"),
-])
-def test_bad_lines_are_refused_with_line_number(workspace: Workspace, dbh: SimpleNamespace, line: str,
-                                                words: str) -> None:
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("just-a-name", "want 2 to 4 tab-separated columns"),
+        (f"c.c4gh\t{MD5[2][:-1]}", "bad md5"),
+        (f"c.c4gh\t{'z' * 32}", "bad md5"),
+        (f"c.c4gh\t{MD5[2]}\t5\t{SHA[2]}0", "bad sha256"),
+        (f"/data/c.c4gh\t{MD5[2]}", "absolute path"),
+        (f"sub/../../c.c4gh\t{MD5[2]}", "contains '..'"),
+    ],
+)
+def test_bad_lines_are_refused_with_line_number(
+    workspace: Workspace, dbh: SimpleNamespace, line: str, words: str
+) -> None:
     ws = workspace
     dbh.ok(ws, "register", str(tab(ws, "DS0.tab", f"old.c4gh\t{MD5[0]}\n")))
     man = tab(ws, "DS1.tab", f"# good lines first\na.c4gh\t{MD5[0]}\nb.c4gh\t{MD5[1]}\n{line}\n")

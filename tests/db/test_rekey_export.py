@@ -5,6 +5,7 @@ result is what any GA4GH reader would see. Crashes are simulated deterministical
 midway, and calling the per-file work function without recording stands for a job killed between the
 rename and the database commit.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,21 +40,29 @@ def archived(ws: Workspace, ds: str = "DS1", sizes: list[int] = SIZES) -> list[d
 
 def c4gh_decrypt(sk: Path, path: Path) -> subprocess.CompletedProcess[bytes]:
     with open(path, "rb") as fh:
-        return subprocess.run([C4GH, "decrypt", "--sk", str(sk)], stdin=fh, capture_output=True, timeout=60,
-                              env=dict(os.environ, C4GH_PASSPHRASE=""))
+        return subprocess.run(
+            [C4GH, "decrypt", "--sk", str(sk)],
+            stdin=fh,
+            capture_output=True,
+            timeout=60,
+            env=dict(os.environ, C4GH_PASSPHRASE=""),
+        )
 
 
 def header_size(data: bytes) -> int:
     count = int.from_bytes(data[12:16], "little")
     off = 16
     for _ in range(count):
-        off += int.from_bytes(data[off:off + 4], "little")
+        off += int.from_bytes(data[off : off + 4], "little")
     return off
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def rows(dbh: SimpleNamespace, ws: Workspace) -> dict[str, dict]:
@@ -79,8 +88,11 @@ def new_key(ws: Workspace, name: str = "archive2") -> SimpleNamespace:
 
 def leftovers(ws: Workspace) -> list[str]:
     """Temp files and pending markers: none may remain after a finished run."""
-    return sorted(p.name for p in ws.end_storage.rglob("*")
-                  if archive.is_temp_name(p.name) or p.name.endswith(rekey.PENDING_SUFFIX))
+    return sorted(
+        p.name
+        for p in ws.end_storage.rglob("*")
+        if archive.is_temp_name(p.name) or p.name.endswith(rekey.PENDING_SUFFIX)
+    )
 
 
 def assert_on_key(ws: Workspace, dbh: SimpleNamespace, entries: list[dict], key: SimpleNamespace) -> None:
@@ -96,8 +108,12 @@ def assert_on_key(ws: Workspace, dbh: SimpleNamespace, entries: list[dict], key:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         assert (r["archive_key"], r["archive_checksum"], r["archive_size"]) == (key.fp, digest, path.stat().st_size)
         assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    side = subprocess.run(["sha256sum", "-c", *sorted(p.name for p in entries[0]["archived"].parent.glob("*.sha256"))],
-                          cwd=entries[0]["archived"].parent, capture_output=True, text=True)
+    side = subprocess.run(
+        ["sha256sum", "-c", *sorted(p.name for p in entries[0]["archived"].parent.glob("*.sha256"))],
+        cwd=entries[0]["archived"].parent,
+        capture_output=True,
+        text=True,
+    )
     assert side.returncode == 0, side.stdout + side.stderr
     assert leftovers(ws) == []
 
@@ -117,7 +133,7 @@ def test_rekey_rotates_every_file_and_keeps_the_payload(workspace: Workspace, db
     assert_on_key(ws, dbh, entries, key)
     for e in entries:  # only the header changed: the payload bytes are the very same
         after = e["archived"].read_bytes()
-        assert after[header_size(after):] == before[e["name"]][header_size(before[e["name"]]):]
+        assert after[header_size(after) :] == before[e["name"]][header_size(before[e["name"]]) :]
         assert after != before[e["name"]]
     evs = events(dbh, ws, "rekeyed")
     assert sorted(ev["file_id"] for ev in evs) == sorted(e["name"] for e in entries)
@@ -129,8 +145,10 @@ def test_rekey_rotates_every_file_and_keeps_the_payload(workspace: Workspace, db
     # the operator points the config at the new public key, as reminded: new files go to the new key
     ws.config.write_text(ws.config.read_text().replace(str(ws.archive_pk), str(key.pk)))
     again = ws.legampi("rekey", "--new-archive-public-key", str(key.pk))
-    assert f"0 file(s) to rotate, 0 rekeyed, 0 recovered from an interrupted run, 0 failed, {len(entries)} " \
-           "already on the new key" in again.stdout
+    assert (
+        f"0 file(s) to rotate, 0 rekeyed, 0 recovered from an interrupted run, 0 failed, {len(entries)} "
+        "already on the new key" in again.stdout
+    )
     assert "REMINDER" not in again.stdout
     ws.config.write_text(ws.config.read_text().replace(str(ws.archive_sk), str(key.sk)))
     assert f"{len(entries)} ok" in ws.legampi("verify-archive", "--decrypt").stdout
@@ -142,8 +160,9 @@ def test_rekey_resumes_after_limit_and_reports_a_damaged_file(workspace: Workspa
     key = new_key(ws)
     first = ws.legampi("rekey", "--new-archive-public-key", str(key.pk), "--limit", "2")
     assert "2 file(s) to rotate, 2 rekeyed" in first.stdout
-    assert sorted(r["archive_key"] for r in rows(dbh, ws).values()) == sorted([key.fp] * 2 + [
-        fingerprint(load_public_key(ws.archive_pk))] * 2)
+    assert sorted(r["archive_key"] for r in rows(dbh, ws).values()) == sorted(
+        [key.fp] * 2 + [fingerprint(load_public_key(ws.archive_pk))] * 2
+    )
 
     # damage one of the two not yet rotated: it must be refused and left as it is
     todo = [e for e in entries if rows(dbh, ws)[e["name"]]["archive_key"] != key.fp]
@@ -167,8 +186,9 @@ def test_rekey_resumes_after_limit_and_reports_a_damaged_file(workspace: Workspa
     assert_on_key(ws, dbh, entries, key)
 
 
-def test_rekey_recovers_a_run_killed_between_rename_and_commit(workspace: Workspace, dbh: SimpleNamespace,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rekey_recovers_a_run_killed_between_rename_and_commit(
+    workspace: Workspace, dbh: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ws = workspace
     entries = archived(ws)
     key = new_key(ws)
@@ -177,8 +197,16 @@ def test_rekey_recovers_a_run_killed_between_rename_and_commit(workspace: Worksp
 
     def task(e: dict) -> rekey.RekeyTask:
         r = by_name[e["name"]]
-        return rekey.RekeyTask(r["file_id"], r["dataset_id"], r["archive_path"], r["archive_checksum"],
-                               r["archive_checksum_type"], r["archive_key"], r["md5"], r["sha256"])
+        return rekey.RekeyTask(
+            r["file_id"],
+            r["dataset_id"],
+            r["archive_path"],
+            r["archive_checksum"],
+            r["archive_checksum_type"],
+            r["archive_key"],
+            r["md5"],
+            r["sha256"],
+        )
 
     # file 0: rotated on disk, then the job died before rank 0 recorded it
     done = rekey.rekey_file(task(entries[0]), keys)
@@ -214,8 +242,17 @@ def test_rekey_recovers_a_run_killed_between_rename_and_commit(workspace: Worksp
     # a crash after the commit but before the marker was removed: the next run just tidies up
     r0 = rows(dbh, ws)[entries[0]["name"]]
     marker = rekey.pending_path(entries[0]["archived"])
-    marker.write_text(json.dumps({"algo": "sha256", "old_checksum": "x", "new_checksum": r0["archive_checksum"],
-                                  "old_key": "y", "new_key": key.fp}))
+    marker.write_text(
+        json.dumps(
+            {
+                "algo": "sha256",
+                "old_checksum": "x",
+                "new_checksum": r0["archive_checksum"],
+                "old_key": "y",
+                "new_key": key.fp,
+            }
+        )
+    )
     tidy = ws.legampi("rekey", "--new-archive-public-key", str(key.pk))
     assert "0 file(s) to rotate" in tidy.stdout
     assert not marker.exists()
@@ -226,8 +263,9 @@ def test_rekey_refuses_keys_that_do_not_fit(workspace: Workspace, dbh: SimpleNam
     entries = archived(ws, sizes=[1000])
     key, other = new_key(ws), new_key(ws, "other")
     before = snapshot(ws.end_storage)
-    p = ws.legampi("rekey", "--new-archive-public-key", str(key.pk), "--new-archive-secret-key", str(other.sk),
-                   check=False)
+    p = ws.legampi(
+        "rekey", "--new-archive-public-key", str(key.pk), "--new-archive-secret-key", str(other.sk), check=False
+    )
     assert p.returncode == 2 and f"{other.sk} is not the secret key of {key.pk}" in p.stderr
     p = ws.legampi("rekey", "--new-archive-public-key", str(ws.archive_pk), check=False)
     assert p.returncode == 2 and "nothing to rotate" in p.stderr
@@ -258,7 +296,8 @@ def test_export_for_a_researcher(workspace: Workspace, dbh: SimpleNamespace, tmp
     tab = (dest / "DS1.tab").read_text().splitlines()
     assert tab[0].startswith("#file_id\tname\tmd5\tsha256")
     assert sorted(tuple(line.split("\t")[:4]) for line in tab[1:]) == sorted(
-        (e["name"], e["name"], e["md5"], e["sha256"]) for e in entries)
+        (e["name"], e["name"], e["md5"], e["sha256"]) for e in entries
+    )
     assert snapshot(ws.end_storage) == archive_before, "export must not touch the archive"
     evs = events(dbh, ws, "exported")
     assert sorted(ev["file_id"] for ev in evs) == sorted(e["name"] for e in entries)
@@ -271,8 +310,9 @@ def test_export_for_a_researcher(workspace: Workspace, dbh: SimpleNamespace, tmp
     assert len(events(dbh, ws, "exported")) == len(entries)
 
 
-def test_export_refuses_an_incomplete_dataset_unless_partial(workspace: Workspace, dbh: SimpleNamespace,
-                                                             tmp_path: Path) -> None:
+def test_export_refuses_an_incomplete_dataset_unless_partial(
+    workspace: Workspace, dbh: SimpleNamespace, tmp_path: Path
+) -> None:
     ws = workspace
     entries = archived(ws, sizes=[10, 70_000])
     late = ws.add_file("DS1/late.bam.c4gh", 500)
@@ -284,10 +324,12 @@ def test_export_refuses_an_incomplete_dataset_unless_partial(workspace: Workspac
     assert refused.returncode == 1
     assert "1 of 3 file(s) are not available" in refused.stderr and "DS1/late.bam.c4gh" in refused.stderr
     assert not (tmp_path / "a").exists()
-    assert dbh.run(ws, "export", "NOPE", "--recipient-pk", str(researcher.pk), "--to",
-                   str(tmp_path / "b")).returncode == 1
-    inside = dbh.run(ws, "export", "DS1", "--recipient-pk", str(researcher.pk), "--to", str(ws.end_storage / "x"),
-                     "--partial")
+    assert (
+        dbh.run(ws, "export", "NOPE", "--recipient-pk", str(researcher.pk), "--to", str(tmp_path / "b")).returncode == 1
+    )
+    inside = dbh.run(
+        ws, "export", "DS1", "--recipient-pk", str(researcher.pk), "--to", str(ws.end_storage / "x"), "--partial"
+    )
     assert inside.returncode == 1 and "is inside the archive" in inside.stderr
     assert not (ws.end_storage / "x").exists()
 

@@ -1,5 +1,6 @@
 """The tracking database schema: creation, idempotence, version, 64-bit sizes, real timestamps, and the
 connection errors that must never show a password."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -54,15 +55,31 @@ def test_sizes_are_64_bit_and_dataset_totals_true(workspace: Workspace, dbh: Sim
     [row] = db.query("SELECT size FROM file WHERE file_name = ?", ("huge.bam.c4gh",))
     assert row["size"] == big and isinstance(row["size"], int)
     if db.backend == "postgresql":
-        types = {(r["table_name"], r["column_name"]): r["data_type"] for r in db.query(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = current_schema()")}
-        for col in [("file", "size"), ("file", "plain_size"), ("file", "archive_size"),
-                    ("dataset_log", "n_bytes"), ("trackingtable", "size"), ("job_rank", "bytes")]:
+        types = {
+            (r["table_name"], r["column_name"]): r["data_type"]
+            for r in db.query(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = current_schema()"
+            )
+        }
+        for col in [
+            ("file", "size"),
+            ("file", "plain_size"),
+            ("file", "archive_size"),
+            ("dataset_log", "n_bytes"),
+            ("trackingtable", "size"),
+            ("job_rank", "bytes"),
+        ]:
             assert types[col] == "bigint", col
-        for col in [("dataset_log", "date_requested"), ("dataset_log", "date_download_start"),
-                    ("dataset_log", "date_download_end"), ("dataset_log", "date_processing_end"),
-                    ("file", "updated_at"), ("file_event", "at"), ("trackingtable", "first_seen")]:
+        for col in [
+            ("dataset_log", "date_requested"),
+            ("dataset_log", "date_download_start"),
+            ("dataset_log", "date_download_end"),
+            ("dataset_log", "date_processing_end"),
+            ("file", "updated_at"),
+            ("file_event", "at"),
+            ("trackingtable", "first_seen"),
+        ]:
             assert types[col] == "timestamp with time zone", col
 
 
@@ -101,18 +118,20 @@ def test_config_from_option_and_environment(tmp_path: Path, dbh: SimpleNamespace
     p = subprocess.run([LEGAMPI, "init-db"], capture_output=True, text=True, env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     assert (root_a / "a.db").exists() and not (root_b / "b.db").exists()
-    p = subprocess.run([LEGAMPI, "-c", str(root_b / "legampi.ini"), "init-db"], capture_output=True,
-                       text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [LEGAMPI, "-c", str(root_b / "legampi.ini"), "init-db"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert p.returncode == 0, p.stderr
     assert (root_b / "b.db").exists()
     assert str(root_b / "b.db") in p.stdout
 
 
-@pytest.mark.parametrize("url", ["postgresql://legampi_no_such_user@127.0.0.1:5432/test",
-                                 "postgresql://legampi@127.0.0.1:1/test"],
-                         ids=["unknown-user", "unreachable-port"])
-def test_postgresql_connection_errors_never_show_the_password(tmp_path: Path, dbh: SimpleNamespace,
-                                                             url: str) -> None:
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://legampi_no_such_user@127.0.0.1:5432/test", "postgresql://legampi@127.0.0.1:1/test"],
+    ids=["unknown-user", "unreachable-port"],
+)
+def test_postgresql_connection_errors_never_show_the_password(tmp_path: Path, dbh: SimpleNamespace, url: str) -> None:
     root = tmp_path / "ws"
     for d in ("receiving", "processing", "archive", "metadata", "keys"):
         (root / d).mkdir(parents=True)
@@ -124,8 +143,13 @@ def test_postgresql_connection_errors_never_show_the_password(tmp_path: Path, db
     text = "\n".join(x for x in text.splitlines() if "secret_key" not in x) + "\n"
     (root / "legampi.ini").write_text(text)
     env = dict(os.environ, LEGAMPI_INBOX_PASSPHRASE=PG_PASSWORD + "-inbox")
-    p = subprocess.run([LEGAMPI, "--log-level", "debug", "-c", str(root / "legampi.ini"), "init-db"],
-                       capture_output=True, text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [LEGAMPI, "--log-level", "debug", "-c", str(root / "legampi.ini"), "init-db"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 2
     assert "cannot connect to PostgreSQL" in p.stderr and "127.0.0.1" in p.stderr
     assert ("does not exist" in p.stderr) if "no_such_user" in url else ("refused" in p.stderr)
@@ -146,8 +170,11 @@ def test_postgresql_through_the_seed_keys(tmp_path: Path, dbh: SimpleNamespace) 
         for d in ("receiving", "processing", "archive", "metadata", "keys"):
             (root / d).mkdir(parents=True)
         (root / "keys" / "archive.pub").write_text("x\n")
-        text = dbh.write_config(root, "unused").read_text().replace(
-            "url = unused", "host = 127.0.0.1\nport = 5432\nuser = postgres\ndb = test")
+        text = (
+            dbh.write_config(root, "unused")
+            .read_text()
+            .replace("url = unused", "host = 127.0.0.1\nport = 5432\nuser = postgres\ndb = test")
+        )
         text = "\n".join(x for x in text.splitlines() if "secret_key" not in x) + "\n"
         (root / "legampi.ini").write_text(text)
         env = {"PGOPTIONS": f"-csearch_path={name}"}
@@ -161,8 +188,9 @@ def test_postgresql_through_the_seed_keys(tmp_path: Path, dbh: SimpleNamespace) 
         conn.close()
 
 
-def test_config_error_leaves_an_existing_database_and_workspace_untouched(workspace: Workspace,
-                                                                          dbh: SimpleNamespace) -> None:
+def test_config_error_leaves_an_existing_database_and_workspace_untouched(
+    workspace: Workspace, dbh: SimpleNamespace
+) -> None:
     ws = workspace
     man = ws.metadata / "DS.tab"
     man.write_text(f"f.c4gh\t{'d' * 32}\n")
@@ -170,8 +198,7 @@ def test_config_error_leaves_an_existing_database_and_workspace_untouched(worksp
     (ws.receiving / "f.c4gh").write_bytes(b"data")
     before = dbh.dump(ws.db_url)
     broken = ws.root / "broken.ini"
-    broken.write_text(ws.config.read_text().replace(f"processing = {ws.processing}",
-                                                    f"processing = {ws.receiving}"))
+    broken.write_text(ws.config.read_text().replace(f"processing = {ws.processing}", f"processing = {ws.receiving}"))
     for args in (("monitor",), ("register", str(man)), ("init-db",), ("status",)):
         r = dbh.run(ws, *args, config=broken)
         assert r.returncode == 2 and r.stdout == ""

@@ -1,4 +1,5 @@
 """`legampi status`: the JSON shape, the readable table, and an event row for every status change."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,10 +10,26 @@ from types import SimpleNamespace
 
 from tests.conftest import Workspace
 
-FILE_KEYS = {"file_id", "dataset_id", "file_name", "status", "archive_path", "md5", "sha256",
-             "archive_checksum", "error"}
-DATASET_KEYS = {"dataset_id", "n_files", "n_bytes", "date_requested", "date_download_start",
-                "date_download_end", "date_processing_end"}
+FILE_KEYS = {
+    "file_id",
+    "dataset_id",
+    "file_name",
+    "status",
+    "archive_path",
+    "md5",
+    "sha256",
+    "archive_checksum",
+    "error",
+}
+DATASET_KEYS = {
+    "dataset_id",
+    "n_files",
+    "n_bytes",
+    "date_requested",
+    "date_download_start",
+    "date_download_end",
+    "date_processing_end",
+}
 PAST = time.time() - 86400
 
 
@@ -45,14 +62,20 @@ def test_status_json_shape_and_dataset_filter(workspace: Workspace, dbh: SimpleN
     dt.datetime.fromisoformat(d1["date_requested"])
     files = {f["file_id"]: f for f in data["files"]}
     assert files["z.c4gh"]["sha256"] == "4" * 64 and files["z.c4gh"]["md5"] == "3" * 32
-    assert files["a.c4gh"] == {**files["a.c4gh"], "dataset_id": "EGAD1", "status": "pending",
-                               "archive_path": None, "archive_checksum": None, "error": None, "md5": "1" * 32,
-                               "sha256": None}
+    assert files["a.c4gh"] == {
+        **files["a.c4gh"],
+        "dataset_id": "EGAD1",
+        "status": "pending",
+        "archive_path": None,
+        "archive_checksum": None,
+        "error": None,
+        "md5": "1" * 32,
+        "sha256": None,
+    }
     only = dbh.status(ws, "--dataset", "EGAD2")
     assert [d["dataset_id"] for d in only["datasets"]] == ["EGAD2"]
     assert [f["file_id"] for f in only["files"]] == ["z.c4gh"]
-    assert dbh.status(ws, "--dataset", "NOPE") == {**dbh.status(ws, "--dataset", "NOPE"), "datasets": [],
-                                                   "files": []}
+    assert dbh.status(ws, "--dataset", "NOPE") == {**dbh.status(ws, "--dataset", "NOPE"), "datasets": [], "files": []}
 
 
 def test_status_table_is_readable(workspace: Workspace, dbh: SimpleNamespace) -> None:
@@ -68,8 +91,9 @@ def test_status_table_is_readable(workspace: Workspace, dbh: SimpleNamespace) ->
     assert "EGAD1" in brief and "name with space" not in brief
 
 
-def test_every_status_change_has_an_event_and_status_shows_the_archive(workspace: Workspace,
-                                                                       dbh: SimpleNamespace) -> None:
+def test_every_status_change_has_an_event_and_status_shows_the_archive(
+    workspace: Workspace, dbh: SimpleNamespace
+) -> None:
     """register -> monitor -> process (a real singleton job) -> operator updates: one event per change."""
     ws = workspace
     good = ws.add_file("s/ok.c4gh", 3000, where="receiving")
@@ -102,18 +126,27 @@ def test_every_status_change_has_an_event_and_status_shows_the_archive(workspace
         assert statuses[0] == "pending" and statuses[-1] == final
         assert [e["event"] for e in events][:2] == ["registered", "received"]
         assert all(e["at"] for e in events)
-    assert changes(db.events(file_id="s/bad.c4gh")) == ["pending", "received", "processing", "failed",
-                                                         "received", "failed"]
+    assert changes(db.events(file_id="s/bad.c4gh")) == [
+        "pending",
+        "received",
+        "processing",
+        "failed",
+        "received",
+        "failed",
+    ]
     assert changes(db.events(file_id="s/ok.c4gh")) == ["pending", "received", "processing", "available"]
-    assert [e["event"] for e in db.events(file_id="s/ok.c4gh")][:4] == ["registered", "received", "claimed",
-                                                                       "available"]
+    assert [e["event"] for e in db.events(file_id="s/ok.c4gh")][:4] == [
+        "registered",
+        "received",
+        "claimed",
+        "available",
+    ]
     last = db.events(file_id="s/bad.c4gh")[-1]
     assert last["event"] == "status-set" and "still wrong" in last["details"]
     assert db.files(file_ids=["s/bad.c4gh"])[0]["error"] == "still wrong"
 
 
-def test_status_on_an_uninitialised_database_says_what_to_do(bare_workspace: Workspace,
-                                                            dbh: SimpleNamespace) -> None:
+def test_status_on_an_uninitialised_database_says_what_to_do(bare_workspace: Workspace, dbh: SimpleNamespace) -> None:
     r = dbh.run(bare_workspace, "status", "--json")
     assert r.returncode == 2 and r.stdout == ""
     assert "run `legampi init-db` first" in r.stderr

@@ -66,8 +66,9 @@ def register(ws: Workspace, dataset: str, entries: list[dict[str, Any]]) -> None
     ws.legampi("register", str(ws.metadata / f"{dataset}.tab"))
 
 
-def add_files(ws: Workspace, prefix: str, n: int, size: int, dataset: str = "DS1",
-              block: bytes | None = None) -> list[dict[str, Any]]:
+def add_files(
+    ws: Workspace, prefix: str, n: int, size: int, dataset: str = "DS1", block: bytes | None = None
+) -> list[dict[str, Any]]:
     """N Crypt4GH files of SIZE plaintext bytes in processing, registered in DATASET.
 
     With BLOCK the plaintext is BLOCK repeated (cheap big files), made unique per file by a prefix.
@@ -116,8 +117,12 @@ def dump_db(ws: Workspace) -> str:
         if db.backend == "sqlite":
             tables = [r["name"] for r in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")]
         else:
-            tables = [r["table_name"] for r in db.query(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")]
+            tables = [
+                r["table_name"]
+                for r in db.query(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+                )
+            ]
         lines = []
         for t in tables:
             for r in db.query(f'SELECT * FROM "{t}"'):
@@ -141,8 +146,7 @@ def temp_files(ws: Workspace) -> list[Path]:
 
 def archived_files(ws: Workspace) -> list[Path]:
     """Final archived data files (no temps, no sidecars)."""
-    return [p for p in all_files(ws.end_storage)
-            if p.name.endswith(".c4gh") and not archive.is_temp_name(p.name)]
+    return [p for p in all_files(ws.end_storage) if p.name.endswith(".c4gh") and not archive.is_temp_name(p.name)]
 
 
 def sha256_file(path: Path) -> str:
@@ -157,8 +161,9 @@ def decrypt_sha256(ws: Workspace, path: Path) -> str:
     """sha256 of what `crypt4gh decrypt --sk ARCHIVE_SECRET` makes of PATH (streamed, never on disk)."""
     h = hashlib.sha256()
     with open(path, "rb") as fin:
-        p = subprocess.Popen([C4GH, "decrypt", "--sk", str(ws.archive_sk)], stdin=fin, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
+        p = subprocess.Popen(
+            [C4GH, "decrypt", "--sk", str(ws.archive_sk)], stdin=fin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         assert p.stdout is not None
         for chunk in iter(lambda: p.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
             h.update(chunk)
@@ -208,8 +213,7 @@ def start_mpi(ws: Workspace, n: int, *args: str, tag: str = "job") -> subprocess
     logs.mkdir(exist_ok=True)
     out = open(logs / f"{tag}.out", "w")  # closed by finish()
     err = open(logs / f"{tag}.err", "w")
-    cmd = [MPIEXEC, "-n", str(n), LEGAMPI, "-c", str(ws.config), *args] if n else \
-        [LEGAMPI, "-c", str(ws.config), *args]
+    cmd = [MPIEXEC, "-n", str(n), LEGAMPI, "-c", str(ws.config), *args] if n else [LEGAMPI, "-c", str(ws.config), *args]
     p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ws.root)
     p._legampi_logs = (logs / f"{tag}.out", logs / f"{tag}.err", out, err)  # type: ignore[attr-defined]
     return p
@@ -304,7 +308,7 @@ def open_sources(pid: int, processing: Path) -> set[str]:
         except OSError:
             continue
         if target.startswith(root):
-            out.add(target[len(root):])
+            out.add(target[len(root) :])
     return out
 
 
@@ -345,8 +349,10 @@ def closed_port() -> int:
 
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
     """name -> (size, mtime_ns, sha256) of every file under ROOT (to prove nothing was touched)."""
-    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns, sha256_file(p))
-            for p in all_files(root)}
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns, sha256_file(p))
+        for p in all_files(root)
+    }
 
 
 PG_ONLY = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

@@ -39,19 +39,29 @@ def test_bad_files_fail_alone_with_a_reason(workspace) -> None:
     with open(ws.processing / "wrongkey.bam.c4gh", "wb") as fh:
         for chunk in encrypt_stream([plain], load_public_key(other_pk)):
             fh.write(chunk)
-    wrongkey = {"name": "wrongkey.bam.c4gh", "md5": hashlib.md5(plain).hexdigest(),
-                "sha256": hashlib.sha256(plain).hexdigest(), "size": 0}
+    wrongkey = {
+        "name": "wrongkey.bam.c4gh",
+        "md5": hashlib.md5(plain).hexdigest(),
+        "sha256": hashlib.sha256(plain).hexdigest(),
+        "size": 0,
+    }
 
     (ws.processing / "empty.bam.c4gh").write_bytes(b"")
-    empty = {"name": "empty.bam.c4gh", "md5": hashlib.md5(b"").hexdigest(), "sha256": hashlib.sha256(b"").hexdigest(),
-             "size": 0}
+    empty = {
+        "name": "empty.bam.c4gh",
+        "md5": hashlib.md5(b"").hexdigest(),
+        "sha256": hashlib.sha256(b"").hexdigest(),
+        "size": 0,
+    }
     stray = ws.add_file("unregistered.bam.c4gh", 1000)
 
-    bad = {"md5bad.bam.c4gh": ("checksum", "plaintext md5 mismatch"),
-           "flipped.bam.c4gh": ("corrupt", "fails authentication"),
-           "truncated.bam.c4gh": ("truncated", "truncated.bam.c4gh"),
-           "wrongkey.bam.c4gh": ("key", "inbox secret key"),
-           "empty.bam.c4gh": ("truncated", "empty file")}
+    bad = {
+        "md5bad.bam.c4gh": ("checksum", "plaintext md5 mismatch"),
+        "flipped.bam.c4gh": ("corrupt", "fails authentication"),
+        "truncated.bam.c4gh": ("truncated", "truncated.bam.c4gh"),
+        "wrongkey.bam.c4gh": ("key", "inbox secret key"),
+        "empty.bam.c4gh": ("truncated", "empty file"),
+    }
     entries = good + [md5bad, flipped, truncated, wrongkey, empty]
     register(ws, "DS1", entries)
     p = ws.mpi(3, "process", check=False)

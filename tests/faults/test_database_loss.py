@@ -63,8 +63,9 @@ def test_database_connection_killed_mid_run(workspace) -> None:
     conn = psycopg2.connect(PG_DSN, connect_timeout=5)
     conn.autocommit = True
     cur = conn.cursor()
-    cur.execute("SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s) AND pid <> pg_backend_pid()",
-                (list(ports),))
+    cur.execute(
+        "SELECT pid FROM pg_stat_activity WHERE client_port = ANY(%s) AND pid <> pg_backend_pid()", (list(ports),)
+    )
     backends = [r[0] for r in cur.fetchall()]
     assert backends, f"no PostgreSQL backend found for rank 0 (pid {ranks[0]}, ports {ports})"
     for b in backends:

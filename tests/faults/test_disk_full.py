@@ -13,8 +13,7 @@ from tests.faults.conftest import all_files, assert_safe, register, status_json
 
 def _mount(folder: Path, size: str, remount: bool = False) -> None:
     opts = f"remount,size={size}" if remount else f"size={size},mode=0750"
-    cmd = ["mount", "-o", opts, str(folder)] if remount else ["mount", "-t", "tmpfs", "-o", opts, "tmpfs",
-                                                              str(folder)]
+    cmd = ["mount", "-o", opts, str(folder)] if remount else ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({' '.join(cmd)}): {p.stderr.strip()}")
@@ -45,9 +44,11 @@ def test_end_storage_full(small_end_storage) -> None:
     # held the space at that moment, in which case it fails cleanly the same way.
     small_row = files["small.bam.c4gh"]
     assert small_row["status"] == "available" or (
-        small_row["status"] == "failed" and "no space left on device" in small_row["error"]), small_row
-    assert any(" ERROR " in line and "big.bam.c4gh" in line and "no space" in line
-               for line in p.stderr.splitlines()), p.stderr
+        small_row["status"] == "failed" and "no space left on device" in small_row["error"]
+    ), small_row
+    assert any(" ERROR " in line and "big.bam.c4gh" in line and "no space" in line for line in p.stderr.splitlines()), (
+        p.stderr
+    )
     left = sorted(x.name for x in all_files(ws.end_storage))
     verified = ["small.bam.c4gh", "small.bam.c4gh.sha256"] if small_row["status"] == "available" else []
     assert left == verified, f"end_storage holds more than verified files: {left}"

@@ -56,8 +56,10 @@ def test_recover_beside_a_live_job_leaves_it_alone(workspace) -> None:
     job = start_mpi(ws, 3, "process", tag="live")
     ranks = wait_ranks(job, 3)
     for _attempt in range(20):
-        poll(lambda: temp_files(ws) and any(p.with_name(p.name + ".sha256").exists() for p in archived_files(ws)),
-             "an archived file and a temp file of the live job")
+        poll(
+            lambda: temp_files(ws) and any(p.with_name(p.name + ".sha256").exists() for p in archived_files(ws)),
+            "an archived file and a temp file of the live job",
+        )
         freeze(ranks.values())
         temps = set(temp_files(ws))
         if temps:  # the temp file seen by poll may have been finished just before the stop: try again

@@ -41,8 +41,13 @@ def _cip(path: Path, plain: bytes, password: str) -> None:
 
 
 def _entry(name: str, plain: bytes) -> dict:
-    return {"name": name, "md5": hashlib.md5(plain).hexdigest(), "sha256": hashlib.sha256(plain).hexdigest(),
-            "size": 0, "plain": plain}
+    return {
+        "name": name,
+        "md5": hashlib.md5(plain).hexdigest(),
+        "sha256": hashlib.sha256(plain).hexdigest(),
+        "size": 0,
+        "plain": plain,
+    }
 
 
 def test_no_secret_in_logs_errors_reports_or_database(workspace) -> None:
@@ -50,11 +55,16 @@ def test_no_secret_in_logs_errors_reports_or_database(workspace) -> None:
     make_keypair(ws.root / "keys", "inbox", passphrase=INBOX_PASS)  # replaces the unlocked inbox key
     (ws.root / "keys" / "db.pass").write_text(DB_PASS + "\n")
     os.chmod(ws.root / "keys" / "db.pass", 0o600)
-    set_options(ws, database={"passwd_file": ws.root / "keys" / "db.pass"},
-                api={"api_url": f"http://127.0.0.1:{closed_port()}/datasets/DATASETID/files", "api_user": "u",
-                     "retries": 0})
-    env = {"LEGAMPI_INBOX_PASSPHRASE": INBOX_PASS, "LEGAMPI_API_PASSWORD": API_PASS,
-           "LEGAMPI_LEGACY_PASSWORD": LEGACY_PASS}
+    set_options(
+        ws,
+        database={"passwd_file": ws.root / "keys" / "db.pass"},
+        api={"api_url": f"http://127.0.0.1:{closed_port()}/datasets/DATASETID/files", "api_user": "u", "retries": 0},
+    )
+    env = {
+        "LEGAMPI_INBOX_PASSPHRASE": INBOX_PASS,
+        "LEGAMPI_API_PASSWORD": API_PASS,
+        "LEGAMPI_LEGACY_PASSWORD": LEGACY_PASS,
+    }
     plain = os.urandom(70_000)
     _cip(ws.processing / "legacy.bam.cip", plain, LEGACY_PASS)
     wrong = os.urandom(70_000)
@@ -71,8 +81,17 @@ def test_no_secret_in_logs_errors_reports_or_database(workspace) -> None:
     assert rows["a.bam.c4gh"]["status"] == rows["legacy.bam.cip"]["status"] == "available"
     assert "md5 mismatch" in rows["wrongpass.bam.cip"]["error"]
 
-    bad = ws.mpi(3, "--log-level", "debug", "--log-file", str(log), "process", "--retry-failed", check=False,
-                 env=dict(env, LEGAMPI_INBOX_PASSPHRASE=WRONG_PASS))
+    bad = ws.mpi(
+        3,
+        "--log-level",
+        "debug",
+        "--log-file",
+        str(log),
+        "process",
+        "--retry-failed",
+        check=False,
+        env=dict(env, LEGAMPI_INBOX_PASSPHRASE=WRONG_PASS),
+    )
     outputs.append(bad.stdout + bad.stderr)
     assert bad.returncode == 2 and "wrong passphrase" in bad.stderr, bad.stderr
     api = ws.legampi("--log-level", "debug", "--log-file", str(log), "fetch-metadata", "EGAD1", check=False, env=env)
@@ -99,8 +118,14 @@ def test_no_secret_in_logs_errors_reports_or_database(workspace) -> None:
 
 def _plaintext_on_disk(root: Path, plains: list[bytes]) -> list[str]:
     """Files under ROOT holding any 64-byte window of any plaintext (8-byte word match, then confirmed)."""
-    words = np.unique(np.concatenate([np.lib.stride_tricks.sliding_window_view(np.frombuffer(p, np.uint8), 8)
-                                      .copy().view(np.uint64).ravel() for p in plains]))
+    words = np.unique(
+        np.concatenate(
+            [
+                np.lib.stride_tricks.sliding_window_view(np.frombuffer(p, np.uint8), 8).copy().view(np.uint64).ravel()
+                for p in plains
+            ]
+        )
+    )
     found = []
     for path in all_files(root):
         data = path.read_bytes()
@@ -112,7 +137,7 @@ def _plaintext_on_disk(root: Path, plains: list[bytes]) -> list[str]:
             hits = np.nonzero(words[np.minimum(np.searchsorted(words, arr), len(words) - 1)] == arr)[0]
             for h in hits:
                 off = shift + 8 * int(h)
-                windows = (data[s:s + 64] for s in range(max(0, off - 56), off + 1))
+                windows = (data[s : s + 64] for s in range(max(0, off - 56), off + 1))
                 if any(len(w) == 64 and any(w in p for p in plains) for w in windows):
                     found.append(str(path))
                     break
@@ -179,8 +204,10 @@ def test_secret_key_readable_by_others_is_refused(workspace) -> None:
 
 def test_hostile_names_are_plain_data(workspace) -> None:
     ws = workspace
-    files = [ws.add_file("x'; DROP TABLE file; --.bam.c4gh", 20_000),
-             ws.add_file('q"; DELETE FROM file_event; --/y.bam.c4gh', 20_000)]
+    files = [
+        ws.add_file("x'; DROP TABLE file; --.bam.c4gh", 20_000),
+        ws.add_file('q"; DELETE FROM file_event; --/y.bam.c4gh', 20_000),
+    ]
     ds = "DS'); DROP TABLE dataset_log; --"
     register(ws, ds, files)
     ws.mpi(3, "process")

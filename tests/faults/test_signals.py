@@ -41,25 +41,38 @@ def _pending(pid: int, sig: int) -> bool:
 
 
 # Every target on SQLite; PostgreSQL through mpiexec only (the database plays no part in the others).
-@pytest.mark.parametrize(("db_url", "target", "signame"), [
-    ("sqlite", "mpiexec", "SIGTERM"), ("sqlite", "mpiexec", "SIGUSR1"), ("postgresql", "mpiexec", "SIGTERM"),
-    ("postgresql", "mpiexec", "SIGUSR1"), ("sqlite", "rank0", "SIGTERM"), ("sqlite", "rank0", "SIGUSR1"),
-    ("sqlite", "worker", "SIGTERM")], indirect=["db_url"])
+@pytest.mark.parametrize(
+    ("db_url", "target", "signame"),
+    [
+        ("sqlite", "mpiexec", "SIGTERM"),
+        ("sqlite", "mpiexec", "SIGUSR1"),
+        ("postgresql", "mpiexec", "SIGTERM"),
+        ("postgresql", "mpiexec", "SIGUSR1"),
+        ("sqlite", "rank0", "SIGTERM"),
+        ("sqlite", "rank0", "SIGUSR1"),
+        ("sqlite", "worker", "SIGTERM"),
+    ],
+    indirect=["db_url"],
+)
 def test_stop_signal_finishes_in_flight_and_releases_the_rest(workspace, target: str, signame: str) -> None:
     ws = workspace
     sig = getattr(signal, signame)
     files = add_files(ws, "f", 12, 10 << 20, block=os.urandom(1 << 20))
     job = start_mpi(ws, 3, "process", tag="signalled")
     ranks = wait_ranks(job, 3)
-    poll(lambda: len({t.name.split("-tmp-")[1].split("-")[0] for t in temp_files(ws)}) == 2,
-         "both workers to be in the middle of a file")
+    poll(
+        lambda: len({t.name.split("-tmp-")[1].split("-")[0] for t in temp_files(ws)}) == 2,
+        "both workers to be in the middle of a file",
+    )
     freeze(ranks.values())  # every thread really stopped: a signal sent earlier could still come first
     try:
         # Started before the signal: the worker has the source open or writes its temp file; or it is
         # archived already and only the result is still on its way to rank 0.
-        by_rank = {r: open_sources(ranks[r], ws.processing) | {archive.final_name_of_temp(t.name) for t in
-                                                                temp_files(ws) if f"-tmp-{ranks[r]}-" in t.name}
-                   for r in (1, 2)}
+        by_rank = {
+            r: open_sources(ranks[r], ws.processing)
+            | {archive.final_name_of_temp(t.name) for t in temp_files(ws) if f"-tmp-{ranks[r]}-" in t.name}
+            for r in (1, 2)
+        }
         in_flight = by_rank[1] | by_rank[2]
         unreported = {p.name for p in archived_files(ws)}
         frozen = {n: r["status"] for n, r in rows_by_name(ws).items()}, [t.name for t in temp_files(ws)], ranks
@@ -77,14 +90,17 @@ def test_stop_signal_finishes_in_flight_and_releases_the_rest(workspace, target:
     rows = rows_by_name(ws)
     available = {n for n, r in rows.items() if r["status"] == "available"}
     assert in_flight <= available, f"files in flight {in_flight} did not all finish: {available}"
-    done_by = {r: {e["file_id"] for e in events(ws, "available") if e["details"].endswith(f" rank {r}")}
-               for r in (1, 2)}
+    done_by = {
+        r: {e["file_id"] for e in events(ws, "available") if e["details"].endswith(f" rank {r}")} for r in (1, 2)
+    }
     assert done_by[1] | done_by[2] == available
     for r in (1, 2):  # a worker that got the signal itself starts nothing new
         if ranks[r] in receivers:
             extra = done_by[r] - by_rank[r] - unreported
-            assert not extra, (f"rank {r} started files after {signame}: {extra} (in flight {by_rank}, archived "
-                               f"{unreported}, at freeze {frozen})\n{err}")
+            assert not extra, (
+                f"rank {r} started files after {signame}: {extra} (in flight {by_rank}, archived "
+                f"{unreported}, at freeze {frozen})\n{err}"
+            )
     rest = [r for n, r in rows.items() if n not in available]
     assert rest, "every file was done: the signal came too late to test releasing"
     for r in rest:

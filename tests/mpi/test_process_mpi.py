@@ -156,8 +156,12 @@ def test_array_share_takes_seed_share(workspace):
     mine = {n for i, n in enumerate(names, 1) if (i - 2) % 3 == 0}
     st = {f["file_name"]: f["status"] for f in _status(workspace)["files"]}
     assert {n for n, s in st.items() if s == "available"} == mine
-    env = {"SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "13", "SLURM_ARRAY_TASK_MIN": "10",
-           "SLURM_ARRAY_TASK_STEP": "3"}
+    env = {
+        "SLURM_ARRAY_TASK_COUNT": "3",
+        "SLURM_ARRAY_TASK_ID": "13",
+        "SLURM_ARRAY_TASK_MIN": "10",
+        "SLURM_ARRAY_TASK_STEP": "3",
+    }
     workspace.legampi("process", env=env)  # task 13 of 10,13,16 is branch 2: nothing left for it
     workspace.legampi("process", env=dict(env, SLURM_ARRAY_TASK_ID="10"))
     workspace.legampi("process", env=dict(env, SLURM_ARRAY_TASK_ID="16"))

@@ -25,8 +25,10 @@ def test_rekey_under_mpiexec(workspace):
     new_sk, new_pk = make_keypair(ws.root / "keys", "archive2")
 
     p = ws.mpi(3, "rekey", "--new-archive-public-key", str(new_pk), "--new-archive-secret-key", str(new_sk))
-    assert f"{len(sizes)} file(s) to rotate, {len(sizes)} rekeyed, 0 recovered from an interrupted run, 0 failed" \
+    assert (
+        f"{len(sizes)} file(s) to rotate, {len(sizes)} rekeyed, 0 recovered from an interrupted run, 0 failed"
         in p.stdout
+    )
     assert {int(m) for m in re.findall(r"\(rank (\d+), ", p.stdout)} == {1, 2}, "both workers rotated files"
 
     from legampi.config import load
@@ -42,8 +44,13 @@ def test_rekey_under_mpiexec(workspace):
     for e in entries:
         path = ws.end_storage / e["name"]
         with open(path, "rb") as fh:
-            out = subprocess.run([C4GH, "decrypt", "--sk", str(new_sk)], stdin=fh, capture_output=True,
-                                 timeout=60, env=dict(os.environ, C4GH_PASSPHRASE=""))
+            out = subprocess.run(
+                [C4GH, "decrypt", "--sk", str(new_sk)],
+                stdin=fh,
+                capture_output=True,
+                timeout=60,
+                env=dict(os.environ, C4GH_PASSPHRASE=""),
+            )
         assert out.returncode == 0 and out.stdout == e["plain"], out.stderr
         assert rows[e["name"]]["archive_key"] == fp
         assert rows[e["name"]]["archive_checksum"] == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -77,8 +77,9 @@ def test_report_is_written_from_the_database(workspace, tmp_path):
 def test_testdata_formats_flow_through_the_pipeline(workspace):
     env = {"LEGAMPI_LEGACY_PASSWORD": "legacy-secret-for-tests"}
     for fmt, ds in (("c4gh", "DSC"), ("cip", "DSA"), ("plain", "DSP")):
-        workspace.legampi("testdata", "--dataset", ds, "--files", "3", "--sizes", "lognormal:20KB,1.0",
-                          "--format", fmt, env=env)
+        workspace.legampi(
+            "testdata", "--dataset", ds, "--files", "3", "--sizes", "lognormal:20KB,1.0", "--format", fmt, env=env
+        )
         workspace.legampi("register", str(workspace.metadata / f"{ds}.json"), env=env)
     for _ in range(3):
         workspace.legampi("monitor", env=env)
@@ -106,16 +107,21 @@ def test_track_finds_what_was_lost(workspace):
 
 def test_demo_runs_the_whole_pipeline_in_its_folder(tmp_path: Path):
     folder = tmp_path / "demo"
-    p = subprocess.run([sys.executable, "-m", "legampi", "demo", str(folder), "--files", "8"],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "legampi", "demo", str(folder), "--files", "8"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     assert "8 file(s), 8 available, 0 failed" in p.stdout
     archived = list((folder / "archive").rglob("*.c4gh"))
     assert len(archived) == 8
     assert not list((folder / "processing").rglob("*.c4gh")), "sources removed once recorded"
     assert sorted(q.name for q in tmp_path.iterdir()) == ["demo"], "nothing outside its folder"
-    again = subprocess.run([sys.executable, "-m", "legampi", "demo", str(folder)], capture_output=True, text=True,
-                           timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "legampi", "demo", str(folder)], capture_output=True, text=True, timeout=60
+    )
     assert again.returncode == 2 and "not empty" in again.stderr
 
 
@@ -150,9 +156,26 @@ def test_testdata_gpg_files_are_archived(workspace, tmp_path):
     """`testdata --format gpg` encrypts for the node's OpenPGP key; gpg decrypts them in the pipeline."""
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
-    subprocess.run(["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
-                    "--quick-gen-key", "legampi-test <node@example.org>", "default", "default", "never"],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "gpg",
+            "--homedir",
+            str(home),
+            "--batch",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "legampi-test <node@example.org>",
+            "default",
+            "default",
+            "never",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     text = workspace.config.read_text().replace("[crypto]\n", f"[crypto]\ngnupg_home = {home}\n")
     workspace.config.write_text(text)
     env = {"LEGAMPI_GPG_PASSPHRASE": ""}

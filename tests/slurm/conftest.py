@@ -23,8 +23,7 @@ DEFAULT_CONF = "/etc/slurm/slurm.conf"
 REQUIRED_BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "squeue", "scancel", "scontrol", "munged")
 # Job states after which a job will never run again (squeue/scontrol vocabulary).
 FINAL_STATES = frozenset(
-    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
-     "PREEMPTED"}
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 )
 
 
@@ -42,11 +41,13 @@ class SlurmCluster:
     node: str
     partition: str = "debug"
 
-    def run(self, args: Sequence[str], timeout: float = 120.0, check: bool = True,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, args: Sequence[str], timeout: float = 120.0, check: bool = True, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run a Slurm client command with the cluster env; raise with its output if it fails."""
-        proc = subprocess.run(list(args), env=self.env, cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            list(args), env=self.env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        )
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -90,8 +91,9 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
     missing = [b for b in REQUIRED_BINARIES if shutil.which(b, path=search) is None]
     if missing:
-        pytest.skip(f"Slurm binaries not installed: {', '.join(missing)} (apt-get install slurmctld slurmd "
-                    f"slurm-client munge)")
+        pytest.skip(
+            f"Slurm binaries not installed: {', '.join(missing)} (apt-get install slurmctld slurmd slurm-client munge)"
+        )
     env = dict(os.environ)
     env.setdefault("SLURM_CONF", DEFAULT_CONF)
     was_up = _ctld_up(env)
@@ -101,7 +103,8 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     node = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
     yield SlurmCluster(conf=env["SLURM_CONF"], env=env, node=node)
     if not was_up and os.environ.get("LEGAMPI_SLURM_STOP") == "1":
-        down = subprocess.run([str(SLURM_DOWN), "--keep-munge"], env=env, capture_output=True, text=True,
-                              timeout=300, check=False)
+        down = subprocess.run(
+            [str(SLURM_DOWN), "--keep-munge"], env=env, capture_output=True, text=True, timeout=300, check=False
+        )
         if down.returncode != 0:
             raise RuntimeError(f"{SLURM_DOWN} failed ({down.returncode}):\n{down.stdout}\n{down.stderr}")

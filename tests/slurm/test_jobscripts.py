@@ -47,13 +47,26 @@ def _env(cluster: SlurmCluster, **extra: str) -> dict[str, str]:
     return env
 
 
-def _sbatch(cluster: SlurmCluster, script: str, args: list[str], cwd: Path, env: dict[str, str],
-            options: tuple[str, ...] = (), wait: bool = True) -> tuple[int, str, str]:
+def _sbatch(
+    cluster: SlurmCluster,
+    script: str,
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    options: tuple[str, ...] = (),
+    wait: bool = True,
+) -> tuple[int, str, str]:
     """Submit a job script from cwd; returns (sbatch exit code, job id, sbatch stderr)."""
-    cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), f"--chdir={cwd}", *options,
-           str(JOBSCRIPTS / script), *args]
-    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=JOB_TIMEOUT, check=False)
+    cmd = [
+        "sbatch",
+        "--parsable",
+        *(["--wait"] if wait else []),
+        f"--chdir={cwd}",
+        *options,
+        str(JOBSCRIPTS / script),
+        *args,
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=JOB_TIMEOUT, check=False)
     job_id = proc.stdout.strip().split("\n")[0].split(";")[0]
     assert job_id.isdigit(), f"sbatch printed no job id: stdout={proc.stdout!r} stderr={proc.stderr!r}"
     return proc.returncode, job_id, proc.stderr
@@ -114,8 +127,12 @@ def _dataset(ws: Workspace, n: int, size: int, ds: str = "DS1", where: str = "pr
 
 
 def _temp_files(ws: Workspace) -> list[Path]:
-    return [p for root in (ws.end_storage, ws.processing) for p in root.rglob("*")
-            if p.is_file() and archive.is_temp_name(p.name)]
+    return [
+        p
+        for root in (ws.end_storage, ws.processing)
+        for p in root.rglob("*")
+        if p.is_file() and archive.is_temp_name(p.name)
+    ]
 
 
 def _set_option(ws: Workspace, section: str, line: str) -> None:
@@ -128,8 +145,9 @@ def _set_option(ws: Workspace, section: str, line: str) -> None:
 # ---------------------------------------------------------------------- ingest.sbatch
 def test_ingest_archives_every_file(slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path) -> None:
     entries = _dataset(workspace, 12, 150_000)
-    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path,
-                            _env(slurm_cluster), options=("-n", "3"))
+    rc, job_id, _ = _sbatch(
+        slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path, _env(slurm_cluster), options=("-n", "3")
+    )
     out = _output(tmp_path, f"legampi-ingest-{job_id}.out")
     assert rc == 0, out
     assert slurm_cluster.job_field(job_id, "JobState") == "COMPLETED"
@@ -146,48 +164,53 @@ def test_ingest_archives_every_file(slurm_cluster: SlurmCluster, workspace: Work
 
 
 @sqlite_only
-def test_ingest_config_from_environment_and_extra_options(slurm_cluster: SlurmCluster, workspace: Workspace,
-                                                          tmp_path: Path) -> None:
+def test_ingest_config_from_environment_and_extra_options(
+    slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path
+) -> None:
     """LEGAMPI_CONFIG instead of an argument; the remaining arguments go to `legampi process`."""
     entries = _dataset(workspace, 3, 1000, ds="DSA") + _dataset(workspace, 2, 1000, ds="DSB")
     env = _env(slurm_cluster, LEGAMPI_CONFIG=str(workspace.config), LEGAMPI_VENV=VENV)
     del env["LEGAMPI"]  # found on PATH after activating the virtualenv
-    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", ["--dataset", "DSB"], tmp_path, env,
-                            options=("-n", "2"))
+    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", ["--dataset", "DSB"], tmp_path, env, options=("-n", "2"))
     out = _output(tmp_path, f"legampi-ingest-{job_id}.out")
     assert rc == 0, out
-    assert _by_status(workspace) == {"available": {e["name"] for e in entries[3:]},
-                                     "pending": {e["name"] for e in entries[:3]}}
+    assert _by_status(workspace) == {
+        "available": {e["name"] for e in entries[3:]},
+        "pending": {e["name"] for e in entries[:3]},
+    }
 
 
 def test_ingest_without_config_fails_clearly(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [], tmp_path, _env(slurm_cluster),
-                            options=("-n", "1"))
+    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [], tmp_path, _env(slurm_cluster), options=("-n", "1"))
     out = _output(tmp_path, f"legampi-ingest-{job_id}.out")
     assert rc == 2, out
     assert slurm_cluster.job_field(job_id, "JobState") == "FAILED"
     assert "no configuration" in out and "LEGAMPI_CONFIG" in out
 
     missing = tmp_path / "nowhere.ini"
-    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(missing)], tmp_path, _env(slurm_cluster),
-                            options=("-n", "1"))
+    rc, job_id, _ = _sbatch(
+        slurm_cluster, "ingest.sbatch", [str(missing)], tmp_path, _env(slurm_cluster), options=("-n", "1")
+    )
     out = _output(tmp_path, f"legampi-ingest-{job_id}.out")
     assert rc == 2, out
     assert f"configuration file {missing} does not exist" in out
 
 
 @sqlite_only
-def test_ingest_fails_when_ranks_cannot_start(slurm_cluster: SlurmCluster, workspace: Workspace,
-                                              tmp_path: Path) -> None:
+def test_ingest_fails_when_ranks_cannot_start(
+    slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path
+) -> None:
     """A garbage archive public key: the worker ranks cannot build the pipeline, the job must fail."""
     entries = _dataset(workspace, 3, 1000)
     bad = workspace.root / "keys" / "garbage.pub"
     bad.write_text("this is not a crypt4gh public key\n")
     text = workspace.config.read_text()
-    workspace.config.write_text(text.replace(f"archive_public_key = {workspace.archive_pk}",
-                                             f"archive_public_key = {bad}"))
-    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path,
-                            _env(slurm_cluster), options=("-n", "3"))
+    workspace.config.write_text(
+        text.replace(f"archive_public_key = {workspace.archive_pk}", f"archive_public_key = {bad}")
+    )
+    rc, job_id, _ = _sbatch(
+        slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path, _env(slurm_cluster), options=("-n", "3")
+    )
     out = _output(tmp_path, f"legampi-ingest-{job_id}.out")
     assert rc != 0, out
     assert slurm_cluster.job_field(job_id, "JobState") == "FAILED"
@@ -197,22 +220,24 @@ def test_ingest_fails_when_ranks_cannot_start(slurm_cluster: SlurmCluster, works
 
 
 @sqlite_only
-def test_ingest_fails_when_a_rank_crashes(slurm_cluster: SlurmCluster, workspace: Workspace,
-                                          tmp_path: Path) -> None:
+def test_ingest_fails_when_a_rank_crashes(slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path) -> None:
     """A worker rank raises on its first file: the whole step ends (no hang), the job is FAILED."""
     entries = _dataset(workspace, 4, 1000)
-    env = _env(slurm_cluster, PYTHONPATH=f"{CRASH_HOOK}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               LEGAMPI_TEST_CRASH_RANK="2")
-    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path, env,
-                            options=("-n", "3"))
+    env = _env(
+        slurm_cluster,
+        PYTHONPATH=f"{CRASH_HOOK}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        LEGAMPI_TEST_CRASH_RANK="2",
+    )
+    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path, env, options=("-n", "3"))
     out = _output(tmp_path, f"legampi-ingest-{job_id}.out")
     assert rc != 0, out
     assert slurm_cluster.job_field(job_id, "JobState") == "FAILED"
     assert "injected crash on rank 2" in out, out
     assert re.search(r"legampi process exited [1-9]", out), out
 
-    rc, rerun_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path,
-                              _env(slurm_cluster), options=("-n", "3"))
+    rc, rerun_id, _ = _sbatch(
+        slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path, _env(slurm_cluster), options=("-n", "3")
+    )
     out = _output(tmp_path, f"legampi-ingest-{rerun_id}.out")
     assert rc == 0, out
     assert _by_status(workspace) == {"available": {e["name"] for e in entries}}
@@ -221,12 +246,20 @@ def test_ingest_fails_when_a_rank_crashes(slurm_cluster: SlurmCluster, workspace
 
 # ---------------------------------------------------------------------- walltime warning
 @sqlite_only
-def test_usr1_stops_cleanly_and_rerun_finishes(slurm_cluster: SlurmCluster, workspace: Workspace,
-                                               tmp_path: Path) -> None:
+def test_usr1_stops_cleanly_and_rerun_finishes(
+    slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path
+) -> None:
     entries = _dataset(workspace, 150, 1_000_000)
     names = {e["name"] for e in entries}
-    rc, job_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path,
-                            _env(slurm_cluster), options=("-n", "3"), wait=False)
+    rc, job_id, _ = _sbatch(
+        slurm_cluster,
+        "ingest.sbatch",
+        [str(workspace.config)],
+        tmp_path,
+        _env(slurm_cluster),
+        options=("-n", "3"),
+        wait=False,
+    )
     assert rc == 0
     out_file = tmp_path / f"legampi-ingest-{job_id}.out"
 
@@ -255,8 +288,9 @@ def test_usr1_stops_cleanly_and_rerun_finishes(slurm_cluster: SlurmCluster, work
     for name in first["received"]:
         assert (workspace.processing / name).is_file() and not (workspace.end_storage / name).exists()
 
-    rc, rerun_id, _ = _sbatch(slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path,
-                              _env(slurm_cluster), options=("-n", "3"))
+    rc, rerun_id, _ = _sbatch(
+        slurm_cluster, "ingest.sbatch", [str(workspace.config)], tmp_path, _env(slurm_cluster), options=("-n", "3")
+    )
     out = _output(tmp_path, f"legampi-ingest-{rerun_id}.out")
     assert rc == 0, out
     assert _by_status(workspace) == {"available": names}
@@ -274,8 +308,14 @@ def test_array_tasks_take_their_shares(slurm_cluster: SlurmCluster, workspace: W
     _set_option(workspace, "workspaces", "keep_processed = true")
     entries = _dataset(workspace, 11, 20_000)
     names = sorted(e["name"] for e in entries)
-    rc, array_id, _ = _sbatch(slurm_cluster, "ingest-array.sbatch", [str(workspace.config)], tmp_path,
-                              _env(slurm_cluster, LEGAMPI_VENV=VENV), options=("--array=1-2", "-n", "2"))
+    rc, array_id, _ = _sbatch(
+        slurm_cluster,
+        "ingest-array.sbatch",
+        [str(workspace.config)],
+        tmp_path,
+        _env(slurm_cluster, LEGAMPI_VENV=VENV),
+        options=("--array=1-2", "-n", "2"),
+    )
     out = _output(tmp_path, f"legampi-ingest-{array_id}_*.out")
     assert rc == 0, out
     assert "share 1 of 2" in out and "share 2 of 2" in out, out
@@ -290,11 +330,18 @@ def test_array_tasks_take_their_shares(slurm_cluster: SlurmCluster, workspace: W
 
 
 @sqlite_only
-def test_array_shares_stay_put_when_sources_are_removed(slurm_cluster: SlurmCluster, workspace: Workspace,
-                                                     tmp_path: Path) -> None:
+def test_array_shares_stay_put_when_sources_are_removed(
+    slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path
+) -> None:
     entries = _dataset(workspace, 6, 20_000)
-    rc, array_id, _ = _sbatch(slurm_cluster, "ingest-array.sbatch", [str(workspace.config)], tmp_path,
-                              _env(slurm_cluster), options=("--array=1-2%1", "-n", "2"))
+    rc, array_id, _ = _sbatch(
+        slurm_cluster,
+        "ingest-array.sbatch",
+        [str(workspace.config)],
+        tmp_path,
+        _env(slurm_cluster),
+        options=("--array=1-2%1", "-n", "2"),
+    )
     out = _output(tmp_path, f"legampi-ingest-{array_id}_*.out")
     assert rc == 0, out
     assert _by_status(workspace) == {"available": {e["name"] for e in entries}}
@@ -303,8 +350,14 @@ def test_array_shares_stay_put_when_sources_are_removed(slurm_cluster: SlurmClus
 @sqlite_only
 def test_array_refuses_irregular_ids(slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path) -> None:
     entries = _dataset(workspace, 2, 1000)
-    rc, array_id, _ = _sbatch(slurm_cluster, "ingest-array.sbatch", [str(workspace.config)], tmp_path,
-                              _env(slurm_cluster), options=("--array=1,5", "-n", "1"))
+    rc, array_id, _ = _sbatch(
+        slurm_cluster,
+        "ingest-array.sbatch",
+        [str(workspace.config)],
+        tmp_path,
+        _env(slurm_cluster),
+        options=("--array=1,5", "-n", "1"),
+    )
     out = _output(tmp_path, f"legampi-ingest-{array_id}_*.out")
     assert rc == 2, out
     assert out.count("not a regular range") == 2, out
@@ -313,16 +366,16 @@ def test_array_refuses_irregular_ids(slurm_cluster: SlurmCluster, workspace: Wor
 
 # ---------------------------------------------------------------------- monitor.sbatch
 @sqlite_only
-def test_monitor_moves_finished_transfers(slurm_cluster: SlurmCluster, workspace: Workspace,
-                                          tmp_path: Path) -> None:
+def test_monitor_moves_finished_transfers(slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path) -> None:
     entries = _dataset(workspace, 3, 5000, where="receiving")
     names = {e["name"] for e in entries}
     env = _env(slurm_cluster, LEGAMPI_MONITOR_ONCE="1")
     name = f"legampi-monitor-{uuid.uuid4().hex[:8]}"
     # pass_limit = 2: pass 1 starts tracking, pass 2 counts one unchanged pass, pass 3 moves.
     for n in (1, 2, 3):
-        rc, job_id, _ = _sbatch(slurm_cluster, "monitor.sbatch", [str(workspace.config)], tmp_path, env,
-                                options=(f"--job-name={name}",))
+        rc, job_id, _ = _sbatch(
+            slurm_cluster, "monitor.sbatch", [str(workspace.config)], tmp_path, env, options=(f"--job-name={name}",)
+        )
         out = _output(tmp_path, f"legampi-monitor-{job_id}.out")
         assert rc == 0, out
         assert "one pass, no next run" in out
@@ -339,8 +392,9 @@ def test_monitor_moves_finished_transfers(slurm_cluster: SlurmCluster, workspace
 def test_monitor_queues_its_next_run(slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path) -> None:
     name = f"legampi-monitor-{uuid.uuid4().hex[:8]}"
     env = _env(slurm_cluster, LEGAMPI_MONITOR_INTERVAL="3600")
-    rc, job_id, _ = _sbatch(slurm_cluster, "monitor.sbatch", [str(workspace.config)], tmp_path, env,
-                            options=(f"--job-name={name}",))
+    rc, job_id, _ = _sbatch(
+        slurm_cluster, "monitor.sbatch", [str(workspace.config)], tmp_path, env, options=(f"--job-name={name}",)
+    )
     out = _output(tmp_path, f"legampi-monitor-{job_id}.out")
     queued = slurm_cluster.run(["squeue", "-h", f"--name={name}", "-o", "%i %T %r"]).stdout.split()
     try:
@@ -355,14 +409,19 @@ def test_monitor_queues_its_next_run(slurm_cluster: SlurmCluster, workspace: Wor
         # Slurm shows the singleton until this run has ended, then clears the satisfied dependency
         assert fields["Dependency"].startswith("singleton") or fields["Dependency"] == "(null)", fields
         assert "--dependency=singleton" in out, out
-        assert fields == {"JobName": name, "Dependency": fields["Dependency"],
-                          "Command": f"{JOBSCRIPTS / 'monitor.sbatch'}", "WorkDir": str(tmp_path)}, fields
+        assert fields == {
+            "JobName": name,
+            "Dependency": fields["Dependency"],
+            "Command": f"{JOBSCRIPTS / 'monitor.sbatch'}",
+            "WorkDir": str(tmp_path),
+        }, fields
         begin = slurm_cluster.job_field(next_id, "EligibleTime")
         begins_in = time.mktime(time.strptime(begin, "%Y-%m-%dT%H:%M:%S")) - time.time()
         assert 3000 < begins_in <= 3600, f"EligibleTime {begin} is not about an hour from now"
         # Command= shows the arguments too, as submitted: the same config
-        cmd = subprocess.run(["scontrol", "show", "job", next_id], env=slurm_cluster.env, capture_output=True,
-                             text=True, check=True).stdout
+        cmd = subprocess.run(
+            ["scontrol", "show", "job", next_id], env=slurm_cluster.env, capture_output=True, text=True, check=True
+        ).stdout
         assert f"Command={JOBSCRIPTS / 'monitor.sbatch'} {workspace.config}\n" in cmd, cmd
     finally:
         if queued:
@@ -371,14 +430,19 @@ def test_monitor_queues_its_next_run(slurm_cluster: SlurmCluster, workspace: Wor
 
 
 @sqlite_only
-def test_monitor_stop_file_ends_the_chain(slurm_cluster: SlurmCluster, workspace: Workspace,
-                                          tmp_path: Path) -> None:
+def test_monitor_stop_file_ends_the_chain(slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path) -> None:
     entries = _dataset(workspace, 1, 5000, where="receiving")
     stop = tmp_path / "stop-monitor"
     stop.touch()
     name = f"legampi-monitor-{uuid.uuid4().hex[:8]}"
-    rc, job_id, _ = _sbatch(slurm_cluster, "monitor.sbatch", [str(workspace.config)], tmp_path,
-                            _env(slurm_cluster, LEGAMPI_MONITOR_STOP=str(stop)), options=(f"--job-name={name}",))
+    rc, job_id, _ = _sbatch(
+        slurm_cluster,
+        "monitor.sbatch",
+        [str(workspace.config)],
+        tmp_path,
+        _env(slurm_cluster, LEGAMPI_MONITOR_STOP=str(stop)),
+        options=(f"--job-name={name}",),
+    )
     out = _output(tmp_path, f"legampi-monitor-{job_id}.out")
     assert rc == 0, out
     assert f"stop file {stop} exists" in out
@@ -394,11 +458,17 @@ def test_run_local_monitors_then_ingests(workspace: Workspace, tmp_path: Path) -
     text = workspace.config.read_text().replace("pass_limit = 2", "pass_limit = 1")
     workspace.config.write_text(text)
     entries = _dataset(workspace, 4, 3000, where="receiving")
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", NP="3", PASSES="2",
-               PASS_INTERVAL="0")
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", NP="3", PASSES="2", PASS_INTERVAL="0")
     env.pop("LEGAMPI_CONFIG", None)
-    proc = subprocess.run([str(JOBSCRIPTS / "run-local.sh"), str(workspace.config)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=JOB_TIMEOUT, check=False)
+    proc = subprocess.run(
+        [str(JOBSCRIPTS / "run-local.sh"), str(workspace.config)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4 file(s), 4 available, 0 failed" in proc.stdout, proc.stdout
     assert _by_status(workspace) == {"available": {e["name"] for e in entries}}

@@ -33,8 +33,9 @@ def _write_script(path: Path, body: str) -> Path:
 
 def _sbatch_wait(cluster: SlurmCluster, script: Path, cwd: Path) -> tuple[int, str]:
     """Submit with ``--wait`` and return (exit code of sbatch, job id)."""
-    proc = cluster.run(["sbatch", "--wait", "--parsable", f"--chdir={cwd}", str(script)],
-                       timeout=JOB_TIMEOUT, check=False, cwd=cwd)
+    proc = cluster.run(
+        ["sbatch", "--wait", "--parsable", f"--chdir={cwd}", str(script)], timeout=JOB_TIMEOUT, check=False, cwd=cwd
+    )
     job_id = proc.stdout.strip().split(";")[0]
     assert job_id.isdigit(), f"sbatch printed no job id: stdout={proc.stdout!r} stderr={proc.stderr!r}"
     return proc.returncode, job_id
@@ -42,12 +43,15 @@ def _sbatch_wait(cluster: SlurmCluster, script: Path, cwd: Path) -> tuple[int, s
 
 def test_sbatch_wait_runs_trivial_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "hello.out"
-    script = _write_script(tmp_path / "hello.sh", f"""
+    script = _write_script(
+        tmp_path / "hello.sh",
+        f"""
         #!/bin/bash
         #SBATCH -n 1
         #SBATCH -o {out}
         echo "hello from job $SLURM_JOB_ID on $(hostname -s)"
-    """)
+    """,
+    )
     rc, job_id = _sbatch_wait(slurm_cluster, script, tmp_path)
     assert rc == 0, out.read_text() if out.exists() else "no output file"
     assert out.read_text() == f"hello from job {job_id} on {slurm_cluster.node}\n"
@@ -57,14 +61,19 @@ def test_sbatch_wait_runs_trivial_job(slurm_cluster: SlurmCluster, tmp_path: Pat
 def test_srun_pmi2_wires_mpich_wheel(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "mpi.out"
     # allreduce proves the ranks really talk to each other, not just that each read PMI_SIZE.
-    prog = ("from mpi4py import MPI; c = MPI.COMM_WORLD; "
-            "print(c.Get_size(), c.Get_rank(), c.allreduce(c.Get_rank()), flush=True)")
-    script = _write_script(tmp_path / "mpi.sh", f"""
+    prog = (
+        "from mpi4py import MPI; c = MPI.COMM_WORLD; "
+        "print(c.Get_size(), c.Get_rank(), c.allreduce(c.Get_rank()), flush=True)"
+    )
+    script = _write_script(
+        tmp_path / "mpi.sh",
+        f"""
         #!/bin/bash
         #SBATCH -n 3
         #SBATCH -o {out}
         srun --mpi=pmi2 -n 3 {PYTHON} -c "{prog}"
-    """)
+    """,
+    )
     rc, _ = _sbatch_wait(slurm_cluster, script, tmp_path)
     text = out.read_text()
     assert rc == 0, text
@@ -73,12 +82,15 @@ def test_srun_pmi2_wires_mpich_wheel(slurm_cluster: SlurmCluster, tmp_path: Path
 
 def test_failing_task_fails_sbatch_wait(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out = tmp_path / "fail.out"
-    script = _write_script(tmp_path / "fail.sh", f"""
+    script = _write_script(
+        tmp_path / "fail.sh",
+        f"""
         #!/bin/bash
         #SBATCH -n 1
         #SBATCH -o {out}
         srun -n 1 {PYTHON} -c "import sys; sys.exit(7)"
-    """)
+    """,
+    )
     rc, job_id = _sbatch_wait(slurm_cluster, script, tmp_path)
     assert rc == 7, out.read_text() if out.exists() else "no output file"
     assert slurm_cluster.job_field(job_id, "JobState") == "FAILED"
@@ -110,7 +122,9 @@ def test_usr1_to_batch_shell_is_forwarded_to_task(slurm_cluster: SlurmCluster, t
     # The pattern legampi's job scripts use: run srun in the background so the shell can run its
     # trap at once (bash defers traps while a foreground child runs), forward USR1 to srun (srun
     # relays USR1 to every task), and re-wait because a trapped signal interrupts `wait`.
-    script = _write_script(tmp_path / "signal.sh", f"""
+    script = _write_script(
+        tmp_path / "signal.sh",
+        f"""
         #!/bin/bash
         #SBATCH -n 1
         #SBATCH -o {out}
@@ -124,7 +138,8 @@ def test_usr1_to_batch_shell_is_forwarded_to_task(slurm_cluster: SlurmCluster, t
         done
         echo "batch: srun exited $rc"
         exit "$rc"
-    """)
+    """,
+    )
     proc = slurm_cluster.run(["sbatch", "--parsable", f"--chdir={tmp_path}", str(script)], cwd=tmp_path)
     job_id = proc.stdout.strip().split(";")[0]
 

@@ -1,4 +1,5 @@
 """Configuration loading: every refusal names the file, section and key, and secrets never leak."""
+
 from __future__ import annotations
 
 import logging
@@ -31,15 +32,27 @@ def layout(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-def ini(p: dict[str, Path], database: str | None = None, func: str = "", workspaces: str | None = None,
-        crypto: str | None = None, extra: str = "") -> str:
+def ini(
+    p: dict[str, Path],
+    database: str | None = None,
+    func: str = "",
+    workspaces: str | None = None,
+    crypto: str | None = None,
+    extra: str = "",
+) -> str:
     database = database if database is not None else f"url = sqlite:///{p['db']}"
-    workspaces = workspaces if workspaces is not None else (
-        f"receiving = {p['receiving']}\nprocessing = {p['processing']}\nend_storage = {p['archive']}\n"
-        f"metadata = {p['metadata']}")
+    workspaces = (
+        workspaces
+        if workspaces is not None
+        else (
+            f"receiving = {p['receiving']}\nprocessing = {p['processing']}\nend_storage = {p['archive']}\n"
+            f"metadata = {p['metadata']}"
+        )
+    )
     crypto = crypto if crypto is not None else f"archive_public_key = {p['pub']}"
-    return (f"[database]\n{database}\n\n[func_conf]\n{func}\n\n[workspaces]\n{workspaces}\n\n"
-            f"[crypto]\n{crypto}\n{extra}\n")
+    return (
+        f"[database]\n{database}\n\n[func_conf]\n{func}\n\n[workspaces]\n{workspaces}\n\n[crypto]\n{crypto}\n{extra}\n"
+    )
 
 
 def write(tmp_path: Path, text: str, name: str = "legampi.ini") -> Path:
@@ -100,8 +113,9 @@ def test_missing_section(tmp_path: Path, section: str) -> None:
 @pytest.mark.parametrize("key", ["receiving", "processing", "end_storage"])
 def test_missing_required_workspace_key(tmp_path: Path, key: str) -> None:
     p = layout(tmp_path)
-    ws = "\n".join(line for line in ini(p).split("[workspaces]\n")[1].split("\n\n")[0].splitlines()
-                   if not line.startswith(key))
+    ws = "\n".join(
+        line for line in ini(p).split("[workspaces]\n")[1].split("\n\n")[0].splitlines() if not line.startswith(key)
+    )
     path = write(tmp_path, ini(p, workspaces=ws))
     e = refused(path)
     assert (e.section, e.key) == ("workspaces", key)
@@ -116,22 +130,24 @@ def test_missing_archive_public_key_and_missing_database_url(tmp_path: Path) -> 
     assert (e.section, e.key) == ("database", "url") and "sqlite:///" in str(e) and "postgresql://" in str(e)
 
 
-@pytest.mark.parametrize(("section", "line", "key", "words"), [
-    ("func_conf", "age_limit = soon", "age_limit", "whole number"),
-    ("func_conf", "pass_limit = 0", "pass_limit", "at least 1"),
-    ("func_conf", "chunk_size = 12", "chunk_size", "at least 4096"),
-    ("func_conf", "flush_interval = fast", "flush_interval", "must be a number"),
-    ("func_conf", "extensions = c4gh", "extensions", "look like .c4gh"),
-    ("workspaces", "keep_processed = maybe", "keep_processed", "yes or no"),
-    ("crypto", "reencrypt = partial", "reencrypt", "one of full, header"),
-    ("crypto", "file_mode = 0666", "file_mode", "not writable by others"),
-    ("crypto", "file_mode = rw-r-----", "file_mode", "octal mode"),
-    ("api", "api_url = ftp://example.invalid/DATASETID", "api_url", "http(s) URL"),
-    ("api", "timeout = -1", "timeout", "must not be negative"),
-    ("database", "port = http", "port", "whole number"),
-])
-def test_wrong_type_names_file_section_and_key(tmp_path: Path, section: str, line: str, key: str,
-                                               words: str) -> None:
+@pytest.mark.parametrize(
+    ("section", "line", "key", "words"),
+    [
+        ("func_conf", "age_limit = soon", "age_limit", "whole number"),
+        ("func_conf", "pass_limit = 0", "pass_limit", "at least 1"),
+        ("func_conf", "chunk_size = 12", "chunk_size", "at least 4096"),
+        ("func_conf", "flush_interval = fast", "flush_interval", "must be a number"),
+        ("func_conf", "extensions = c4gh", "extensions", "look like .c4gh"),
+        ("workspaces", "keep_processed = maybe", "keep_processed", "yes or no"),
+        ("crypto", "reencrypt = partial", "reencrypt", "one of full, header"),
+        ("crypto", "file_mode = 0666", "file_mode", "not writable by others"),
+        ("crypto", "file_mode = rw-r-----", "file_mode", "octal mode"),
+        ("api", "api_url = ftp://example.invalid/DATASETID", "api_url", "http(s) URL"),
+        ("api", "timeout = -1", "timeout", "must not be negative"),
+        ("database", "port = http", "port", "whole number"),
+    ],
+)
+def test_wrong_type_names_file_section_and_key(tmp_path: Path, section: str, line: str, key: str, words: str) -> None:
     p = layout(tmp_path)
     if section == "database":
         text = ini(p, database=f"host = 127.0.0.1\ndb = test\n{line}")
@@ -167,8 +183,7 @@ def test_workspace_that_is_a_file_not_a_folder(tmp_path: Path) -> None:
 
 def test_relative_workspace_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     p = layout(tmp_path)
-    path = write(tmp_path, ini(p, workspaces="receiving = receiving\nprocessing = ./processing\n"
-                                              "end_storage = archive"))
+    path = write(tmp_path, ini(p, workspaces="receiving = receiving\nprocessing = ./processing\nend_storage = archive"))
     cfg = config.load(path, env={})
     assert cfg.workspaces.processing == p["processing"] and cfg.workspaces.end_storage == p["archive"]
 
@@ -200,8 +215,7 @@ def test_sqlite_url_must_be_absolute_and_its_folder_must_exist(tmp_path: Path) -
 
 def test_postgresql_url_selects_postgresql(tmp_path: Path) -> None:
     p = layout(tmp_path)
-    cfg = config.load(write(tmp_path, ini(p, database="url = postgresql://legampi@db.invalid:5433/tracking")),
-                      env={})
+    cfg = config.load(write(tmp_path, ini(p, database="url = postgresql://legampi@db.invalid:5433/tracking")), env={})
     assert cfg.database.backend == "postgresql"
     assert cfg.database.url == "postgresql://legampi@db.invalid:5433/tracking"
 
@@ -231,9 +245,14 @@ def test_secrets_from_env_and_files_never_show(tmp_path: Path, caplog: pytest.Lo
     pw_file = tmp_path / "db.pass"
     pw_file.write_text(DB_SECRET + "\n")
     database = f"url = postgresql://lega@db.invalid/lega\npasswd_file = {pw_file}"
-    path = write(tmp_path, ini(p, database=database,
-                               extra="\n[api]\napi_url = http://127.0.0.1:9/DATASETID\napi_user = u\n"
-                                     "api_pass_env = MY_API_PW\n"))
+    path = write(
+        tmp_path,
+        ini(
+            p,
+            database=database,
+            extra="\n[api]\napi_url = http://127.0.0.1:9/DATASETID\napi_user = u\napi_pass_env = MY_API_PW\n",
+        ),
+    )
     env = {"LEGAMPI_INBOX_PASSPHRASE": INBOX_SECRET, "MY_API_PW": API_SECRET}
     cfg = config.load(path, env=env)
     assert cfg.database.password is not None
@@ -243,8 +262,18 @@ def test_secrets_from_env_and_files_never_show(tmp_path: Path, caplog: pytest.Lo
     assert "MY_API_PW" in repr(cfg.api.api_pass)  # says where it came from
     with caplog.at_level(logging.DEBUG):
         logging.getLogger("legampi.test").info("config %s %r %s", cfg, cfg, cfg.api.api_pass)
-    shown = " ".join([repr(cfg), str(cfg), repr(cfg.database), repr(cfg.crypto), repr(cfg.api),
-                      str(cfg.database.password), repr(cfg.crypto.inbox_passphrase), caplog.text])
+    shown = " ".join(
+        [
+            repr(cfg),
+            str(cfg),
+            repr(cfg.database),
+            repr(cfg.crypto),
+            repr(cfg.api),
+            str(cfg.database.password),
+            repr(cfg.crypto.inbox_passphrase),
+            caplog.text,
+        ]
+    )
     for secret in (DB_SECRET, INBOX_SECRET, API_SECRET):
         assert secret not in shown
     with pytest.raises(TypeError):
@@ -262,8 +291,9 @@ def test_default_secret_environment_variable_names(tmp_path: Path) -> None:
 
 def test_unreadable_secret_file_names_the_key(tmp_path: Path) -> None:
     p = layout(tmp_path)
-    path = write(tmp_path, ini(p, database=f"url = postgresql://lega@db.invalid/lega\n"
-                                           f"passwd_file = {tmp_path / 'absent.pass'}"))
+    path = write(
+        tmp_path, ini(p, database=f"url = postgresql://lega@db.invalid/lega\npasswd_file = {tmp_path / 'absent.pass'}")
+    )
     e = refused(path)
     assert (e.section, e.key) == ("database", "passwd_file") and "absent.pass" in str(e)
 
@@ -295,9 +325,11 @@ def test_cli_refuses_a_workspace_that_is_not_writable(tmp_path: Path) -> None:
     p = layout(tmp_path)
     path = write(tmp_path, ini(p))
     target = str(p["processing"])
-    script = (f'mount --bind "{target}" "{target}" && '
-              f'mount -o remount,ro,bind "{target}" "{target}" || exit 99\n'
-              f'exec "{LEGAMPI}" -c "{path}" init-db')
+    script = (
+        f'mount --bind "{target}" "{target}" && '
+        f'mount -o remount,ro,bind "{target}" "{target}" || exit 99\n'
+        f'exec "{LEGAMPI}" -c "{path}" init-db'
+    )
     proc = subprocess.run([unshare, "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
     if proc.returncode == 99 or "unshare failed" in proc.stderr:
         pytest.skip(f"cannot make a read-only bind mount here: {proc.stderr.strip()}")

@@ -1,4 +1,5 @@
 """Transfer-monitor rules (pure): when a file counts as finished, and how passes are shared out."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ def test_new_file_is_tracked() -> None:
     assert decide(None, Observation(100, NOW), NOW, 60, 3) == Decision("track", 0)
 
 
-@pytest.mark.parametrize("obs", [Observation(101, NOW - 1000), Observation(100, NOW - 999.5),
-                                 Observation(99, NOW - 1000)])
+@pytest.mark.parametrize(
+    "obs", [Observation(101, NOW - 1000), Observation(100, NOW - 999.5), Observation(99, NOW - 1000)]
+)
 def test_size_or_mtime_change_resets(obs: Observation) -> None:
     assert decide(prev(passes=2), obs, NOW, 60, 3) == Decision("reset", 0)
 

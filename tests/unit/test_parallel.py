@@ -1,4 +1,5 @@
 """The doorbell that wakes waiting ranks, and the MPI transport defaults (no MPI needed)."""
+
 from __future__ import annotations
 
 import os

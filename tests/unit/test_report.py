@@ -34,8 +34,7 @@ class Node:
         return [
             n
             for n in self.iter()
-            if (tag is None or n.tag == tag)
-            and all(n.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())
+            if (tag is None or n.tag == tag) and all(n.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())
         ]
 
     def find(self, tag: str | None = None, **attrs: str) -> Node:
@@ -283,9 +282,7 @@ def test_single_dataset_single_instant_still_plots() -> None:
 
 def test_many_datasets_draw_only_the_total() -> None:
     data = base_data()
-    data["archived"] = [
-        {"at": f"2024-01-01T03:{i:02d}:00Z", "bytes": 1000, "dataset_id": f"D{i}"} for i in range(12)
-    ]
+    data["archived"] = [{"at": f"2024-01-01T03:{i:02d}:00Z", "bytes": 1000, "dataset_id": f"D{i}"} for i in range(12)]
     root, _ = parse(render_report(data))
     polys = root.find("svg", data_testid="plot-archived").find_all("polyline")
     assert [p.attrs["data-series"] for p in polys] == ["all datasets"]
@@ -344,9 +341,7 @@ def test_failed_files_list_reason_newest_first() -> None:
         ["F3", "DS-A", "c.bam.c4gh", "md5 mismatch: manifest aa, computed bb", "2024-01-01 04:05:00"],
     ]
     card = [
-        c
-        for c in root.find_all("div")
-        if c.attrs.get("class", "").startswith("card") and "Failed files" in c.text()
+        c for c in root.find_all("div") if c.attrs.get("class", "").startswith("card") and "Failed files" in c.text()
     ]
     assert card and "2" in card[0].text()
 
@@ -431,9 +426,7 @@ def test_empty_data_says_nothing_yet_instead_of_empty_plots() -> None:
     assert "no files registered" in root.find("div", data_testid="summary").text()
     assert root.find("p", **{"class": "meta"}).text() == "Generated at an unknown time by legampi"
     # missing lists are the same as empty ones
-    assert (
-        parse(render_report({"generated_at": "2024-01-01T00:00:00Z", "title": "x"}))[0].find_all("svg") == []
-    )
+    assert parse(render_report({"generated_at": "2024-01-01T00:00:00Z", "title": "x"}))[0].find_all("svg") == []
 
 
 def test_datasets_without_activity_yet() -> None:

@@ -19,6 +19,7 @@ from legampi.formats import IngestError
 
 ARCHIVE_EXTENSION = ".c4gh"
 TEMP_MARKER = ".legampi-tmp-"
+PENDING_SUFFIX = ".rekey"  # a key rotation's marker next to the archived file (see rekey)
 DIR_MODE = 0o750
 _TEMP_RE = re.compile(r"^\..+" + re.escape(TEMP_MARKER) + r"\d+-[0-9a-f]{8,}$")
 
@@ -185,8 +186,8 @@ class TempArchiveFile:
             os.link(self.temp, self.final)
         except FileExistsError:
             raise IngestError(
-                "conflict",
-                f"{self.final}: archived copy already exists; not overwritten (run `legampi recover` to reconcile it)",
+                "archive_conflict",
+                f"{self.final}: a file appeared at the archive path meanwhile; not overwritten, the source is kept",
             ) from None
         self.committed = True
         os.unlink(self.temp)
@@ -204,17 +205,11 @@ class TempArchiveFile:
         except FileNotFoundError:
             return
 
-    def uncommit(self) -> None:
-        """Remove a just-committed final file (used when its sidecar cannot be written)."""
-        if self.committed:
-            os.unlink(self.final)
-            self.committed = False
-            fsync_dir(self.final.parent)
 
-
-def write_durably(path: Path, data: bytes, mode: int = 0o640) -> Path:
+def write_durably(path: Path, data: bytes, mode: int = 0o640, replace: bool = True) -> Path:
     """Write a small file via temp + fsync + rename + folder fsync: readers never see half of it, and it
-    survives a crash once this returns (sidecars, rekey markers)."""
+    survives a crash once this returns (sidecars, rekey markers). With replace=False an existing file at
+    `path` is never replaced (FileExistsError)."""
     path = Path(path)
     tmp = path.with_name(temp_name(path.name))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
@@ -227,7 +222,11 @@ def write_durably(path: Path, data: bytes, mode: int = 0o640) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -2,18 +2,29 @@
 
 Sidecars are written exactly as `sha256sum`/`md5sum` would, so an operator can verify a folder with
 the stock tools (`sha256sum -c *.sha256`) without legampi or its database.
+
+A sidecar written by the pipeline also carries legampi's *provenance* on a first comment line
+(`# legampi-provenance {json}`; coreutils skips lines starting with `#`): the file id, name and
+plaintext checksums the archived bytes were made and verified for. It is written durably before the
+archived file gets its final name, so an archived copy found without its database row (a crash
+between link and commit) is adopted only when this record names that row and the bytes still hash
+to the sidecar's checksum. Anything else at an archive path is somebody else's and never adopted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from legampi.archive import write_durably
 
 ALGOS = ("sha256", "md5")
 _HEX_LEN = {"sha256": 64, "md5": 32}
+PROVENANCE_PREFIX = "# legampi-provenance "
+PROVENANCE_KEYS = ("file_id", "file_name", "dataset_id", "md5", "sha256", "plain_size", "archive_key")
 
 
 def _check_algo(algo: str) -> str:
@@ -77,14 +88,71 @@ def parse_line(line: str) -> tuple[str, str]:
     return hexdigest.lower(), name
 
 
-def write_sidecar(path: str | os.PathLike, hexdigest: str, algo: str = "sha256", mode: int = 0o640) -> Path:
-    """Write `<path>.<algo>` via temp + rename so readers never see a half-written sidecar."""
+def format_sidecar(hexdigest: str, name: str, algo: str, provenance: dict[str, Any] | None = None) -> bytes:
+    """A sidecar's bytes: the optional provenance comment line, then one coreutils checksum line."""
     hexdigest = hexdigest.lower()
-    if len(hexdigest) != _HEX_LEN[_check_algo(algo)]:
+    if len(hexdigest) != _HEX_LEN[_check_algo(algo)] or not all(c in "0123456789abcdef" for c in hexdigest):
         raise ValueError(f"{hexdigest!r} is not a {algo} hex digest")
+    head = ""
+    if provenance is not None:
+        record = {k: provenance.get(k) for k in PROVENANCE_KEYS}
+        head = PROVENANCE_PREFIX + json.dumps(record, sort_keys=True, ensure_ascii=True) + "\n"
+    return (head + format_line(hexdigest, name)).encode("utf-8", "surrogateescape")
+
+
+def write_sidecar(
+    path: str | os.PathLike,
+    hexdigest: str,
+    algo: str = "sha256",
+    mode: int = 0o640,
+    provenance: dict[str, Any] | None = None,
+    replace: bool = True,
+) -> Path:
+    """Write `<path>.<algo>` via temp + rename so readers never see a half-written sidecar (with
+    replace=False never over an existing one: FileExistsError)."""
     p = Path(path)
-    side = sidecar_path(p, algo)
-    return write_durably(side, format_line(hexdigest, p.name).encode("utf-8", "surrogateescape"), mode)
+    data = format_sidecar(hexdigest, p.name, algo, provenance)
+    return write_durably(sidecar_path(p, algo), data, mode, replace=replace)
+
+
+def read_sidecar(side: str | os.PathLike, algo: str | None = None) -> tuple[str, str, dict[str, Any] | None]:
+    """(hexdigest, file name, provenance or None) of a sidecar; ValueError if it is not a sidecar.
+
+    Bounded: a sidecar is two short lines, so anything over 64 KiB is not one of ours."""
+    side = Path(side)
+    algo = algo or side.suffix.lstrip(".")
+    with open(side, "rb") as fh:
+        raw = fh.read(65537)
+    if len(raw) > 65536:
+        raise ValueError(f"{side}: too large to be a checksum sidecar")
+    text = raw.decode("utf-8", "surrogateescape")
+    provenance: dict[str, Any] | None = None
+    lines = []
+    for ln in text.splitlines(keepends=True):
+        if ln.startswith(PROVENANCE_PREFIX):
+            if provenance is not None:
+                raise ValueError(f"{side}: more than one provenance line")
+            provenance = _parse_provenance(ln[len(PROVENANCE_PREFIX) :], side)
+        elif ln.strip() and not ln.startswith("#"):
+            lines.append(ln)
+    if len(lines) != 1:
+        raise ValueError(f"{side}: expected one checksum line, found {len(lines)}")
+    expected, name = parse_line(lines[0])
+    if len(expected) != _HEX_LEN[_check_algo(algo)]:
+        raise ValueError(f"{side}: {expected!r} is not a {algo} digest")
+    if os.path.basename(name) != name:
+        raise ValueError(f"{side}: names {name!r}, expected a bare file name")
+    return expected, name, provenance
+
+
+def _parse_provenance(text: str, side: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{side}: unreadable provenance line") from None
+    if not isinstance(record, dict) or not isinstance(record.get("file_id"), str):
+        raise ValueError(f"{side}: provenance line names no file id")
+    return record
 
 
 def find_sidecar(path: str | os.PathLike) -> tuple[Path, str]:
@@ -103,15 +171,6 @@ def find_sidecar(path: str | os.PathLike) -> tuple[Path, str]:
 def check_sidecar(path: str | os.PathLike) -> tuple[bool, str, str]:
     """Verify a file against its sidecar: (ok, expected, found). `path` is the file or the sidecar."""
     side, algo = find_sidecar(path)
-    text = side.read_bytes().decode("utf-8", "surrogateescape")
-    lines = [ln for ln in text.splitlines(keepends=True) if ln.strip()]
-    if len(lines) != 1:
-        raise ValueError(f"{side}: expected one checksum line, found {len(lines)}")
-    expected, name = parse_line(lines[0])
-    if len(expected) != _HEX_LEN[algo]:
-        raise ValueError(f"{side}: {expected!r} is not a {algo} digest")
-    if os.path.basename(name) != name:
-        raise ValueError(f"{side}: names {name!r}, expected a bare file name")
-    target = side.parent / name
-    found = hash_file(target, algo)
+    expected, name, _prov = read_sidecar(side, algo)
+    found = hash_file(side.parent / name, algo)
     return found == expected, expected, found

@@ -16,7 +16,7 @@ import datetime as _dt
 import os
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -604,11 +604,30 @@ class Database:
                 n += len(rows)
         return n
 
-    def stale_claims(self, claim_timeout: int, this_host: str, alive: Any) -> list[dict[str, Any]]:
-        """Claims whose job has ended, died (same host, pid gone) or stopped heart-beating."""
-        cutoff = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=claim_timeout)).isoformat(
-            timespec="microseconds"
-        )
+    @staticmethod
+    def cutoff(seconds: float) -> str:
+        """The timestamp `seconds` ago, comparable with the stored ISO strings."""
+        return (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=seconds)).isoformat(timespec="microseconds")
+
+    def running_jobs(self) -> list[dict[str, Any]]:
+        """Jobs that have not ended (alive, or dead without anybody having noticed yet)."""
+        return self.query("SELECT job_id, command, host, pid, heartbeat_at FROM job WHERE ended_at IS NULL")
+
+    def mark_jobs_died(self, job_ids: Sequence[str]) -> list[str]:
+        """End jobs whose processes are gone with state `died`; returns those this call changed."""
+        ts, done = now(), []
+        with self.transaction():
+            for job_id in job_ids:
+                cur = self.execute(
+                    "UPDATE job SET state = 'died', ended_at = ? WHERE job_id = ? AND ended_at IS NULL", (ts, job_id)
+                )
+                if cur.rowcount:
+                    done.append(job_id)
+        return done
+
+    def stale_claims(self, claim_timeout: int, dead_job: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Claims whose job has ended or is dead by `dead_job`, and claims of unknown jobs older than the timeout."""
+        cutoff = self.cutoff(claim_timeout)
         rows = self.query(
             "SELECT f.file_id, f.dataset_id, f.file_name, f.claimed_by, f.claimed_at, j.host, j.pid, j.ended_at, "
             "j.heartbeat_at FROM file f LEFT JOIN job j ON j.job_id = f.claimed_by WHERE f.status = 'processing'"
@@ -617,12 +636,8 @@ class Database:
         for r in rows:
             if r["host"] is None:
                 dead = (r["claimed_at"] or "") < cutoff
-            elif r["ended_at"] is not None:
-                dead = True
-            elif r["host"] == this_host and not alive(r["pid"]):
-                dead = True
             else:
-                dead = (r["heartbeat_at"] or "") < cutoff
+                dead = r["ended_at"] is not None or dead_job(r)
             if dead:
                 stale.append(r)
         return stale

@@ -12,13 +12,13 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
-from . import archive, checksum
+from . import archive
 from .config import Config
 from .db import Database, DatabaseError, Event, chunks
 from .monitor import scan, share
+from .recovery import recover
 from .stream import FileResult, FileTask
 
 log = logging.getLogger("legampi.ingest")
@@ -56,24 +56,6 @@ def array_share(branches: int | None, branch: int | None, env: dict[str, str] | 
             )
         return count, offset // step + 1
     return 1, 1
-
-
-def pid_alive(pid: int) -> bool:
-    """Is process PID of this host still running? A zombie (exited, not yet reaped) counts as dead."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: fall back to signal 0
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 PLAN_COLUMNS = ("file_id", "dataset_id", "file_name", "status", "md5", "sha256")
@@ -247,131 +229,6 @@ class Recorder:
                 except DatabaseError as exc2:
                     log.error("reconnect failed: %s", exc2)
         raise AssertionError("unreachable")
-
-
-@dataclass
-class RecoveryReport:
-    released: list[str] = field(default_factory=list)
-    recorded: list[str] = field(default_factory=list)
-    temp_removed: list[str] = field(default_factory=list)
-    sources_removed: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        out = [
-            f"released {len(self.released)} stale claim(s)",
-            f"recorded {len(self.recorded)} archived copy(ies) that had no row",
-            f"removed {len(self.temp_removed)} temporary file(s)",
-            f"removed {len(self.sources_removed)} processed source(s)",
-        ]
-        out += [f"  released: {x}" for x in self.released] + [f"  recorded: {x}" for x in self.recorded]
-        out += [f"  temp removed: {x}" for x in self.temp_removed]
-        out += [f"  source removed: {x}" for x in self.sources_removed]
-        out += [f"  PROBLEM: {x}" for x in self.problems]
-        return out
-
-
-def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryReport:
-    """Bring database and disk back in line after any crash; safe to run any time, also beside live jobs.
-
-    1. Claims of dead jobs (ended, pid gone on this host, or silent for claim_timeout) are released.
-    2. Temporary files in end_storage are removed unless a live job holds the file's claim.
-    3. A verified archived copy without its row (a crash between rename and commit) is recorded.
-    4. Sources of `available` files still in processing are removed (unless keep_processed).
-    """
-    rep = RecoveryReport()
-    ws, exts = cfg.workspaces, cfg.func.extensions
-    host = socket.gethostname()
-    # List temp files BEFORE reading the database: a live job commits its claim before it creates a temp
-    # file, so every temp seen here has its claim in the snapshot below and is not mistaken for debris.
-    temps = [rel for rel, _st in scan(ws.end_storage) if archive.is_temp_name(rel)]
-    stale = db.stale_claims(cfg.func.claim_timeout, host, pid_alive)
-    stale_ids = {r["file_id"] for r in stale}
-    # Only rows not yet `available` matter (plus the processing listing for step 4), so recovery costs
-    # what is in flight, not the size of the archive.
-    files = db.unfinished_files(PLAN_COLUMNS + ("claimed_by",))
-    by_archive = {archive.archive_name(f["file_name"], exts): f for f in files}
-    live_claims = {f["file_id"] for f in files if f["status"] == "processing" and f["file_id"] not in stale_ids}
-
-    # 2. temp files
-    for rel in temps:
-        final = (PurePosixPath(rel).parent / archive.final_name_of_temp(rel)).as_posix()
-        for algo in (".sha256", ".md5"):  # a sidecar's temp belongs to the archived file's owner too
-            final = final.removesuffix(algo) if final.endswith(".c4gh" + algo) else final
-        owner = by_archive.get(final)
-        if owner is not None and owner["file_id"] in live_claims:
-            continue
-        (ws.end_storage / rel).unlink(missing_ok=True)
-        rep.temp_removed.append(rel)
-
-    # 3. archived copies with no row, and 1. stale claims
-    results: list[FileResult] = []
-    for f in files:
-        if f["file_id"] in live_claims:
-            continue
-        final_rel = archive.archive_name(f["file_name"], exts)
-        final = ws.end_storage / final_rel
-        if not final.is_file():
-            continue
-        algo = cfg.crypto.archive_checksum
-        side = checksum.sidecar_path(final, algo)
-        if side.exists():
-            ok, expected, found = checksum.check_sidecar(side)
-            if not ok:
-                rep.problems.append(
-                    f"{final}: archive checksum {found} does not match its sidecar {expected}; "
-                    "left for an operator (not recorded)"
-                )
-                continue
-            digest = found
-        else:
-            digest = checksum.hash_file(final, algo)
-            checksum.write_sidecar(final, digest, algo, cfg.crypto.file_mode)
-        results.append(
-            FileResult(
-                file_id=f["file_id"],
-                rel=f["file_name"],
-                status="available",
-                archive_path=str(final),
-                md5=f["md5"],
-                sha256=f["sha256"],
-                archive_checksum=digest,
-                archive_checksum_type=algo,
-                archive_size=final.stat().st_size,
-                host=host,
-            )
-        )
-    recovered_ids = {r.file_id for r in results}
-    if results:
-        # Recovery writes under its own claim so record_results' ownership check holds.
-        rid = job_id or f"recover-{host}-{os.getpid()}"
-        ids = [r.file_id for r in results]
-        db.release(list(stale_ids & set(ids)), None, "recovering archived copy")
-        got = set(db.claim(ids, rid, retry_failed=True))
-        for r in db.record_results([r for r in results if r.file_id in got], rid):
-            rep.recorded.append(f"{r.rel} -> {r.archive_path}")
-            _remove_source(cfg, r.rel, rep)
-    release = [r["file_id"] for r in stale if r["file_id"] not in recovered_ids]
-    if release:
-        db.release(release, None, "claim of a dead job")
-        rep.released += [f"{r['file_name']} (job {r['claimed_by']})" for r in stale if r["file_id"] in release]
-
-    # 4. processed sources left behind
-    if not cfg.workspaces.keep_processed:
-        waiting = [rel for rel, _st in scan(ws.processing)]
-        for f in db.files(names=waiting, status="available", columns=("file_id", "file_name")):
-            if f["file_id"] not in recovered_ids:
-                _remove_source(cfg, f["file_name"], rep)
-    return rep
-
-
-def _remove_source(cfg: Config, rel: str, rep: RecoveryReport) -> None:
-    if cfg.workspaces.keep_processed:
-        return
-    src = cfg.workspaces.processing / rel
-    if src.is_file() and not src.is_symlink():
-        archive.remove_source(src)
-        rep.sources_removed.append(rel)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,12 +34,12 @@ from . import archive, checksum
 from .db import Database, DatabaseError, Event
 from .formats import IngestError, read_exact_into
 from .formats.crypt4gh import iter_segments, read_header, seal_packets
+from .ingest import make_job_id
 from .keys import fingerprint, load_public_key, load_secret_key, public_from_secret
 from .verify import HashingReader
 
 log = logging.getLogger("legampi.rekey")
 
-PENDING_SUFFIX = ".rekey"
 NEW_PASSPHRASE_ENV = "LEGAMPI_NEW_ARCHIVE_PASSPHRASE"
 CHUNK = 4 << 20
 
@@ -154,7 +155,7 @@ class RekeyKeys:
 
 def pending_path(path: Path) -> Path:
     """The marker that says `path` may already have been replaced by its rotated copy."""
-    return path.with_name(path.name + PENDING_SUFFIX)
+    return path.with_name(path.name + archive.PENDING_SUFFIX)
 
 
 def _write_json_durably(path: Path, obj: dict[str, Any], mode: int) -> None:
@@ -173,11 +174,21 @@ def read_pending(path: Path) -> dict[str, Any]:
 
 
 def _sidecar_ok(path: Path, algo: str, digest: str) -> bool:
-    side = checksum.sidecar_path(path, algo)
-    if not side.is_file():
+    try:
+        return checksum.read_sidecar(checksum.sidecar_path(path, algo), algo)[0] == digest
+    except (OSError, ValueError):
         return False
-    text = side.read_bytes().decode("utf-8", "surrogateescape")
-    return text == checksum.format_line(digest, path.name)
+
+
+def _write_sidecar(path: Path, digest: str, algo: str, new_fp: str, mode: int) -> None:
+    """The rotated copy's sidecar, keeping its provenance (now naming the new archive key)."""
+    try:
+        prov = checksum.read_sidecar(checksum.sidecar_path(path, algo), algo)[2]
+    except (OSError, ValueError):
+        prov = None
+    if prov is not None:
+        prov = {**prov, "archive_key": new_fp}
+    checksum.write_sidecar(path, digest, algo, mode, provenance=prov)
 
 
 def rekey_file(task: RekeyTask, keys: RekeyKeys) -> RekeyResult:
@@ -227,7 +238,7 @@ def _rekey(task: RekeyTask, keys: RekeyKeys, path: Path, res: RekeyResult) -> No
                     f"{keys.new_fp}; rerun with that public key to record it"
                 )
             if not _sidecar_ok(path, algo, found):
-                checksum.write_sidecar(path, found, algo, keys.file_mode)
+                _write_sidecar(path, found, algo, keys.new_fp, keys.file_mode)
             res.result, res.new_checksum, res.archive_size = "recovered", found, path.stat().st_size
             res.details = f"{path}: found rotated by an interrupted run ({algo} {found}); recorded now"
             return
@@ -271,7 +282,7 @@ def _rekey(task: RekeyTask, keys: RekeyKeys, path: Path, res: RekeyResult) -> No
         os.replace(writer.temp, path)
         replaced = True
         archive.fsync_dir(path.parent)
-        checksum.write_sidecar(path, new_hex, algo, keys.file_mode)
+        _write_sidecar(path, new_hex, algo, keys.new_fp, keys.file_mode)
         res.result, res.new_checksum, res.archive_size = "rekeyed", new_hex, writer.size
         res.bytes_read = reader.count
         res.details = (
@@ -343,6 +354,9 @@ class RekeyRecorder:
     def tick(self) -> None:
         if self.buffer and time.monotonic() - self.last >= self.flush_interval:
             self.flush()
+        elif self.job_id is not None and time.monotonic() - self.last >= 30:
+            self.db.job_heartbeat(self.job_id)
+            self.last = time.monotonic()
 
     def flush(self) -> None:
         if not self.buffer:
@@ -490,14 +504,19 @@ def run_rekey(
     code = 0
     if team.coordinator:
         assert db is not None
+        # A job row with a heartbeat: recovery keeps the temp files of a live rekey job.
+        job_id = make_job_id()
+        db.job_start(job_id, "rekey", socket.gethostname(), team.size)
         tasks, already = rekey_tasks(db, keys.new_fp, dataset, limit)
-        recorder = RekeyRecorder(db, cfg.func.batch_size, cfg.func.flush_interval)
+        recorder = RekeyRecorder(db, cfg.func.batch_size, cfg.func.flush_interval, job_id)
         team.run(tasks, work, recorder.add, recorder.tick, key=lambda t: t.size, name=lambda t: t.archive_path)
         recorder.flush()
-        for line in rekey_lines(recorder.done, keys, already, len(tasks), cfg):
+        lines = rekey_lines(recorder.done, keys, already, len(tasks), cfg)
+        code = 1 if any(r.result == "failed" for r in recorder.done) else 0
+        db.job_end(job_id, code, "\n".join(lines[-2:]))
+        for line in lines:
             print(line, file=out)
         out.flush()
-        code = 1 if any(r.result == "failed" for r in recorder.done) else 0
     else:
         team.run(None, work, lambda r: None)
     return int(team.bcast(code))

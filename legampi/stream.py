@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from legampi import archive, checksum
+from legampi import archive, checksum, provenance
 from legampi.formats import IngestError, detect_format, open_plaintext
 from legampi.formats import crypt4gh as c4gh
 from legampi.keys import fingerprint, load_public_key, load_secret_key
@@ -30,7 +30,7 @@ from legampi.keys import fingerprint, load_public_key, load_secret_key
 LOG = logging.getLogger(__name__)
 HOST = socket.gethostname()
 # Failures caused by the file's content: moving such a source aside lets the rest of a dataset go on.
-# Environment failures (io, nospace, conflict, unsafe_path) leave the source where it is.
+# Environment failures (io, nospace, archive_conflict, unsafe_path) leave the source where it is.
 QUARANTINE_KINDS = frozenset({"checksum", "corrupt", "truncated", "key", "format"})
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -280,8 +280,9 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
     final = archive.final_path(ctx.end_storage, rel, ctx.extensions)
     if os.path.lexists(final):
         raise IngestError(
-            "conflict",
-            f"{rel}: archived copy already exists at {final}; not overwritten (run `legampi recover` to reconcile it)",
+            "archive_conflict",
+            f"{rel}: {final} already exists and is not this file's recorded copy (a foreign file, or another "
+            f"registered name's); not overwritten, the source {src} is kept",
         )
     try:
         fd = archive.open_source(src, rel)
@@ -364,19 +365,13 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
                 "checksum",
                 f"{rel}: plaintext sha256 mismatch: manifest expects {expected_sha}, computed {sha_hex}{hint}",
             )
-        try:
-            writer.commit(durable=False)  # the sidecar's folder fsync below makes the link durable too
-        except OSError as e:
-            raise _io_error(rel, f"moving the archived file into place at {final}", e) from None
-        try:
-            checksum.write_sidecar(final, archive_hex, ctx.archive_checksum, ctx.file_mode)
-        except OSError as e:
-            writer.uncommit()
-            raise _io_error(rel, f"writing the checksum sidecar next to {final}", e) from None
+        fp = fingerprint(ctx.archive_public_key)
+        prov = provenance.record(task.file_id, rel, task.dataset_id, md5_hex, sha_hex, count[0], fp)
+        provenance.commit(writer, archive_hex, ctx.archive_checksum, ctx.file_mode, prov, rel)
         res.archive_path = str(final.absolute())
         res.md5, res.sha256 = md5_hex, sha_hex
         res.archive_checksum, res.archive_checksum_type = archive_hex, ctx.archive_checksum
-        res.archive_key = fingerprint(ctx.archive_public_key)
+        res.archive_key = fp
         res.plain_size = count[0]
         res.archive_size = writer.size
         res.bytes_read = st0.st_size

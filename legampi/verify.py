@@ -90,6 +90,9 @@ def audit_file(task: AuditTask, archive_secret_key: bytes | None = None) -> Audi
     found = h.hexdigest()
     if task.archive_checksum and found != task.archive_checksum:
         problems.append(f"archive {algo} {found} != recorded {task.archive_checksum}")
+    marker = path.with_name(path.name + archive.PENDING_SUFFIX)
+    if marker.exists():
+        problems.append(f"a key rotation is pending ({marker.name}): rerun `legampi rekey` to finish it")
     side = checksum.sidecar_path(path, algo)
     if not side.is_file():
         problems.append(f"sidecar {side.name} is missing")
@@ -119,7 +122,8 @@ def unexpected_files(end_storage: Path, rows: list[dict[str, Any]], extensions: 
         if r["status"] != "available":
             continue
         final = archive.archive_name(r["file_name"], extensions)
-        known |= {final, f"{final}.sha256", f"{final}.md5"}
+        # a rotation's pending marker belongs to its file (`rekey` clears it), not an unexpected file
+        known |= {final, f"{final}.sha256", f"{final}.md5", final + archive.PENDING_SUFFIX}
     return sorted(rel for rel, _ in scan(end_storage) if rel not in known)
 
 

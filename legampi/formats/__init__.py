@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-ERROR_KINDS = ("checksum", "corrupt", "truncated", "key", "format", "io", "nospace", "conflict", "unsafe_path")
+ERROR_KINDS = ("checksum", "corrupt", "truncated", "key", "format", "io", "nospace", "archive_conflict", "unsafe_path")
 
 # Extension (lower case) -> format name, for the extensions an operator may list in [func] extensions.
 FORMAT_BY_EXTENSION = {

@@ -91,7 +91,7 @@ def leftovers(ws: Workspace) -> list[str]:
     return sorted(
         p.name
         for p in ws.end_storage.rglob("*")
-        if archive.is_temp_name(p.name) or p.name.endswith(rekey.PENDING_SUFFIX)
+        if archive.is_temp_name(p.name) or p.name.endswith(archive.PENDING_SUFFIX)
     )
 
 
@@ -214,8 +214,9 @@ def test_rekey_recovers_a_run_killed_between_rename_and_commit(
     assert rekey.pending_path(entries[0]["archived"]).is_file()
     assert rows(dbh, ws)[entries[0]["name"]]["archive_key"] != key.fp
     audit = ws.legampi("verify-archive", check=False)
-    # the marker shows the rotation is unfinished
-    assert audit.returncode == 1 and f"{entries[0]['name']}.rekey: not recorded" in audit.stdout
+    # the marker shows the rotation is unfinished, on the file's own line (the marker is not "unexpected")
+    assert audit.returncode == 1 and "0 unexpected" in audit.stdout, audit.stdout
+    assert f"a key rotation is pending ({Path(entries[0]['name']).name}.rekey)" in audit.stdout
 
     # file 1: died after the marker was written but before the rename: nothing changed on disk
     original = entries[1]["archived"].read_bytes()

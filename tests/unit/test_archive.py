@@ -100,7 +100,7 @@ def test_commit_never_overwrites(tmp_path: Path) -> None:
     final.write_bytes(b"old")
     with pytest.raises(IngestError) as e:
         w.commit()
-    assert e.value.kind == "conflict" and "legampi recover" in str(e.value)
+    assert e.value.kind == "archive_conflict" and "not overwritten" in str(e.value)
     assert final.read_bytes() == b"old"
     w.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.c4gh"]

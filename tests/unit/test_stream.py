@@ -305,8 +305,8 @@ def test_existing_archived_copy_is_never_overwritten(ws, plaintexts, h) -> None:
     final.write_bytes(b"existing archived copy")
     before = h.snapshot(ws.source(rel))
     result = process_file(h.task_for(rel, data), ws.ctx())
-    assert result.status == "failed" and result.error_kind == "conflict"
-    assert "already exists" in result.error and "legampi recover" in result.error
+    assert result.status == "failed" and result.error_kind == "archive_conflict"
+    assert "already exists" in result.error and str(final) in result.error and str(ws.source(rel)) in result.error
     assert final.read_bytes() == b"existing archived copy"
     assert ws.end_files() == [final]
     assert h.snapshot(ws.source(rel)) == before
@@ -328,8 +328,42 @@ def test_conflict_appearing_during_processing(ws, plaintexts, h, monkeypatch: py
 
     monkeypatch.setattr(archive.TempArchiveFile, "finish", finish_then_race)
     result = process_file(h.task_for(rel, data), ws.ctx())
-    assert result.error_kind == "conflict"
+    assert result.error_kind == "archive_conflict"
     assert final.read_bytes() == b"the other writer" and ws.end_files() == [final]
+    assert not (ws.end_storage / "x.bam.c4gh.sha256").exists()  # our sidecar was taken back
+
+
+def test_foreign_sidecar_is_never_overwritten(ws, plaintexts, h) -> None:
+    """A checksum file at the sidecar path that legampi did not write blocks the archive, untouched."""
+    src, data = plaintexts.make(5000)
+    rel = make_input("c4gh-full", src, ws, h, None, rel_stem="x.bam")
+    side = ws.end_storage / "x.bam.c4gh.sha256"
+    side.write_text("0" * 64 + "  x.bam.c4gh\n")
+    before = h.snapshot(ws.source(rel))
+    result = process_file(h.task_for(rel, data), ws.ctx())
+    assert result.status == "failed" and result.error_kind == "archive_conflict", result.error
+    assert str(side) in result.error and "no legampi provenance" in result.error
+    assert side.read_text() == "0" * 64 + "  x.bam.c4gh\n"
+    assert ws.end_files() == [side] and h.snapshot(ws.source(rel)) == before
+
+
+def test_stale_sidecar_of_an_earlier_attempt_is_replaced(ws, plaintexts, h) -> None:
+    """A crash after the sidecar but before the link leaves our own sidecar: the retry replaces it."""
+    from legampi import checksum
+
+    src, data = plaintexts.make(5000)
+    rel = make_input("c4gh-full", src, ws, h, None, rel_stem="x.bam")
+    task = h.task_for(rel, data)
+    final = ws.end_storage / "x.bam.c4gh"
+    prov = {"file_id": task.file_id, "file_name": rel, "md5": "0" * 32}
+    checksum.write_sidecar(final, "1" * 64, "sha256", provenance=prov)
+    other = h.task_for(rel, data)
+    result = process_file(task, ws.ctx())
+    assert result.status == "available", result.error
+    expected, name, got = checksum.read_sidecar(final.with_name("x.bam.c4gh.sha256"))
+    assert expected == result.archive_checksum and name == "x.bam.c4gh" and got is not None
+    assert got["file_id"] == other.file_id and got["md5"] == hashlib.md5(data).hexdigest()
+    sha256sum_check(final.with_name("x.bam.c4gh.sha256"))
 
 
 def test_no_space_left(ws, plaintexts, h, tmp_path: Path) -> None:
@@ -361,13 +395,13 @@ def test_quarantine_moves_bad_source_only(ws, plaintexts, h) -> None:
     assert result.quarantined_to == str(ws.quarantine / rel) and "quarantine" in result.error
     assert not ws.source(rel).exists() and (ws.quarantine / rel).read_bytes() == content
     assert_nothing_archived(ws)
-    # an environment problem (conflict) leaves the source where it is
+    # an environment problem (archive_conflict) leaves the source where it is
     src2, data2 = plaintexts.make(10)
     rel2 = make_input("plain", src2, ws, h, None, rel_stem="q/y.bam")
     (ws.end_storage / "q").mkdir(exist_ok=True)
     (ws.end_storage / "q" / "y.bam.c4gh").write_bytes(b"x")
     result = process_file(h.task_for(rel2, data2), ctx)
-    assert result.error_kind == "conflict" and result.quarantined_to is None and ws.source(rel2).exists()
+    assert result.error_kind == "archive_conflict" and result.quarantined_to is None and ws.source(rel2).exists()
 
 
 def test_secrets_not_in_repr(ws, keys) -> None:

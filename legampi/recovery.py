@@ -1,0 +1,239 @@
+"""Bring the database and the folders back in line after any crash; safe any time, also beside live jobs.
+
+Recovery only ever finishes what legampi itself started. It removes legampi's own temporary files when
+no live job can still be writing them, records an archived copy that has no row only when the copy's
+provenance proves it was written for that row (see `provenance`), and never deletes or adopts anything
+else: a foreign file at an archive path is reported, its row's source stays where it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from . import archive, checksum, provenance
+from .config import Config
+from .db import Database
+from .formats import IngestError
+from .monitor import scan
+from .stream import FileResult
+
+log = logging.getLogger("legampi.recovery")
+
+ROW_COLUMNS = ("file_id", "dataset_id", "file_name", "status", "md5", "sha256", "claimed_by")
+
+
+def pid_alive(pid: int) -> bool:
+    """Is process PID of this host still running? A zombie (exited, not yet reaped) counts as dead."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: fall back to signal 0
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+@dataclass
+class RecoveryReport:
+    released: list[str] = field(default_factory=list)
+    recorded: list[str] = field(default_factory=list)
+    temp_removed: list[str] = field(default_factory=list)
+    sources_removed: list[str] = field(default_factory=list)
+    jobs_died: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"released {len(self.released)} stale claim(s)",
+            f"recorded {len(self.recorded)} archived copy(ies) that had no row (provenance checked)",
+            f"removed {len(self.temp_removed)} temporary file(s)",
+            f"removed {len(self.sources_removed)} processed source(s)",
+            f"marked {len(self.jobs_died)} job(s) whose processes are gone as died",
+        ]
+        out += [f"  released: {x}" for x in self.released] + [f"  recorded: {x}" for x in self.recorded]
+        out += [f"  temp removed: {x}" for x in self.temp_removed]
+        out += [f"  source removed: {x}" for x in self.sources_removed]
+        out += [f"  job died: {x}" for x in self.jobs_died]
+        out += [f"  PROBLEM: {x}" for x in self.problems]
+        return out
+
+
+def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryReport:
+    """1. jobs whose processes are gone are marked died and their claims released;
+    2. temporary files in end_storage are removed unless a live job may still be writing them;
+    3. an archived copy without its row (a crash between link and commit) is recorded, with proof only;
+    4. sources of `available` files still in processing are removed (unless keep_processed).
+    One row's problem is reported and never stops the others."""
+    rep = RecoveryReport()
+    ws = cfg.workspaces
+    host = socket.gethostname()
+    # List temp files BEFORE reading the database: a live job commits its claim before it creates a temp
+    # file, so every temp seen here has its claim in the snapshot below and is not mistaken for debris.
+    temps = [rel for rel, _st in scan(ws.end_storage) if archive.is_temp_name(rel)]
+    cutoff = db.cutoff(cfg.func.claim_timeout)
+    live_jobs = []
+    for j in db.running_jobs():
+        if job_is_dead(j, host, pid_alive, cutoff):
+            rep.jobs_died += db.mark_jobs_died([j["job_id"]])
+        else:
+            live_jobs.append(j)
+    stale = db.stale_claims(cfg.func.claim_timeout, lambda j: job_is_dead(j, host, pid_alive, cutoff))
+    stale_ids = {r["file_id"] for r in stale}
+    # Only rows not yet `available` matter (plus the processing listing for step 4), so recovery costs
+    # what is in flight, not the size of the archive.
+    rows = db.unfinished_files(ROW_COLUMNS)
+    live = {f["file_id"] for f in rows if f["status"] == "processing" and f["file_id"] not in stale_ids}
+    finals = _archive_names(rows, cfg, rep)
+    rekey_running = any(j["command"] == "rekey" for j in live_jobs)
+    _remove_temps(temps, finals, live, rekey_running, cfg, rep)
+
+    results = [r for f in rows if f["file_id"] not in live and (r := _adoptable(f, finals, cfg, host, rep))]
+    adopted = _record(db, results, stale_ids, job_id or f"recover-{host}-{os.getpid()}", cfg, rep)
+    release = [r["file_id"] for r in stale if r["file_id"] not in adopted]
+    if release:
+        db.release(release, None, "claim of a dead job")
+        rep.released += [f"{r['file_name']} (job {r['claimed_by']})" for r in stale if r["file_id"] in release]
+
+    if not ws.keep_processed:
+        waiting = [rel for rel, _st in scan(ws.processing)]
+        for f in db.files(names=waiting, status="available", columns=("file_id", "file_name")):
+            if f["file_id"] not in adopted:
+                _remove_source(cfg, f["file_name"], rep)
+    for line in rep.problems:
+        log.error("recover: %s", line)
+    return rep
+
+
+def job_is_dead(job: dict[str, Any], this_host: str, alive: Callable[[int], bool], cutoff: str) -> bool:
+    """A job that has not ended is dead when its pid is gone (same host) or its heartbeat stopped."""
+    if job.get("host") == this_host and not alive(int(job["pid"])):
+        return True
+    return (job.get("heartbeat_at") or "") < cutoff
+
+
+def _archive_names(rows: list[dict[str, Any]], cfg: Config, rep: RecoveryReport) -> dict[str, str]:
+    """file_id -> archive path relative to end_storage; a name that cannot be archived is reported."""
+    out = {}
+    for f in rows:
+        try:
+            out[f["file_id"]] = archive.archive_name(f["file_name"], cfg.func.extensions)
+        except IngestError as exc:
+            rep.problems.append(f"file {f['file_id']}: {exc.message}")
+    return out
+
+
+def _remove_temps(
+    temps: list[str], finals: dict[str, str], live: set[str], rekey_running: bool, cfg: Config, rep: RecoveryReport
+) -> None:
+    """Temps of a live claim stay; so do temps next to archived files while a rekey job is alive."""
+    owner_of = {final: fid for fid, final in finals.items()}
+    for rel in temps:
+        final = (PurePosixPath(rel).parent / archive.final_name_of_temp(rel)).as_posix()
+        for algo in checksum.ALGOS:  # a sidecar's temp belongs to the archived file's owner too
+            final = final.removesuffix("." + algo) if final.endswith(".c4gh." + algo) else final
+        owner = owner_of.get(final)
+        if owner in live or (owner is None and rekey_running):
+            continue
+        try:
+            (cfg.workspaces.end_storage / rel).unlink(missing_ok=True)
+            rep.temp_removed.append(rel)
+        except OSError as exc:
+            rep.problems.append(f"cannot remove temporary file {cfg.workspaces.end_storage / rel}: {exc}")
+
+
+def _adoptable(
+    f: dict[str, Any], finals: dict[str, str], cfg: Config, host: str, rep: RecoveryReport
+) -> FileResult | None:
+    """The row's archived copy as a result to record when provenance proves it; else None (reported)."""
+    rel = finals.get(f["file_id"])
+    if rel is None:
+        return None
+    final = cfg.workspaces.end_storage / rel
+    try:
+        if not os.path.lexists(final):
+            _drop_orphan_sidecars(final, f["file_id"], rep)
+            return None
+        verdict = provenance.examine(final, f)
+    except OSError as exc:
+        rep.problems.append(f"{f['file_name']} (file {f['file_id']}): cannot examine {final}: {exc}")
+        return None
+    if not verdict.adopt:
+        rep.problems.append(
+            f"archive_conflict: {f['file_name']} (file {f['file_id']}): not adopted: {verdict.reason}; "
+            f"the source {cfg.workspaces.processing / f['file_name']} is kept; move the file at the "
+            "archive path away (or prove it) and rerun"
+        )
+        return None
+    prov = verdict.record or {}
+    return FileResult(
+        file_id=f["file_id"],
+        rel=f["file_name"],
+        status="available",
+        archive_path=str(final.absolute()),
+        md5=prov.get("md5"),
+        sha256=prov.get("sha256"),
+        archive_checksum=verdict.digest,
+        archive_checksum_type=verdict.algo,
+        archive_key=prov.get("archive_key"),
+        plain_size=prov.get("plain_size"),
+        archive_size=final.stat().st_size,
+        host=host,
+    )
+
+
+def _drop_orphan_sidecars(final: Path, file_id: str, rep: RecoveryReport) -> None:
+    """A sidecar of this row's own attempt that never linked its archive file (crash in between)."""
+    for algo in checksum.ALGOS:
+        side = checksum.sidecar_path(final, algo)
+        if not os.path.isfile(side):
+            continue
+        try:
+            prov = checksum.read_sidecar(side, algo)[2]
+        except ValueError:
+            continue  # not ours: the worker reports it as a conflict when it gets there
+        if prov is not None and prov.get("file_id") == file_id and not os.path.lexists(final):
+            side.unlink()
+            archive.fsync_dir(side.parent)
+            rep.temp_removed.append(f"{side} (sidecar of an attempt that never finished)")
+
+
+def _record(
+    db: Database, results: list[FileResult], stale_ids: set[str], rid: str, cfg: Config, rep: RecoveryReport
+) -> set[str]:
+    """Record adopted copies under recovery's own claim (record_results checks ownership)."""
+    if not results:
+        return set()
+    ids = [r.file_id for r in results]
+    with db.transaction():  # all or nothing: a recovery killed here leaves no claim behind
+        db.release(list(stale_ids & set(ids)), None, "recovering archived copy")
+        got = set(db.claim(ids, rid, retry_failed=True))
+        recorded = db.record_results([r for r in results if r.file_id in got], rid)
+    for r in recorded:
+        rep.recorded.append(f"{r.rel} -> {r.archive_path}")
+        _remove_source(cfg, r.rel, rep)
+    return {r.file_id for r in recorded}
+
+
+def _remove_source(cfg: Config, rel: str, rep: RecoveryReport) -> None:
+    if cfg.workspaces.keep_processed:
+        return
+    src = cfg.workspaces.processing / rel
+    try:
+        if src.is_file() and not src.is_symlink():
+            archive.remove_source(src)
+            rep.sources_removed.append(rel)
+    except OSError as exc:
+        rep.problems.append(f"cannot remove processed source {src}: {exc}")

@@ -26,6 +26,8 @@ from typing import Any, BinaryIO
 
 import requests
 
+from .jsonpos import list_items
+
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -216,47 +218,6 @@ def parse_tab(text: str, source: str) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- EGA JSON
-_DEC = json.JSONDecoder()
-_WS = re.compile(r"[ \t\n\r]*")
-
-
-def _skip(text: str, i: int) -> int:
-    return _WS.match(text, i).end()  # type: ignore[union-attr]  # always matches (may be empty)
-
-
-def _value_at(text: str, i: int, key: str) -> int:
-    """Offset of the value of KEY in the (valid) JSON object at I; the last one wins, as in json.loads."""
-    found, i = -1, _skip(text, _skip(text, i) + 1)
-    while text[i] != "}":
-        k, i = _DEC.raw_decode(text, i)
-        i = _skip(text, _skip(text, i) + 1)  # the ':'
-        if k == key:
-            found = i
-        _, i = _DEC.raw_decode(text, i)
-        i = _skip(text, i)
-        if text[i] == ",":
-            i = _skip(text, i + 1)
-    return found
-
-
-def _items(text: str, path: tuple[str, ...]) -> list[tuple[Any, int]]:
-    """(item, line) for each item of the (valid) JSON list at PATH: json has no positions of its own."""
-    i = _skip(text, 0)
-    for key in path:
-        i = _value_at(text, i, key)
-    out, line, counted = [], 1, 0
-    i = _skip(text, i + 1)
-    while text[i] != "]":
-        line += text.count("\n", counted, i)
-        counted = i
-        obj, i = _DEC.raw_decode(text, i)
-        out.append((obj, line))
-        i = _skip(text, i)
-        if text[i] == ",":
-            i = _skip(text, i + 1)
-    return out
-
-
 def _ctype(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj.get(key)
     if value is None or value == "":
@@ -317,22 +278,17 @@ def parse_ega_json(text: str, source: str) -> tuple[str | None, list[dict[str, A
         raise ManifestError(f"{source}: JSON manifest larger than {MAX_JSON_BYTES} bytes; refused")
     text = text.removeprefix("\ufeff")
     try:
-        data = json.loads(text)
+        items = list_items(text, _too_many, source)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{source}:{exc.lineno}: not valid JSON: {exc.msg}") from None
     except (ValueError, RecursionError) as exc:  # a number of over 4300 digits; nesting deeper than the stack
+        if isinstance(exc, ManifestError):
+            raise
         raise ManifestError(f"{source}: not usable JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
-    path: tuple[str, ...] = ()
-    if isinstance(data, dict):
-        if "files" in data:
-            path, data = ("files",), data["files"]
-        elif isinstance(data.get("response"), dict) and "result" in data["response"]:
-            path, data = ("response", "result"), data["response"]["result"]
-    if not isinstance(data, list):
+    if items is None:
         raise ManifestError(f"{source}: want a JSON list of file objects")
-    _too_many(len(data), source)
     entries, datasets = [], set()
-    for i, (obj, line) in enumerate(_items(text, path), 1):
+    for i, (obj, line) in enumerate(items, 1):
         where = f"{source}:{line}: item {i}"
         entries.append(_ega_entry(obj, line, where))
         if obj.get("datasetId"):
@@ -382,7 +338,9 @@ def load(path: Path, dataset_id: str | None = None) -> tuple[str, list[dict[str,
                 data = fh.read(MAX_JSON_BYTES + 1)
                 if len(data) > MAX_JSON_BYTES:  # grew while we looked
                     raise ManifestError(f"{source}: JSON manifest larger than {MAX_JSON_BYTES} bytes; refused")
-                found, entries = parse_ega_json(_decode_json(data, source), source)
+                text = _decode_json(data, source)
+                del data  # do not hold the bytes and the text while parsing
+                found, entries = parse_ega_json(text, source)
             else:
                 found, entries = None, _parse_tab_stream(fh, source)
     except OSError as exc:

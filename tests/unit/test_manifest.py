@@ -185,7 +185,7 @@ def test_entry_count_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(manifest, "MAX_ENTRIES", 2)
     assert len(parse_tab(f"a\t{MD5}\nb\t{MD5}\n", "m")) == 2
     assert refused_tab(f"a\t{MD5}\nb\t{MD5}\n#\nc\t{MD5}\n").startswith("DS.tab:4: more than 2 files")
-    with pytest.raises(ManifestError, match="^j: more than 2 files"):
+    with pytest.raises(ManifestError, match="^j:1: more than 2 files"):
         parse_ega_json(json.dumps([ega(fileId=f"F{i}", fileName=f"n{i}") for i in range(3)]), "j")
 
 
@@ -314,6 +314,15 @@ def test_ega_json_refusals_name_the_line_and_item(obj: dict, words: str) -> None
 def test_ega_json_refuses_garbage_and_mixed_datasets() -> None:
     with pytest.raises(ManifestError, match=r"meta.json:3: not valid JSON"):
         parse_ega_json('[\n{"fileId": "a",\n]', "meta.json")
+    with pytest.raises(ManifestError, match=r"^meta.json:2: not valid JSON: Expecting ',' delimiter$"):
+        parse_ega_json("[{}\n {}]", "meta.json")
+    with pytest.raises(ManifestError, match=r"^meta.json:3: not valid JSON: Extra data$"):
+        parse_ega_json("[]\n\n]", "meta.json")
+    with pytest.raises(ManifestError, match=r"^meta.json:1: not valid JSON: Expecting value$"):
+        parse_ega_json("[{},]", "meta.json")
+    with pytest.raises(ManifestError, match=r"^meta.json:1: not valid JSON"):
+        parse_ega_json('{"files": [}', "meta.json")
+    assert parse_ega_json("[ ]", "meta.json") == (None, [])
     with pytest.raises(ManifestError, match="want a JSON list"):
         parse_ega_json('"just a string"', "meta.json")
     with pytest.raises(ManifestError, match="several datasets"):

@@ -136,7 +136,8 @@ class Database:
             self.conn.close()
 
     def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.backend == "postgresql" else sql
+        """qmark to psycopg2's format style; a literal ``%`` (``LIKE '%x'``) must be doubled first."""
+        return sql.replace("%", "%%").replace("?", "%s") if self.backend == "postgresql" else sql
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self.conn.cursor()

@@ -1,7 +1,9 @@
 """Test datasets with real checksums: encrypted files in receiving plus their manifests (tab and EGA JSON).
 
 The seed's CreateTestFiles without its hard-coded paths. Plaintext is generated in memory, hashed and
-encrypted on the way to disk; it is never written in clear (unless the format is `plain`).
+encrypted on the way to disk; it is never written in clear (unless the format is `plain`). The JSON has
+EGA's semantics: `checksum` is the md5 of the encrypted file as written (as transferred), and
+`unencryptedChecksum` the md5 of the plaintext; the tab manifest states the plaintext only.
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ def write_file(
     legacy_cipher: str = "aes128",
     gpg_home: Path | None = None,
     gpg_recipient: str | None = None,
-) -> tuple[str, str]:
-    """Write one encrypted file of SIZE plaintext bytes; returns (md5, sha256) of the plaintext."""
-    md5, sha = hashlib.md5(), hashlib.sha256()
+) -> tuple[str, str, str]:
+    """Write one encrypted file of SIZE plaintext bytes; returns the plaintext's md5 and sha256 and the md5
+    of the encrypted file as written."""
+    md5, sha, written = hashlib.md5(), hashlib.sha256(), hashlib.md5()
 
     def hashed() -> Iterator[bytes]:
         for chunk in _plaintext(size, rng):
@@ -129,15 +132,19 @@ def write_file(
             if proc.wait() != 0:
                 tmp.unlink(missing_ok=True)
                 raise RuntimeError(f"gpg failed to encrypt {path}: {err.decode(errors='replace').strip()}")
+        with open(tmp, "rb") as fh:  # gpg wrote it: hash what is on disk
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                written.update(block)
         os.replace(tmp, path)
-        return md5.hexdigest(), sha.hexdigest()
+        return md5.hexdigest(), sha.hexdigest(), written.hexdigest()
     else:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(EXTENSION)}")
     with open(tmp, "wb") as fh:
         for chunk in out:
             fh.write(chunk)
+            written.update(chunk)
     os.replace(tmp, path)
-    return md5.hexdigest(), sha.hexdigest()
+    return md5.hexdigest(), sha.hexdigest(), written.hexdigest()
 
 
 def _first_gpg_key(home: Path) -> str:
@@ -164,29 +171,32 @@ def make_dataset(
     prefix: str = "",
     **keys: Any,
 ) -> list[dict[str, Any]]:
-    """Write files into RECEIVING and DATASET.tab + DATASET.json into METADATA; returns the entries."""
+    """Write files into RECEIVING and DATASET.tab + DATASET.json into METADATA; returns the JSON's file objects.
+
+    DATASET.json: EGA file objects (`checksum`/`fileSize` of the encrypted file as written, plaintext md5 in
+    `unencryptedChecksum`); DATASET.tab: name, plaintext md5, size, plaintext sha256.
+    """
     rng = np.random.default_rng(seed)
-    entries = []
+    entries, lines = [], []
     for i, size in enumerate(sizes, 1):
         name = f"{prefix}{dataset_id}/sample{i:04d}.bam{EXTENSION[fmt]}"
-        md5, sha = write_file(receiving / name, size, fmt, rng, **keys)
+        md5, sha, written = write_file(receiving / name, size, fmt, rng, **keys)
+        stored = (receiving / name).stat().st_size
         entries.append(
             {
                 "fileId": f"{dataset_id}F{i:07d}",
                 "datasetId": dataset_id,
                 "fileName": name,
-                "fileSize": (receiving / name).stat().st_size,
-                "checksum": md5,
+                "fileSize": stored,
+                "checksum": written,
                 "checksumType": "MD5",
-                "unencryptedChecksum": sha,
-                "unencryptedChecksumType": "SHA256",
+                "unencryptedChecksum": md5,
+                "unencryptedChecksumType": "MD5",
                 "fileStatus": "available",
             }
         )
+        lines.append(f"{name}\t{md5}\t{stored}\t{sha}\n")
     metadata.mkdir(parents=True, exist_ok=True)
     (metadata / f"{dataset_id}.json").write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")
-    (metadata / f"{dataset_id}.tab").write_text(
-        "".join(f"{e['fileName']}\t{e['checksum']}\t{e['fileSize']}\t{e['unencryptedChecksum']}\n" for e in entries),
-        encoding="utf-8",
-    )
+    (metadata / f"{dataset_id}.tab").write_text("".join(lines), encoding="utf-8")
     return entries

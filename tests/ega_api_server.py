@@ -1,8 +1,10 @@
 """Stand-in for the EGA metadata API, for tests only.
 
 `GET /elixir/data/metadata/datasets/<DATASET_ID>/files` with HTTP basic auth answers with the JSON
-shape the real API uses: a list of objects with fileId, datasetId, fileName, fileSize, checksum,
-checksumType, unencryptedChecksum, unencryptedChecksumType and fileStatus. Switches make it answer
+shape and meaning the real API uses: a list of objects with fileId, datasetId, displayFileName,
+fileName, fileSize, checksum, checksumType, unencryptedChecksum, unencryptedChecksumType and
+fileStatus, where fileSize and checksum/checksumType describe the ENCRYPTED file as transferred and
+unencryptedChecksum/unencryptedChecksumType the plaintext. Switches make it answer
 5xx a given number of times before succeeding, always 401, or hang until the client times out.
 Bound to 127.0.0.1 on a free port (port 0), served from a background thread.
 """
@@ -10,31 +12,51 @@ Bound to 127.0.0.1 on a free port (port 0), served from a background thread.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 PATH_TEMPLATE = "/elixir/data/metadata/datasets/{dataset}/files"
 
 
 def ega_file(
-    file_id: str, dataset_id: str, name: str, size: int, md5: str, sha256: str | None = None, status: str = "available"
+    file_id: str,
+    dataset_id: str,
+    name: str,
+    size: int,
+    checksum: str,
+    unencrypted: str,
+    *,
+    checksum_type: str = "MD5",
+    unencrypted_type: str = "MD5",
+    status: str = "available",
 ) -> dict[str, Any]:
-    """One file object in the API's shape (plaintext md5 in checksum, sha256 in unencryptedChecksum)."""
-    obj: dict[str, Any] = {
+    """One file object with the API's fields AND meaning (as EGA's pyega3 client reads them): SIZE and
+    CHECKSUM are of the encrypted file as transferred, UNENCRYPTED is the plaintext's checksum."""
+    return {
         "fileId": file_id,
         "datasetId": dataset_id,
+        "displayFileName": name.rsplit("/", 1)[-1],
         "fileName": name,
         "fileSize": size,
-        "checksum": md5,
-        "checksumType": "MD5",
+        "checksum": checksum,
+        "checksumType": checksum_type,
+        "unencryptedChecksum": unencrypted,
+        "unencryptedChecksumType": unencrypted_type,
         "fileStatus": status,
     }
-    if sha256 is not None:
-        obj["unencryptedChecksum"] = sha256
-        obj["unencryptedChecksumType"] = "SHA256"
-    return obj
+
+
+def ega_file_of(path: Path, file_id: str, dataset_id: str, name: str, plaintext_md5: str) -> dict[str, Any]:
+    """The file object the API would give for the encrypted file at PATH (md5 and size of its bytes)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return ega_file(file_id, dataset_id, name, path.stat().st_size, digest.hexdigest(), plaintext_md5)
 
 
 class EgaApiServer:

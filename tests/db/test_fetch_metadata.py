@@ -12,22 +12,35 @@ from typing import Any
 
 import pytest
 
-from legampi.manifest import ApiError, fetch_metadata
-from tests.conftest import Workspace
+from legampi import manifest
+from legampi.manifest import ApiError, ManifestError, fetch_metadata
+from tests.conftest import Workspace, load_stand_in
 
 API_PASSWORD = "Ega-Api-Pw-Okapi-4471"
 API_USER = "ega-box-0042"
 DATASET = "EGAD00000000077"
-MD5 = [f"{i:x}" * 32 for i in range(1, 10)]
-SHA = [f"{i:x}" * 64 for i in range(1, 10)]
+MD5 = [f"{i:x}" * 32 for i in range(1, 10)]  # plaintext md5s
+SHA = [f"{i:x}" * 64 for i in range(1, 10)]  # plaintext sha256s
+ENC_MD5 = [f"e{i:x}" * 16 for i in range(1, 10)]  # md5s of the encrypted files as transferred
+ENC_SHA = [f"e{i:x}" * 32 for i in range(1, 10)]
 
 
 @pytest.fixture
 def files(ega_api: SimpleNamespace) -> list[dict]:
+    """EGA's semantics: fileSize and checksum of the encrypted file, unencryptedChecksum of the plaintext."""
     return [
-        ega_api.file("EGAF00000000001", DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0], SHA[0]),
-        ega_api.file("EGAF00000000002", DATASET, "sample 2/reads.bam.cip", 1234, MD5[1], SHA[1]),
-        ega_api.file("EGAF00000000003", DATASET, "sample\u00e9/x.gpg", 99, MD5[2]),
+        ega_api.file("EGAF00000000001", DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, ENC_MD5[0], MD5[0]),
+        ega_api.file(
+            "EGAF00000000002",
+            DATASET,
+            "sample 2/reads.bam.cip",
+            1234,
+            ENC_SHA[1],
+            SHA[1],
+            checksum_type="SHA256",
+            unencrypted_type="SHA256",
+        ),
+        ega_api.file("EGAF00000000003", DATASET, "sample\u00e9/x.gpg", 99, ENC_MD5[2], MD5[2]),
     ]
 
 
@@ -84,9 +97,9 @@ def test_fetch_and_register(
         assert f"dataset {DATASET}: 3 file(s) registered" in r.stdout
         db = dbh.connect(ws.db_url)
         got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"]) for f in db.files()}
-        assert got == {
-            "EGAF00000000001": (DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0], SHA[0]),
-            "EGAF00000000002": (DATASET, "sample 2/reads.bam.cip", 1234, MD5[1], SHA[1]),
+        assert got == {  # the plaintext checksums; `checksum` (of the encrypted file) is never taken for them
+            "EGAF00000000001": (DATASET, "sample 1/reads.bam.c4gh", 5_000_000_000_000, MD5[0], None),
+            "EGAF00000000002": (DATASET, "sample 2/reads.bam.cip", 1234, None, SHA[1]),
             "EGAF00000000003": (DATASET, "sample\u00e9/x.gpg", 99, MD5[2], None),
         }
         [ds] = db.datasets()
@@ -194,3 +207,51 @@ def test_client_retries_5xx_without_backoff(ega_api: SimpleNamespace, files: lis
         with pytest.raises(ApiError, match="HTTP 401"):
             fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=3, backoff=0)
         assert len(server.requests) == 1
+
+
+def test_fetched_entries_carry_the_transfer_checksum(ega_api: SimpleNamespace, files: list[dict]) -> None:
+    """What the register step receives: plaintext md5/sha256 and the encrypted file's checksum apart."""
+    with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD) as server:
+        text = fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=0, backoff=0)
+    _, entries = manifest.parse_ega_json(text, "api")
+    got = [(e["md5"], e["sha256"], e["transfer_checksum"], e["transfer_checksum_type"], e["size"]) for e in entries]
+    assert got == [
+        (MD5[0], None, ENC_MD5[0], "md5", 5_000_000_000_000),
+        (None, SHA[1], ENC_SHA[1], "sha256", 1234),
+        (MD5[2], None, ENC_MD5[2], "md5", 99),
+    ]
+
+
+def test_fetched_real_files_are_archived(workspace: Workspace, dbh: SimpleNamespace, ega_api: SimpleNamespace) -> None:
+    """The stand-in describes real encrypted files the way EGA does; fetch, register and process them:
+    every plaintext checksum verifies (reading `checksum` as the plaintext md5 failed every file)."""
+    ws = workspace
+    file_of = load_stand_in("ega_api_server.py").ega_file_of
+    made = [ws.add_file(f"d/f{i}.bam.c4gh", size, where="processing") for i, size in enumerate((0, 5000, 70_000))]
+    objs = [file_of(ws.processing / m["name"], f"EGAF{i}", DATASET, m["name"], m["md5"]) for i, m in enumerate(made)]
+    assert all(o["checksum"] != o["unencryptedChecksum"] for o in objs)
+    with ega_api.Server({DATASET: objs}, user=API_USER, password=API_PASSWORD) as server:
+        env = use_api(ws, server)
+        dbh.ok(ws, "fetch-metadata", DATASET, "--register", env=env)
+    r = ws.legampi("process", check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = {f["file_id"]: f for f in dbh.status(ws)["files"]}
+    assert {k: (f["status"], f["md5"], f["error"]) for k, f in files.items()} == {
+        f"EGAF{i}": ("available", m["md5"], None) for i, m in enumerate(made)
+    }
+
+
+def test_an_answer_over_the_size_bound_is_refused(
+    ega_api: SimpleNamespace, files: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API answer is a manifest too: refused by size while it streams, never parsed or saved."""
+    monkeypatch.setattr(manifest, "MAX_JSON_BYTES", 100)
+    with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD) as server:
+        with pytest.raises(ManifestError, match=r"^EGA API .*: answer of \d+ bytes is over 100; refused$"):
+            fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=0, backoff=0)
+    chunks = [b"[" + b" " * 59] * 3  # no Content-Length (chunked): counted while it streams
+    pulled: list[int] = []
+    answer = SimpleNamespace(headers={}, iter_content=lambda n: (pulled.append(1) or c for c in chunks))
+    with pytest.raises(ManifestError, match=r"^EGA API u: answer larger than 100 bytes; refused$"):
+        manifest._bounded_body(answer, "u")
+    assert len(pulled) == 2  # stopped at the chunk that passed the bound

@@ -73,9 +73,9 @@ def test_ega_json_manifest(workspace: Workspace, dbh: SimpleNamespace) -> None:
             "datasetId": "EGAD00000000099",
             "fileName": "s1/r1.bam.c4gh",
             "fileSize": 5_000_000_000_000,
-            "checksum": MD5[0],
+            "checksum": MD5[5],  # EGA: of the encrypted file as transferred
             "checksumType": "MD5",
-            "unencryptedChecksum": SHA[0],
+            "unencryptedChecksum": SHA[0],  # EGA: of the plaintext
             "unencryptedChecksumType": "SHA256",
             "fileStatus": "available",
         },
@@ -93,7 +93,7 @@ def test_ega_json_manifest(workspace: Workspace, dbh: SimpleNamespace) -> None:
     db = dbh.connect(ws.db_url)
     got = {f["file_id"]: (f["dataset_id"], f["file_name"], f["size"], f["md5"], f["sha256"]) for f in db.files()}
     assert got == {
-        "EGAF00000000001": ("EGAD00000000099", "s1/r1.bam.c4gh", 5_000_000_000_000, MD5[0], SHA[0]),
+        "EGAF00000000001": ("EGAD00000000099", "s1/r1.bam.c4gh", 5_000_000_000_000, None, SHA[0]),
         "EGAF00000000002": ("EGAD00000000099", "s1/r2.bam.cip", 77, MD5[1], None),
     }
     [ds] = db.datasets()
@@ -196,9 +196,9 @@ def test_same_ega_file_id_in_another_dataset_is_refused(workspace: Workspace, db
 def test_bad_json_manifests_are_refused(workspace: Workspace, dbh: SimpleNamespace) -> None:
     ws = workspace
     man = ws.metadata / "bad.json"
-    man.write_text('[{"fileId": "EGAF1", "datasetId": "EGAD1", "fileName": "a", "checksum": "abc"}]')
+    man.write_text('[{"fileId": "EGAF1", "datasetId": "EGAD1", "fileName": "a", "unencryptedChecksum": "abc"}]')
     err = refuse(ws, dbh, man)
-    assert f"{man}:item 1: bad md5" in err
+    assert f"{man}:1: item 1: bad unencryptedChecksum (md5) 'abc'" in err
     man.write_text('[{"fileId": "EGAF1",\n')
     assert "not valid JSON" in refuse(ws, dbh, man)
     good = ws.metadata / "good.json"

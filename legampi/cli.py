@@ -288,7 +288,7 @@ def cmd_process(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_recover(cfg: Config, args: argparse.Namespace) -> int:
-    from .ingest import recover
+    from .recovery import recover
 
     rep = recover(_db(cfg), cfg)
     for line in rep.lines():

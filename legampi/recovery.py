@@ -108,10 +108,17 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
         rep.released += [f"{r['file_name']} (job {r['claimed_by']})" for r in stale if r["file_id"] in release]
 
     if not ws.keep_processed:
-        waiting = [rel for rel, _st in scan(ws.processing)]
-        for f in db.files(names=waiting, status="available", columns=("file_id", "file_name")):
-            if f["file_id"] not in adopted:
-                _remove_source(cfg, f["file_name"], rep)
+        sizes = {rel: st.st_size for rel, st in scan(ws.processing)}
+        for f in db.files(names=list(sizes), status="available", columns=("file_id", "file_name", "size")):
+            if f["file_id"] in adopted:
+                continue
+            if f["size"] is not None and int(f["size"]) != sizes[f["file_name"]]:
+                rep.problems.append(
+                    f"{ws.processing / f['file_name']}: {sizes[f['file_name']]} bytes, but file {f['file_id']} was "
+                    f"archived from {f['size']} bytes: not the archived file, left alone"
+                )
+                continue
+            _remove_source(cfg, f["file_name"], rep)
     for line in rep.problems:
         log.error("recover: %s", line)
     return rep

@@ -179,3 +179,18 @@ def test_recover_marks_jobs_whose_processes_are_gone_as_died(workspace) -> None:
         h.close()
     assert jobs["gone"]["state"] == "died" and jobs["gone"]["ended_at"] is not None
     assert jobs["alive"]["state"] == "running" and jobs["alive"]["ended_at"] is None
+
+
+def test_recover_removes_a_leftover_source_only_when_it_is_the_archived_one(workspace) -> None:
+    """A source left in processing after its row was committed is removed; a different file of that name
+    (another size than the one archived) is reported and left alone."""
+    ws = workspace
+    ws.config.write_text(ws.config.read_text().replace("[workspaces]\n", "[workspaces]\nkeep_processed = true\n"))
+    a, b = add_files(ws, "left", 2, 3000)
+    ws.mpi(2, "process")
+    ws.config.write_text(ws.config.read_text().replace("keep_processed = true\n", ""))
+    (ws.processing / b["name"]).write_bytes(b"a different file that arrived under the same name")
+    rep = ws.legampi("recover", check=False)
+    assert rep.returncode == 1 and f"source removed: {a['name']}" in rep.stdout, rep.stdout
+    assert "not the archived file, left alone" in rep.stdout
+    assert not (ws.processing / a["name"]).exists() and (ws.processing / b["name"]).is_file()

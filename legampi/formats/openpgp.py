@@ -64,12 +64,24 @@ def secret_keys(home: Path) -> list[bool]:
     return out
 
 
+def _temp_base() -> str:
+    """Where private homes go: the temp folder, unless its path is too long for the agent's sockets.
+
+    Without /run/user/UID, gpg puts its sockets (`S.gpg-agent.browser`...) in the home itself, and a
+    Unix socket path has at most 107 bytes: a deep $TMPDIR (a job's scratch folder) makes gpg report
+    "No secret key" instead of an error about the socket."""
+    base = tempfile.gettempdir()
+    if len(base) > 60 and os.access("/tmp", os.W_OK | os.X_OK):
+        return "/tmp"
+    return base
+
+
 class PrivateHome:
     """A private 0700 copy of a GnuPG home for this process, with an agent that caches nothing."""
 
     def __init__(self, source: Path) -> None:
         self.source = source
-        self.path = Path(tempfile.mkdtemp(prefix="legampi-gnupg-"))  # mkdtemp: mode 0700
+        self.path = Path(tempfile.mkdtemp(prefix="legampi-gnupg-", dir=_temp_base()))  # mode 0700
         try:
             for name in _KEY_FILES:
                 if (source / name).is_file():

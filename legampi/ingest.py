@@ -531,10 +531,10 @@ def run_process(
     # recover or plan claim anything; every rank still meets rank 0 in team.run and team.bcast below.
     refused: list[str] = []
     if team.coordinator:
-        from .preflight import check, job_files
+        from .preflight import job_problems
 
         assert db is not None
-        refused = check(job_files(db, cfg, retry_failed, dataset), cfg)
+        refused = job_problems(db, cfg, retry_failed, dataset)
         for line in refused:
             log.error("not starting: %s", line)
             print(f"legampi process: not starting: {line}", file=sys.stderr)

@@ -91,21 +91,25 @@ def check(names: Iterable[str], cfg: Any) -> list[str]:
     return missing(found, cfg.crypto, keys, source)
 
 
-def job_files(db: Any, cfg: Any, retry_failed: bool = False, dataset: str | None = None) -> list[str]:
-    """Names in processing that a `process` job would claim (registered, eligible), without claiming.
+def job_problems(db: Any, cfg: Any, retry_failed: bool = False, dataset: str | None = None) -> list[str]:
+    """`check` for the files in processing that a `process` job would claim, without claiming any.
 
-    A superset of one array task's share (branches and --limit are not applied): a key missing for a
-    sibling task's files is missing for this configuration too.
+    The listing alone is checked first: when it needs nothing missing (the usual case) the database
+    is not asked. Otherwise only registered, eligible files count (an unregistered or `available`
+    file is left alone by the job, so it must not stop it). Branches and --limit are not applied: a
+    key missing for a sibling array task's files is missing for this configuration too.
     """
     from legampi.archive import is_temp_name
     from legampi.db import chunks
     from legampi.monitor import scan
 
     names = [n for n, _st in scan(cfg.workspaces.processing) if not is_temp_name(n)]
+    if not check(names, cfg):
+        return []
     eligible = {"pending", "received"} | ({"failed"} if retry_failed else set())
-    out = []
+    wanted = []
     for chunk in chunks(names, 1000):
         for r in db.files(names=chunk, columns=("file_name", "dataset_id", "status")):
             if r["status"] in eligible and (dataset is None or r["dataset_id"] == dataset):
-                out.append(r["file_name"])
-    return out
+                wanted.append(r["file_name"])
+    return check(wanted, cfg)

@@ -177,3 +177,20 @@ def test_wrong_gpg_passphrase_stops_the_job_and_gives_files_back(workspace, node
 
     ws.mpi(3, "process", env={"LEGAMPI_GPG_PASSPHRASE": PASS})  # fixed: everything goes through
     assert_safe(ws, gpgs + c4ghs, complete=True)
+
+
+@SQLITE_ONLY
+def test_files_the_job_would_not_claim_do_not_stop_it(workspace) -> None:
+    """An unregistered .cip file, or a failed one without --retry-failed, needs no legacy password."""
+    ws = workspace
+    files = [ws.add_file("s.bam.c4gh", 70_000)]
+    bad = cip(ws, "failed.bam.cip", os.urandom(5000), "Legacy-Pw-1")
+    register(ws, "DS1", files + [bad])
+    stray = cip(ws, "unregistered.bam.cip", os.urandom(5000), "Legacy-Pw-1")
+    ws.legampi("update", rows_by_name(ws)["failed.bam.cip"]["file_id"], "failed", "--reason", "test")
+    p = ws.mpi(2, "process", check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert rows_by_name(ws)["s.bam.c4gh"]["status"] == "available"
+    assert (ws.processing / stray["name"]).is_file() and (ws.processing / bad["name"]).is_file()
+    again = ws.mpi(2, "process", "--retry-failed", check=False)
+    assert again.returncode == 2 and "needed by 1 .cip file(s)" in again.stderr, again.stdout + again.stderr

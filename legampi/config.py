@@ -111,6 +111,9 @@ class CryptoConfig:
     res_source_format: str = "aes128"
     res_source_key: str | None = None
     file_mode: int = 0o640
+    # where the secrets above are looked for, to name them when they are missing (legampi.preflight)
+    legacy_password_env: str = "LEGAMPI_LEGACY_PASSWORD"
+    gpg_passphrase_env: str = "LEGAMPI_GPG_PASSPHRASE"
 
 
 @dataclass(frozen=True)
@@ -335,6 +338,8 @@ def _crypto(r: _Reader) -> CryptoConfig:
         res_source_format=r.str("crypto", "res_source_format", "aes128") or "aes128",
         res_source_key=r.str("crypto", "res_source_key"),
         file_mode=file_mode,
+        legacy_password_env=r.str("crypto", "legacy_password_env", "LEGAMPI_LEGACY_PASSWORD") or "",
+        gpg_passphrase_env=r.str("crypto", "gpg_passphrase_env", "LEGAMPI_GPG_PASSPHRASE") or "",
     )
     if c.gnupg_home is not None and not c.gnupg_home.is_dir():
         raise r.err("crypto", "gnupg_home", f"folder does not exist: {c.gnupg_home}")

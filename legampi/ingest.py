@@ -159,8 +159,12 @@ class Recorder:
         self.datasets: dict[str, str] = {}  # file_id -> dataset_id, for log lines
         self.last_flush = time.monotonic()
         self.last_beat = time.monotonic()
+        self.config_problem: str | None = None  # first `config` failure: the job stops (see add)
 
     def add(self, result: FileResult) -> None:
+        if result.status == "failed" and result.error_kind == "config":
+            self._release_for_config(result)
+            return
         self.buffer.append(result)
         self.summary.add(result)
         self.done.add(result.file_id)
@@ -179,6 +183,16 @@ class Recorder:
             )
         if len(self.buffer) >= self.cfg.func.batch_size:
             self.flush()
+
+    def _release_for_config(self, result: FileResult) -> None:
+        """The configuration, not the file, failed: give the file back untouched (`received`, with an
+        event naming the reason) and remember the problem, which stops the job (run_process)."""
+        self.done.add(result.file_id)
+        reason = f"configuration problem, not the file's: {result.error}"
+        self._with_retry(lambda: self.db.release([result.file_id], self.job_id, reason))
+        log.error("CONFIG %s (file %s) released: %s", result.rel, result.file_id, result.error)
+        if self.config_problem is None:
+            self.config_problem = result.error or "configuration problem"
 
     def tick(self) -> None:
         """Called while rank 0 waits: flush on time, keep the job's heartbeat fresh."""
@@ -370,6 +384,17 @@ def run_process(
             problem = f"cannot prepare the pipeline: {exc}"
     if not team.ready(problem, log):
         return 2
+    # config hook (issue 12): keys the files need but the configuration lacks stop the job here, before
+    # recover or plan claim anything; every rank still meets rank 0 in team.run and team.bcast below.
+    refused: list[str] = []
+    if team.coordinator:
+        from .preflight import job_problems
+
+        assert db is not None
+        refused = job_problems(db, cfg, retry_failed, dataset)
+        for line in refused:
+            log.error("not starting: %s", line)
+            print(f"legampi process: not starting: {line}", file=sys.stderr)
 
     host = socket.gethostname()
 
@@ -379,7 +404,10 @@ def run_process(
         return process_file_overlapped(task, ctx, rank=team.rank)  # the fsync overlaps the next file
 
     code = 0
-    if team.coordinator:
+    if refused:
+        team.run([], work, lambda r: None)  # sends every worker STOP
+        code = 2
+    elif team.coordinator:
         assert db is not None
         job_id = make_job_id()
         db.job_start(job_id, "process", host, team.size)
@@ -401,24 +429,34 @@ def run_process(
 
         def on_result(r: FileResult) -> None:
             recorder.add(r)
-            progress.add(r)
+            if r.error_kind != "config":
+                progress.add(r)
+
+        def stop() -> bool:  # a signal, or a `config` failure: no new files, in-flight ones finish
+            return should_stop() or recorder.config_problem is not None
 
         def tick() -> None:
             recorder.tick()
             progress.tick()
 
         t0 = time.monotonic()
-        team.run(p.tasks, work, on_result, tick, should_stop, schedule, key=lambda t: t.size or 0, name=lambda t: t.rel)
+        team.run(p.tasks, work, on_result, tick, stop, schedule, key=lambda t: t.size or 0, name=lambda t: t.rel)
         recorder.flush()
         progress.close()
         leftover = [t.file_id for t in p.tasks if t.file_id not in recorder.done]
         summary = recorder.summary
         summary.seconds = time.monotonic() - t0
-        summary.stopped = should_stop() or bool(leftover)  # leftovers: a worker rank was signalled
+        config_problem = recorder.config_problem
+        # leftovers: a worker rank was signalled (or a `config` failure stopped the job)
+        summary.stopped = should_stop() or (bool(leftover) and config_problem is None)
         if leftover:
             summary.released = recorder.db.release(leftover, job_id, "not started before the job stopped")
-        code = 1 if summary.failed else 0
+        code = 2 if config_problem else 1 if summary.failed else 0
         lines = summary.lines()
+        if config_problem:
+            lines.insert(1, f"  STOPPED: configuration problem: {config_problem}")
+            lines.insert(2, "  files it affected were released unchanged; fix the configuration and run again")
+            print(f"legampi process: stopped: configuration problem: {config_problem}", file=sys.stderr)
         recorder.db.job_end(job_id, code, "\n".join(lines), summary.rank_rows())
         for line in lines:
             print(line, file=out)

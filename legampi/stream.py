@@ -26,11 +26,13 @@ from legampi import archive, checksum, provenance
 from legampi.formats import IngestError, detect_format, open_plaintext
 from legampi.formats import crypt4gh as c4gh
 from legampi.keys import fingerprint, load_public_key, load_secret_key
+from legampi.redact import redact
 
 LOG = logging.getLogger(__name__)
 HOST = socket.gethostname()
 # Failures caused by the file's content: moving such a source aside lets the rest of a dataset go on.
-# Environment failures (io, nospace, archive_conflict, unsafe_path) leave the source where it is.
+# Environment failures (io, nospace, archive_conflict, unsafe_path) leave the source where it is, and so does
+# `config` (a key, password or passphrase the operator must fix): never quarantined, never `failed`.
 QUARANTINE_KINDS = frozenset({"checksum", "corrupt", "truncated", "key", "format"})
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -163,10 +165,8 @@ def _io_error(rel: str, stage: str, e: OSError) -> IngestError:
 
 
 def _scrub(text: str, ctx: PipelineContext) -> str:
-    for s in ctx.secrets():
-        if len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
+    """Secrets out of text that came from outside legampi (exception strings), before it joins our words."""
+    return redact(text, ctx.secrets())
 
 
 def _valid_hex(value: str | None, length: int, what: str, rel: str) -> str | None:
@@ -219,13 +219,13 @@ def start_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> Callab
     t0 = time.monotonic()
     res = FileResult(file_id=task.file_id, rel=task.rel, status="failed", host=HOST, rank=rank)
     steps = _steps(task, ctx, res)
-    ended = _advance(steps, task, res)  # True: the streaming part failed; nothing is left to finish
+    ended = _advance(steps, task, res, ctx)  # True: the streaming part failed; nothing is left to finish
     streamed = time.monotonic() - t0
 
     def finish() -> FileResult:
         t1 = time.monotonic()
         if not ended:
-            _advance(steps, task, res)
+            _advance(steps, task, res, ctx)
         _conclude(res, ctx)
         res.seconds = streamed + time.monotonic() - t1  # working time, not time spent waiting for a thread
         return res
@@ -233,7 +233,7 @@ def start_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> Callab
     return finish
 
 
-def _advance(steps: Iterator[None], task: FileTask, res: FileResult) -> bool:
+def _advance(steps: Iterator[None], task: FileTask, res: FileResult, ctx: PipelineContext) -> bool:
     """Run the pipeline to its next pause; True when it ended (done, or failed with res.error set)."""
     try:
         next(steps)
@@ -247,13 +247,15 @@ def _advance(steps: Iterator[None], task: FileTask, res: FileResult) -> bool:
         res.error, res.error_kind = err.message, err.kind
     except Exception as e:  # a bug must not take the whole MPI job down: record it on the file
         LOG.exception("unexpected error while processing %s", task.rel)
-        res.error, res.error_kind = f"{task.rel}: unexpected {type(e).__name__}: {e}", "io"
+        res.error, res.error_kind = f"{task.rel}: unexpected {type(e).__name__}: {_scrub(str(e), ctx)}", "io"
     return True
 
 
 def _conclude(res: FileResult, ctx: PipelineContext) -> None:
-    """A failed file: no archive fields, the source quarantined when its content is at fault, secrets
-    scrubbed from the message."""
+    """A failed file: no archive fields, the source quarantined when its content is at fault.
+
+    The message is not scrubbed as a whole: legampi's own words never hold a secret, and text from
+    outside was scrubbed where it entered (`_scrub`)."""
     if res.status == "failed":
         for name in ("archive_path", "archive_checksum", "archive_checksum_type", "archive_size"):
             setattr(res, name, None)
@@ -264,8 +266,9 @@ def _conclude(res: FileResult, ctx: PipelineContext) -> None:
                 res.quarantined_to = str(moved)
                 res.error = f"{res.error}; source moved to {moved}"
             except (OSError, IngestError) as e:
-                res.error = f"{res.error}; moving the source to quarantine failed: {e}"
-        res.error = _scrub(res.error or "unknown failure", ctx).replace("\n", " ")
+                why = e.message if isinstance(e, IngestError) else _scrub(str(e), ctx)
+                res.error = f"{res.error}; moving the source to quarantine failed: {why}"
+        res.error = (res.error or "unknown failure").replace("\n", " ")
 
 
 def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[None]:
@@ -306,7 +309,7 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
         count = [0]
         if fmt == "crypt4gh" and ctx.reencrypt == "header":
             if ctx.inbox_secret_key is None:
-                raise IngestError("key", f"{rel}: is Crypt4GH but no inbox secret key is configured")
+                raise IngestError("config", f"{rel}: is Crypt4GH but [crypto] inbox_secret_key is not set")
 
             def sink(plain: memoryview) -> None:
                 md5.update(plain)

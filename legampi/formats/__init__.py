@@ -12,7 +12,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-ERROR_KINDS = ("checksum", "corrupt", "truncated", "key", "format", "io", "nospace", "archive_conflict", "unsafe_path")
+ERROR_KINDS = (
+    "checksum",
+    "corrupt",
+    "truncated",
+    "key",
+    "format",
+    "io",
+    "nospace",
+    "archive_conflict",
+    "unsafe_path",
+    # the operator's configuration (missing or wrong key, password, passphrase): not the file's fault, so
+    # the file is released unchanged and the job stops (legampi.ingest), never failed or quarantined
+    "config",
+)
 
 # Extension (lower case) -> format name, for the extensions an operator may list in [func] extensions.
 FORMAT_BY_EXTENSION = {
@@ -103,7 +116,7 @@ def open_plaintext(src: BinaryIO | str | os.PathLike, fmt: str, ctx: Any, label:
         from legampi.formats import crypt4gh
 
         if ctx.inbox_secret_key is None:
-            raise IngestError("key", f"{label}: is Crypt4GH but no inbox secret key is configured")
+            raise IngestError("config", f"{label}: is Crypt4GH but [crypto] inbox_secret_key is not set")
         return _closing(
             crypt4gh.decrypt_stream(stream, ctx.inbox_secret_key, chunk_size=chunk_size, label=label),
             stream if owned else None,
@@ -112,7 +125,7 @@ def open_plaintext(src: BinaryIO | str | os.PathLike, fmt: str, ctx: Any, label:
         from legampi.formats import legacy_aes
 
         if ctx.legacy_password is None:
-            raise IngestError("key", f"{label}: is a legacy .cip file but no legacy password is configured")
+            raise IngestError("config", f"{label}: is a legacy .cip file but no legacy password is configured")
         return _closing(
             legacy_aes.decrypt_stream(
                 stream, ctx.legacy_password, ctx.legacy_cipher, chunk_size=chunk_size, label=label

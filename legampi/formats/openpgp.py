@@ -2,24 +2,148 @@
 
 We run gpg rather than a Python OpenPGP library so key handling (agent, keyring, algorithms) is the
 one the operators already trust. The passphrase goes through a pipe fd (never argv or environment),
-success is read from --status-fd (DECRYPTION_OKAY and exit 0), and gpg's stderr is never copied into
-errors: our messages name only status keywords.
+success is read from --status-fd (DECRYPTION_OKAY and exit 0), and failures are explained from status
+keywords; the only gpg words that reach a message are its last stderr line, with the passphrase removed.
+
+gpg never runs on the configured gnupg_home itself: each process copies the key files into a private
+0700 temporary home whose agent caches no passphrase (`PrivateHome`), and kills that agent and removes
+the copy at exit. A gpg-agent of the operator's home would outlive the job and keep the passphrase:
+a second run with no passphrase configured then succeeded.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
+import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from legampi.formats import IngestError, read_exact_into
+from legampi.redact import redact
 
 GPG = os.environ.get("LEGAMPI_GPG", "/usr/bin/gpg")
 _STATUS_LIMIT = 1 << 20  # status output kept for parsing; gpg writes a few hundred bytes
 _BAD_PASSPHRASE_CODE = 11  # GPG_ERR_BAD_PASSPHRASE, low 16 bits of an ERROR status code
+PASSPHRASE_ENV = "LEGAMPI_GPG_PASSPHRASE"
+# What decryption needs from a GnuPG home: keyrings, trust database, secret keys (gpg 2.1+ and 1.x).
+_KEY_FILES = ("pubring.kbx", "pubring.gpg", "trustdb.gpg", "secring.gpg")
+_SECRET_DIR = "private-keys-v1.d"
+# No passphrase cache: every gpg run must be given the passphrase again.
+AGENT_CONF = "default-cache-ttl 0\nmax-cache-ttl 0\nallow-loopback-pinentry\n"
+_KEY_KIND = re.compile(rb"\((?:\d+:)?(protected-|shadowed-)?private-key")
+
+
+def source_home(gnupg_home: Path | str | None) -> Path:
+    """The GnuPG home keys are taken from: the configured one, else $GNUPGHOME, else ~/.gnupg."""
+    if gnupg_home is not None:
+        return Path(gnupg_home)
+    return Path(os.environ.get("GNUPGHOME") or Path.home() / ".gnupg")
+
+
+def secret_keys(home: Path) -> list[bool]:
+    """One entry per secret key in HOME: True when it needs a passphrase (protected, or on a card)."""
+    out = []
+    folder = home / _SECRET_DIR
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if name.endswith(".key"):
+            with open(folder / name, "rb") as fh:
+                m = _KEY_KIND.search(fh.read(4096))
+            out.append(m is None or m.group(1) is not None)
+    if (home / "secring.gpg").is_file() and (home / "secring.gpg").stat().st_size > 0:
+        out.append(True)  # gpg 1.x secret keyring: gpg 2 migrates it; assume protected
+    return out
+
+
+def _temp_base() -> str:
+    """Where private homes go: the temp folder, unless its path is too long for the agent's sockets.
+
+    Without /run/user/UID, gpg puts its sockets (`S.gpg-agent.browser`...) in the home itself, and a
+    Unix socket path has at most 107 bytes: a deep $TMPDIR (a job's scratch folder) makes gpg report
+    "No secret key" instead of an error about the socket."""
+    base = tempfile.gettempdir()
+    if len(base) > 60 and os.access("/tmp", os.W_OK | os.X_OK):
+        return "/tmp"
+    return base
+
+
+class PrivateHome:
+    """A private 0700 copy of a GnuPG home for this process, with an agent that caches nothing."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.path = Path(tempfile.mkdtemp(prefix="legampi-gnupg-", dir=_temp_base()))  # mode 0700
+        try:
+            for name in _KEY_FILES:
+                if (source / name).is_file():
+                    shutil.copy2(source / name, self.path / name)
+            if (source / _SECRET_DIR).is_dir():
+                shutil.copytree(source / _SECRET_DIR, self.path / _SECRET_DIR)
+            (self.path / "gpg-agent.conf").write_text(AGENT_CONF, encoding="ascii")
+            self.keys = secret_keys(self.path)
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Kill the agent gpg started for this home (if any), then remove the copy."""
+        gpgconf = shutil.which("gpgconf", path=os.path.dirname(GPG)) or shutil.which("gpgconf")
+        if gpgconf is not None:
+            subprocess.run(
+                [gpgconf, "--homedir", str(self.path), "--kill", "gpg-agent"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+_homes: dict[Path, PrivateHome] = {}
+_homes_lock = threading.Lock()
+
+
+def private_home(gnupg_home: Path | str | None, label: str = "<stream>") -> PrivateHome:
+    """This process's private copy of GNUPG_HOME, made at first use; a copy failure is a config error."""
+    source = source_home(gnupg_home)
+    with _homes_lock:
+        home = _homes.get(source)
+        if home is None:
+            if not source.is_dir():
+                raise IngestError(
+                    "config",
+                    f"{label}: no GnuPG home at {source} ([crypto] gnupg_home "
+                    + ("names a missing folder)" if gnupg_home is not None else "is not set)"),
+                )
+            try:
+                home = PrivateHome(source)
+            except OSError as e:
+                raise IngestError(
+                    "config", f"{label}: cannot copy the keys of gnupg_home {source}: {e.strerror or type(e).__name__}"
+                ) from None
+            _homes[source] = home
+        return home
+
+
+def close_homes() -> None:
+    """Kill the agents of this process's private homes and remove them (also run at exit)."""
+    with _homes_lock:
+        homes = list(_homes.values())
+        _homes.clear()
+    for home in homes:
+        home.close()
+
+
+atexit.register(close_homes)
 
 
 class _Drain(threading.Thread):
@@ -51,8 +175,26 @@ def parse_status(raw: bytes) -> dict[str, list[str]]:
     return out
 
 
-def classify_failure(status: dict[str, list[str]], returncode: int, produced: int, label: str) -> IngestError:
-    """Turn gpg's status keywords into an operator-facing error (no stderr, no secrets)."""
+_PASSPHRASE = f"wrong or missing GnuPG passphrase (${PASSPHRASE_ENV}, or [crypto] gpg_passphrase_env/_file)"
+# Status keywords that say nothing about why decryption failed (left out of fallback messages).
+_INFO = {"KEY_CONSIDERED", "ENC_TO", "PLAINTEXT", "USERID_HINT", "NEED_PASSPHRASE", "INQUIRE_MAXLEN"}
+
+
+def classify_failure(
+    status: dict[str, list[str]],
+    returncode: int,
+    produced: int,
+    label: str,
+    *,
+    home_has_keys: bool = True,
+    gpg_said: str = "",
+) -> IngestError:
+    """Turn gpg's status keywords into an operator-facing error.
+
+    Kinds: `config` for the operator's side (passphrase wrong or missing, no secret key at all in the
+    home), `key` for a file encrypted for someone else, `format`/`truncated`/`corrupt` for the file's
+    bytes. GPG_SAID (gpg's last stderr line, already stripped of secrets) appears only when no keyword
+    explains the failure."""
     for arg in status.get("ERROR", []):
         fields = arg.split()
         if (
@@ -61,14 +203,18 @@ def classify_failure(status: dict[str, list[str]], returncode: int, produced: in
             and fields[1].isdigit()
             and int(fields[1]) & 0xFFFF == _BAD_PASSPHRASE_CODE
         ):
-            return IngestError("key", f"{label}: gpg could not unlock the secret key: wrong gpg passphrase")
-    if "BAD_PASSPHRASE" in status or "MISSING_PASSPHRASE" in status:
-        return IngestError("key", f"{label}: gpg could not unlock the secret key: wrong or missing gpg passphrase")
+            return IngestError("config", f"{label}: gpg could not unlock the secret key: {_PASSPHRASE}")
+    started = "BEGIN_DECRYPTION" in status
+    asked = ("NEED_PASSPHRASE" in status or "NEED_PASSPHRASE_SYM" in status) and not started
+    if "BAD_PASSPHRASE" in status or "MISSING_PASSPHRASE" in status or asked:
+        return IngestError("config", f"{label}: gpg could not unlock the secret key: {_PASSPHRASE}")
     if "NO_SECKEY" in status and "DECRYPTION_KEY" not in status:
+        if not home_has_keys:
+            return IngestError("config", f"{label}: gnupg_home holds no secret key, so gpg cannot decrypt any file")
         return IngestError(
-            "key", f"{label}: no secret key in the gnupg home opens this file (encrypted for another recipient?)"
+            "key", f"{label}: not encrypted for any key in gnupg_home (encrypted for another recipient?)"
         )
-    if "NODATA" in status and "BEGIN_DECRYPTION" not in status:
+    if "NODATA" in status and not started:
         return IngestError("format", f"{label}: not OpenPGP data (gpg found no encrypted message)")
     declared = status.get("PLAINTEXT_LENGTH")
     if declared and declared[0].strip().isdigit() and produced < int(declared[0].strip()):
@@ -81,14 +227,29 @@ def classify_failure(status: dict[str, list[str]], returncode: int, produced: in
         return IngestError(
             "corrupt", f"{label}: OpenPGP integrity check failed (BADMDC): the file is corrupted or truncated"
         )
-    if "DECRYPTION_FAILED" in status and not {"DECRYPTION_INFO", "PLAINTEXT", "BADMDC"} & status.keys():
+    if "DECRYPTION_FAILED" in status and not {"DECRYPTION_INFO", "PLAINTEXT"} & status.keys():
         return IngestError(
             "key",
-            f"{label}: gpg could not decrypt the session key (wrong gpg passphrase or "
-            "no matching secret key in the gnupg home)",
+            f"{label}: gpg could not decrypt the session key (no secret key in gnupg_home opens it, "
+            "or the file is damaged)",
         )
-    keywords = " ".join(k for k in status if k not in ("KEY_CONSIDERED", "ENC_TO", "PLAINTEXT"))
-    return IngestError("corrupt", f"{label}: gpg decryption failed (exit {returncode}; status: {keywords or 'none'})")
+    if "DECRYPTION_FAILED" in status:
+        return IngestError("corrupt", f"{label}: OpenPGP decryption failed after it began: the file is corrupted")
+    keywords = " ".join(k for k in status if k not in _INFO)
+    said = f"; gpg said: {gpg_said}" if gpg_said else ""
+    return IngestError(
+        "corrupt", f"{label}: gpg decryption failed (exit {returncode}; status: {keywords or 'none'}{said})"
+    )
+
+
+def last_words(stderr: bytes, secrets: list[str], limit: int = 200) -> str:
+    """gpg's last `gpg: ...` stderr line, secrets removed, bounded: text from outside, made safe."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    line = redact(lines[-1], secrets)
+    line = line[5:] if line.startswith("gpg: ") else line
+    return "".join(c if c.isprintable() else "?" for c in line[:limit])
 
 
 def decrypt_stream(
@@ -103,13 +264,15 @@ def decrypt_stream(
     A generator: gpg starts at the first next(), so a pipeline that fails before reading leaks no child.
     """
     if passphrase is not None and ("\n" in passphrase or "\r" in passphrase):
-        raise IngestError("key", f"{label}: the gpg passphrase contains a newline, which gpg cannot read from an fd")
+        raise IngestError(
+            "config", f"{label}: the GnuPG passphrase contains a newline, which gpg cannot read from an fd"
+        )
+    home = private_home(gnupg_home, label)
     own = isinstance(src, (str, os.PathLike))
     source = open(src, "rb", buffering=0) if own else src
     # no --quiet: with it gpg 2.2 omits the `ERROR pkdecrypt_failed` status that names a bad passphrase
     args = [GPG, "--batch", "--no-tty", "--no-auto-check-trustdb", "--pinentry-mode", "loopback"]
-    if gnupg_home is not None:
-        args += ["--homedir", str(gnupg_home)]
+    args += ["--no-symkey-cache", "--homedir", str(home.path)]
     pass_fds: list[int] = []
     pw_r = pw_w = None
     status_r, status_w = os.pipe()
@@ -124,8 +287,7 @@ def decrypt_stream(
         args += ["--status-fd", str(status_w), "--output", "-", "--decrypt"]
         pass_fds.append(status_w)
         env = dict(os.environ, LC_ALL="C", LANG="C")
-        if gnupg_home is not None:
-            env.pop("GNUPGHOME", None)
+        env.pop("GNUPGHOME", None)
         try:
             proc = subprocess.Popen(
                 args,
@@ -138,7 +300,7 @@ def decrypt_stream(
                 close_fds=True,
             )
         except OSError as e:
-            raise IngestError("io", f"{label}: cannot run {GPG}: {e.strerror}") from None
+            raise IngestError("config", f"{label}: cannot run {GPG}: {e.strerror}") from None
     except BaseException:
         for fd in (pw_r, pw_w, status_r, status_w):
             if fd is not None:
@@ -154,7 +316,8 @@ def decrypt_stream(
     proc.stderr.close()
     status_thread.start()
     stderr_thread.start()
-    yield from _run(proc, status_thread, stderr_thread, source if own else None, chunk_size, label)
+    secrets = [passphrase] if passphrase else []
+    yield from _run(proc, status_thread, stderr_thread, source if own else None, chunk_size, label, home, secrets)
 
 
 def _run(
@@ -164,6 +327,8 @@ def _run(
     own_source: BinaryIO | None,
     chunk_size: int,
     label: str,
+    home: PrivateHome,
+    secrets: list[str],
 ) -> Iterator[memoryview]:
     size = max(65536, chunk_size - chunk_size % 65536)
     buf = bytearray(size)
@@ -186,7 +351,8 @@ def _run(
         status = parse_status(bytes(status_thread.data))
         ok = returncode == 0 and "DECRYPTION_OKAY" in status and not {"DECRYPTION_FAILED", "BADMDC"} & status.keys()
         if not ok:
-            raise classify_failure(status, returncode, produced, label)
+            said = last_words(bytes(stderr_thread.data), secrets)
+            raise classify_failure(status, returncode, produced, label, home_has_keys=bool(home.keys), gpg_said=said)
     finally:
         if not finished and proc.poll() is None:
             proc.kill()

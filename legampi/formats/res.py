@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import requests
 
 from legampi.formats import IngestError
+from legampi.redact import redact
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 300.0
@@ -34,7 +35,7 @@ def fetch_plaintext(
     A generator: the request is made at the first next(), and the response is always closed.
     """
     if not url:
-        raise IngestError("io", f"{label}: decrypt_via = res but no res_url is configured")
+        raise IngestError("config", f"{label}: decrypt_via = res but no res_url is configured")
     params = {"filePath": path, "sourceFormat": source_format, "destinationFormat": "plain"}
     if source_key is not None:
         params["sourceKey"] = source_key
@@ -44,14 +45,15 @@ def fetch_plaintext(
     except requests.RequestException as e:
         # `from None`: the exception text carries the full URL including sourceKey.
         raise IngestError("io", f"{label}: cannot reach the re-encryption service ({type(e).__name__})") from None
-    yield from _body(resp, chunk_size, label)
+    yield from _body(resp, chunk_size, label, [source_key] if source_key else [])
 
 
-def _body(resp: requests.Response, chunk_size: int, label: str) -> Iterator[bytes]:
+def _body(resp: requests.Response, chunk_size: int, label: str, secrets: list[str]) -> Iterator[bytes]:
     try:
         if resp.status_code != 200:
+            reason = redact(str(resp.reason or ""), secrets)  # the service's words: it knows the key
             raise IngestError(
-                "io", f"{label}: re-encryption service answered HTTP {resp.status_code} {resp.reason or ''}".rstrip()
+                "io", f"{label}: re-encryption service answered HTTP {resp.status_code} {reason}".rstrip()
             )
         declared = resp.headers.get("Content-Length")
         expected = int(declared) if declared is not None and declared.strip().isdigit() else None

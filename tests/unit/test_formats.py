@@ -284,7 +284,8 @@ def test_gpg_wrong_passphrase(gnupg_home: Path, plaintexts, tmp_path: Path, h) -
     enc = h.gpg_encrypt(src, gnupg_home, tmp_path / "x.gpg")
     with pytest.raises(IngestError) as e:
         joined(openpgp.decrypt_stream(enc, gnupg_home, "Wrong-Pass-1", label="x.gpg"))
-    assert e.value.kind == "key" and "passphrase" in str(e.value) and "Wrong-Pass-1" not in str(e.value)
+    # the operator's passphrase, not the file: `config` (the job stops, the file is not quarantined)
+    assert e.value.kind == "config" and "passphrase" in str(e.value) and "Wrong-Pass-1" not in str(e.value)
 
 
 def test_gpg_truncated(gnupg_home: Path, plaintexts, tmp_path: Path, h) -> None:
@@ -412,4 +413,4 @@ def test_open_plaintext_dispatch(keys, plaintexts, tmp_path: Path, h) -> None:
     ctx = SimpleNamespace(inbox_secret_key=None, chunk_size=65536, decrypt_via="local")
     with pytest.raises(IngestError) as e:
         open_plaintext(enc, "crypt4gh", ctx)
-    assert e.value.kind == "key"
+    assert e.value.kind == "config" and "inbox_secret_key" in str(e.value)

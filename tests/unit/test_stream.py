@@ -238,7 +238,7 @@ def test_gpg_wrong_passphrase(ws, plaintexts, h, gnupg_home: Path) -> None:
     rel = make_input("gpg", src, ws, h, gnupg_home)
     before = h.snapshot(ws.source(rel))
     result = process_file(h.task_for(rel, data), ws.ctx(gnupg_home=gnupg_home, gpg_passphrase="Bad-Gpg-Pw-1"))
-    _assert_failed(result, ws, rel, before, "key", "passphrase")
+    _assert_failed(result, ws, rel, before, "config", "passphrase")
     assert "Bad-Gpg-Pw-1" not in result.error
 
 

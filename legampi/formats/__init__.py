@@ -12,7 +12,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-ERROR_KINDS = ("checksum", "corrupt", "truncated", "key", "format", "io", "nospace", "conflict", "unsafe_path")
+ERROR_KINDS = (
+    "checksum",
+    "corrupt",
+    "truncated",
+    "key",
+    "format",
+    "io",
+    "nospace",
+    "conflict",
+    "unsafe_path",
+    "transfer_corrupt",  # the source's bytes differ from the checksum of the file as transferred
+)
 
 # Extension (lower case) -> format name, for the extensions an operator may list in [func] extensions.
 FORMAT_BY_EXTENSION = {

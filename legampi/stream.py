@@ -333,6 +333,9 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
                 feeder = transfer.Feeder(reader, ctx.chunk_size)
                 raw = feeder.pipe
             plain = open_plaintext(src if from_res else raw, fmt, ctx, label=rel)
+            if feeder is not None:
+                stages.append(plain)
+                plain = feeder.after_start(plain)
             hashed = _hashing(plain, [md5, sha], count)
             out = c4gh.encrypt_stream(
                 hashed, ctx.archive_public_key, batch_segments=c4gh.segments_per_read(ctx.chunk_size)

@@ -94,6 +94,18 @@ class Feeder:
         except OSError as e:
             self.error = e  # reading the source failed: the caller reports it as the file's I/O error
 
+    def after_start(self, chunks: Iterator[Any]) -> Iterator[Any]:
+        """gpg's plaintext chunks; once gpg has started (holding its own copy of the pipe), our copy of the
+        read end is closed, so a gpg that dies early cannot leave the feeder blocked on a full pipe."""
+        try:
+            first = next(chunks)
+        except StopIteration:
+            return
+        finally:
+            self.release()
+        yield first
+        yield from chunks
+
     def release(self) -> None:
         """Close our copy of the read end once gpg holds its own (else a gpg that died blocks the feeder)."""
         if not self.pipe.closed:
@@ -110,15 +122,7 @@ def verified(blocks: Iterator[Any], reader: TransferHash, feeder: Feeder | None,
     """Pass the pipeline's output blocks through; when they end, or decryption fails on damaged bytes,
     read the rest of the source and fail with `transfer_corrupt` if it is not what was transferred."""
     try:
-        while True:
-            try:
-                block = next(blocks)
-            except StopIteration:
-                break
-            finally:
-                if feeder is not None:
-                    feeder.release()  # gpg has started with its own copy of the pipe, or failed to
-            yield block
+        yield from blocks
     except IngestError as e:
         if e.kind not in DAMAGE_KINDS:
             raise

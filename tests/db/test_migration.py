@@ -123,3 +123,12 @@ def test_a_failing_upgrade_leaves_version_1_untouched(bare_workspace: Workspace,
     assert r.returncode != 0 and "state" in r.stderr
     assert dbh.dump(ws.db_url) == before
     assert dbh.connect(ws.db_url).schema_version() == 1
+
+
+def test_job_state_is_running_until_job_end(workspace: Workspace, dbh: SimpleNamespace) -> None:
+    db = dbh.connect(workspace.db_url)
+    db.job_start("j1", "process", "h", 2)
+    assert db.query("SELECT state FROM job WHERE job_id = 'j1'") == [{"state": "running"}]
+    db.job_end("j1", 0, "done")
+    assert db.query("SELECT state FROM job WHERE job_id = 'j1'") == [{"state": "ended"}]
+    db.close()

@@ -474,6 +474,8 @@ class Database:
         with self.transaction():
             by_id = {r["file_id"]: r for r in self.files(file_ids=[e["file_id"] for e in entries])}
             by_name = {r["file_name"]: r for r in self.files(names=[e["file_name"] for e in entries])}
+            if any(e.get("archive_name") is None for e in entries):  # the collision check needs it
+                raise ValueError(f"{source}: entries lack archive_name; pass them through registration.prepare")
             by_archive = self._archive_owners([e["archive_name"] for e in entries])
             new, changes = [], []
             for e in entries:

@@ -105,18 +105,32 @@ def human(n: int | None) -> str:
 # ---------------------------------------------------------------------- commands
 def cmd_init_db(cfg: Config, args: argparse.Namespace) -> int:
     db = _db(cfg, schema=False)
-    before, after = db.init_schema()
+    before, after = db.init_schema(cfg.func.extensions)
     print(f"{db.label}: schema version {before or 'none'} -> {after}")
     return EXIT_OK
 
 
 def cmd_register(cfg: Config, args: argparse.Namespace) -> int:
-    from . import manifest
+    from . import manifest, registration
 
     db = _db(cfg)
     ds, entries = manifest.load(Path(args.manifest), args.dataset)
-    added, unchanged = db.register(ds, entries, str(args.manifest))
-    print(f"dataset {ds}: {added} file(s) registered, {unchanged} already registered")
+    entries = registration.prepare(entries, cfg, str(args.manifest))
+    if not getattr(args, "amend", False):
+        added, unchanged = db.register(ds, entries, str(args.manifest))
+        print(f"dataset {ds}: {added} file(s) registered, {unchanged} already registered")
+        return EXIT_OK
+    processing = cfg.workspaces.processing
+    done = db.amend(ds, entries, str(args.manifest), lambda rel: (processing / rel).is_file())
+    print(
+        f"dataset {ds}: {done.amended} file(s) amended ({len(done.retried)} failed file(s) back to received), "
+        f"{done.added} registered, {done.unchanged} unchanged"
+    )
+    for name in done.stuck:
+        print(
+            f"{name}: checksum corrected but it stays failed: its source is not in {processing} "
+            "(quarantined?); put it back there and run `legampi process --retry-failed`"
+        )
     return EXIT_OK
 
 
@@ -511,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("register", cmd_register, "register a dataset manifest (tab or EGA JSON) in one transaction")
     sp.add_argument("manifest", help="tab manifest (name<TAB>md5[<TAB>size[<TAB>sha256]]) or EGA JSON file")
     sp.add_argument("--dataset", help="dataset id (default: from the JSON, or the manifest's base name)")
+    sp.add_argument(
+        "--amend",
+        action="store_true",
+        help="correct the expected checksums and sizes of files not yet available (old values kept in the "
+        "event log; failed files whose checksum changed are retried by the next process)",
+    )
 
     sp = add("fetch-metadata", cmd_fetch_metadata, "download a dataset's file list from the EGA API into metadata")
     sp.add_argument("dataset_id")

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import DatabaseConfig
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("legampi.db")
+
+SCHEMA_VERSION = 2  # sql/<backend>.sql creates it; sql/<backend>-NNN.sql upgrades NNN-1 to NNN in place
 STATUSES = ("pending", "received", "processing", "available", "failed")
 DATASET_DATES = ("date_requested", "date_download_start", "date_download_end", "date_processing_end")
 
@@ -47,8 +50,24 @@ FILE_COLUMNS = (
     "claimed_at",
     "created_at",
     "updated_at",
+    "archive_name",
+    "transfer_checksum",
+    "transfer_checksum_type",
 )
+# What `register --amend` may correct (expected values from the manifest), in the order events list them.
+AMENDABLE = ("md5", "sha256", "transfer_checksum", "transfer_checksum_type", "size")
 DATASET_COLUMNS = ("dataset_id", "n_files", "n_bytes") + DATASET_DATES
+
+
+@dataclass
+class Registration:
+    """What `register` (or `register --amend`) did with a manifest."""
+
+    added: int = 0
+    unchanged: int = 0
+    amended: int = 0
+    retried: list[str] = field(default_factory=list)  # failed files back to `received`
+    stuck: list[str] = field(default_factory=list)  # failed, checksum corrected, source not in processing
 
 
 class DatabaseError(Exception):
@@ -68,16 +87,18 @@ def _iso(value: Any) -> Any:
     return value
 
 
-def schema_file(backend: str) -> Path:
-    """Locate sql/<backend>.sql in the source tree or in an installed share/legampi/sql."""
+def schema_file(backend: str, step: int | None = None) -> Path:
+    """Locate sql/<backend>.sql (or the migration to version STEP, sql/<backend>-NNN.sql) in the source
+    tree or in an installed share/legampi/sql."""
+    name = f"{backend}.sql" if step is None else f"{backend}-{step:03d}.sql"
     candidates = [
-        Path(__file__).resolve().parent.parent / "sql" / f"{backend}.sql",
-        Path(sys.prefix) / "share" / "legampi" / "sql" / f"{backend}.sql",
+        Path(__file__).resolve().parent.parent / "sql" / name,
+        Path(sys.prefix) / "share" / "legampi" / "sql" / name,
     ]
     for c in candidates:
         if c.is_file():
             return c
-    raise DatabaseError(f"schema file {backend}.sql not found (looked in {', '.join(map(str, candidates))})")
+    raise DatabaseError(f"schema file {name} not found (looked in {', '.join(map(str, candidates))})")
 
 
 def chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
@@ -190,14 +211,61 @@ class Database:
             return None
         return rows[0]["v"] if rows else None
 
-    def init_schema(self) -> tuple[int | None, int]:
-        """Create or upgrade the schema idempotently; returns (version before, version after)."""
+    def init_schema(self, extensions: Sequence[str] = ()) -> tuple[int | None, int]:
+        """Create the schema, or upgrade an older one in place; returns (version before, version after).
+
+        An empty database gets sql/<backend>.sql. An older one gets each numbered migration after its
+        recorded version (SQLite has no ADD COLUMN IF NOT EXISTS, so the version decides what runs), all
+        in one transaction: a failed upgrade leaves the database as it was. EXTENSIONS (the configured
+        input extensions) map existing file names to the archive names version 2 records.
+        """
         before = self.schema_version()
-        text = schema_file(self.backend).read_text(encoding="utf-8")
         with self.transaction():
-            for stmt in _split_sql(text):
-                self.execute(stmt)
+            if before is None:
+                for stmt in _split_sql(schema_file(self.backend).read_text(encoding="utf-8")):
+                    self.execute(stmt)
+                return before, SCHEMA_VERSION
+            if self.backend == "postgresql":  # a concurrent init-db waits here, then finds the new version
+                self.execute("LOCK TABLE schema_version IN SHARE ROW EXCLUSIVE MODE")
+            current = self.query("SELECT max(version) AS v FROM schema_version")[0]["v"] or 0
+            if current > SCHEMA_VERSION:
+                raise DatabaseError(
+                    f"{self.label}: schema version {current} is newer than this legampi's {SCHEMA_VERSION}"
+                )
+            for step in range(current + 1, SCHEMA_VERSION + 1):
+                for stmt in _split_sql(schema_file(self.backend, step).read_text(encoding="utf-8")):
+                    self.execute(stmt)
+                if step == 2:
+                    self._fill_archive_names(extensions)
         return before, SCHEMA_VERSION
+
+    def _fill_archive_names(self, extensions: Sequence[str]) -> None:
+        """Record each registered file's archive name (upgrade to version 2), in pages of file ids so
+        memory stays bounded; a name that maps to no archive path stays NULL and is reported."""
+        from .archive import archive_name
+        from .formats import IngestError
+
+        last = ""
+        while True:
+            rows = self.query(
+                "SELECT file_id, file_name FROM file WHERE file_id > ? ORDER BY file_id LIMIT 1000", (last,)
+            )
+            if not rows:
+                return
+            last = rows[-1]["file_id"]
+            pairs: list[Any] = []
+            for r in rows:
+                try:
+                    pairs += [r["file_id"], archive_name(r["file_name"], tuple(extensions))]
+                except IngestError as e:
+                    log.warning("file %s: no archive name recorded: %s", r["file_id"], e.message)
+            for part in chunks(pairs, 1000):
+                self.execute(
+                    "UPDATE file SET archive_name = CAST(v.column2 AS TEXT) FROM (VALUES "
+                    + ",".join(["(?,?)"] * (len(part) // 2))
+                    + ") AS v WHERE file.file_id = v.column1",
+                    part,
+                )
 
     def require_schema(self) -> None:
         v = self.schema_version()
@@ -380,24 +448,42 @@ class Database:
     def register(self, dataset_id: str, entries: Sequence[dict[str, Any]], source: str) -> tuple[int, int]:
         """Insert a manifest's files in one transaction; returns (added, unchanged).
 
-        Each entry has file_id, file_name, md5, sha256, size and ``line`` (for messages). A contradiction
-        with what is registered raises ValueError naming the line, and nothing is written.
+        Each entry has file_id, file_name, archive_name, md5, sha256, size, transfer_checksum(_type) and
+        ``line`` (for messages). A contradiction with what is registered, or an archive name another file
+        already has, raises ValueError naming the line, and nothing is written.
         """
+        done = self._register(dataset_id, entries, source, None)
+        return done.added, done.unchanged
+
+    def amend(
+        self, dataset_id: str, entries: Sequence[dict[str, Any]], source: str, in_processing: Callable[[str], bool]
+    ) -> Registration:
+        """Like register, but correct the expected values (AMENDABLE) of files not yet `available`, each
+        change an `amended` event with old and new values. A failed file whose checksum changed goes back
+        to `received` when IN_PROCESSING(file_name) says its source is there, so `process` retries it."""
+        return self._register(dataset_id, entries, source, in_processing)
+
+    def _register(
+        self,
+        dataset_id: str,
+        entries: Sequence[dict[str, Any]],
+        source: str,
+        in_processing: Callable[[str], bool] | None,
+    ) -> Registration:
         ts = now()
+        done = Registration()
         with self.transaction():
             by_id = {r["file_id"]: r for r in self.files(file_ids=[e["file_id"] for e in entries])}
             by_name = {r["file_name"]: r for r in self.files(names=[e["file_name"] for e in entries])}
-            new, unchanged = [], 0
+            if any(e.get("archive_name") is None for e in entries):  # the collision check needs it
+                raise ValueError(f"{source}: entries lack archive_name; pass them through registration.prepare")
+            by_archive = self._archive_owners([e["archive_name"] for e in entries])
+            new, changes = [], []
             for e in entries:
-                old = by_id.get(e["file_id"])
                 where = f"{source}:{e['line']}"
+                old = by_id.get(e["file_id"])
                 if old is None:
-                    clash = by_name.get(e["file_name"])
-                    if clash is not None:
-                        raise ValueError(
-                            f"{where}: file name {e['file_name']!r} is already registered as file "
-                            f"{clash['file_id']} of dataset {clash['dataset_id']}"
-                        )
+                    _check_new(e, where, by_name, by_archive)
                     new.append(e)
                     continue
                 if old["dataset_id"] != dataset_id:
@@ -405,47 +491,116 @@ class Database:
                         f"{where}: file {e['file_id']} is already registered in dataset "
                         f"{old['dataset_id']}, not {dataset_id}"
                     )
-                for k in ("file_name", "md5", "sha256", "size"):
-                    if e.get(k) is not None and old.get(k) is not None and str(e[k]) != str(old[k]).strip():
-                        raise ValueError(
-                            f"{where}: file {e['file_id']} is registered with {k} {old[k]}, the manifest says {e[k]}"
-                        )
-                unchanged += 1
+                if old["file_name"] != e["file_name"]:
+                    raise ValueError(
+                        f"{where}: file {e['file_id']} is registered with file_name {old['file_name']}, "
+                        f"the manifest says {e['file_name']}"
+                    )
+                diff = {
+                    k: (old[k], e[k])
+                    for k in AMENDABLE
+                    if e.get(k) is not None and (old[k] is None or str(e[k]) != str(old[k]).strip())
+                }
+                known = [k for k in diff if diff[k][0] is not None]
+                if in_processing is None and known:
+                    k = known[0]
+                    hint = "" if old["status"] == "available" else "; correct it with `legampi register --amend`"
+                    raise ValueError(
+                        f"{where}: file {e['file_id']} is registered with {k} {old[k]}, the manifest says {e[k]}{hint}"
+                    )
+                if in_processing is None or not diff:
+                    done.unchanged += 1  # (a value the row lacks is recorded by --amend only)
+                    continue
+                if old["status"] in ("available", "processing"):
+                    why = (
+                        "is already available: archived and verified against its registered checksums"
+                        if old["status"] == "available"
+                        else f"is being processed by job {old['claimed_by']}; amend it once that job has ended"
+                    )
+                    raise ValueError(f"{where}: file {e['file_id']} {why}; its {', '.join(diff)} cannot be amended")
+                changes.append((where, old, diff))
             self.insert_many(
                 "dataset_log",
                 ("dataset_id", "date_requested"),
                 [(dataset_id, ts)],
                 conflict="ON CONFLICT (dataset_id) DO NOTHING",
             )
-            self.insert_many(
-                "file",
-                ("file_id", "dataset_id", "file_name", "size", "md5", "sha256", "status", "created_at", "updated_at"),
-                [
-                    (
-                        e["file_id"],
-                        dataset_id,
-                        e["file_name"],
-                        e.get("size"),
-                        e.get("md5"),
-                        e.get("sha256"),
-                        "pending",
-                        ts,
-                        ts,
-                    )
-                    for e in new
-                ],
-            )
-            self.insert_many(
-                "filedataset",
-                ("dataset_id", "file_id"),
-                [(dataset_id, e["file_id"]) for e in new],
-                conflict="ON CONFLICT DO NOTHING",
-            )
-            self.add_events(
-                [Event(e["file_id"], dataset_id, "registered", "pending", f"from {source}") for e in new], at=ts
-            )
+            self._insert_new(dataset_id, new, source, ts)
+            for where, old, diff in changes:
+                self._amend_row(old, diff, where, in_processing or (lambda _name: False), done, ts)
             self.refresh_dataset_totals([dataset_id])
-        return len(new), unchanged
+        done.added = len(new)
+        return done
+
+    def _archive_owners(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Registered files by archive name, for the names given (the column is indexed)."""
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in chunks(sorted(set(names)), 500):
+            for r in self.query(
+                "SELECT file_id, dataset_id, file_name, archive_name FROM file WHERE archive_name IN "
+                f"({','.join('?' * len(chunk))})",
+                list(chunk),
+            ):
+                out.setdefault(r["archive_name"], r)
+        return out
+
+    def _insert_new(self, dataset_id: str, new: Sequence[dict[str, Any]], source: str, ts: str) -> None:
+        cols = ("file_id", "dataset_id", "file_name", "archive_name", "size", "md5", "sha256")
+        cols += ("transfer_checksum", "transfer_checksum_type", "status", "created_at", "updated_at")
+        self.insert_many(
+            "file",
+            cols,
+            [
+                (
+                    *(e["file_id"], dataset_id, e["file_name"], e["archive_name"], e.get("size"), e.get("md5")),
+                    *(e.get("sha256"), e.get("transfer_checksum"), e.get("transfer_checksum_type")),
+                    *("pending", ts, ts),
+                )
+                for e in new
+            ],
+        )
+        self.insert_many(
+            "filedataset",
+            ("dataset_id", "file_id"),
+            [(dataset_id, e["file_id"]) for e in new],
+            conflict="ON CONFLICT DO NOTHING",
+        )
+        self.add_events(
+            [Event(e["file_id"], dataset_id, "registered", "pending", f"from {source}") for e in new], at=ts
+        )
+
+    def _amend_row(
+        self,
+        old: dict[str, Any],
+        diff: dict[str, tuple[Any, Any]],
+        where: str,
+        in_processing: Callable[[str], bool],
+        done: Registration,
+        ts: str,
+    ) -> None:
+        """Write one file's corrected values and its `amended` event (old and new values)."""
+        status = old["status"]
+        details = "; ".join(f"{k} {'(none)' if a is None else a} -> {b}" for k, (a, b) in diff.items())
+        sets = [f"{k} = ?" for k in diff]
+        if status == "failed" and set(diff) - {"size"}:
+            if in_processing(old["file_name"]):
+                status = "received"
+                sets.append("error = NULL")
+                done.retried.append(old["file_name"])
+                details += "; failed -> received: the next `process` retries it"
+            else:
+                done.stuck.append(old["file_name"])
+                details += "; stays failed: its source is not in processing"
+        cur = self.execute(
+            f"UPDATE file SET {', '.join(sets)}, status = ?, updated_at = ? WHERE file_id = ? AND status = ?",
+            [*(b for _a, b in diff.values()), status, ts, old["file_id"], old["status"]],
+        )
+        if cur.rowcount != 1:
+            raise ValueError(f"{where}: file {old['file_id']} changed while it was being amended; run it again")
+        self.add_events(
+            [Event(old["file_id"], old["dataset_id"], "amended", status, f"{details} (from {where})")], at=ts
+        )
+        done.amended += 1
 
     # ------------------------------------------------------------------ transfer monitor
     def tracking(self) -> dict[str, dict[str, Any]]:
@@ -518,7 +673,7 @@ class Database:
     ) -> None:
         with self.transaction():
             self.execute(
-                "UPDATE job SET ended_at = ?, exit_status = ?, summary = ? WHERE job_id = ?",
+                "UPDATE job SET ended_at = ?, exit_status = ?, summary = ?, state = 'ended' WHERE job_id = ?",
                 (now(), exit_status, summary, job_id),
             )
             self.insert_many(
@@ -736,6 +891,25 @@ class Database:
                 [Event(r["file_id"], r["dataset_id"], "rekeyed", "available", r["details"]) for r in done], job_id, ts
             )
         return [r["file_id"] for r in done]
+
+
+def _check_new(
+    e: dict[str, Any], where: str, by_name: dict[str, dict[str, Any]], by_archive: dict[str, dict[str, Any]]
+) -> None:
+    """A new file must not reuse a registered file's name or archive path (one would lose its copy)."""
+    clash = by_name.get(e["file_name"])
+    if clash is not None:
+        raise ValueError(
+            f"{where}: file name {e['file_name']!r} is already registered as file "
+            f"{clash['file_id']} of dataset {clash['dataset_id']}"
+        )
+    owner = by_archive.get(e["archive_name"])
+    if owner is not None and owner["file_id"] != e["file_id"]:
+        raise ValueError(
+            f"{where}: {e['file_name']!r} would be archived as {e['archive_name']!r}, the archive path of "
+            f"registered file {owner['file_id']} ({owner['file_name']!r}, dataset {owner['dataset_id']}); "
+            "two files cannot share one archive path: rename one of them"
+        )
 
 
 def _result_details(x: Any) -> str:

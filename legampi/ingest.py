@@ -58,7 +58,16 @@ def array_share(branches: int | None, branch: int | None, env: dict[str, str] | 
     return 1, 1
 
 
-PLAN_COLUMNS = ("file_id", "dataset_id", "file_name", "status", "md5", "sha256")
+PLAN_COLUMNS = (
+    "file_id",
+    "dataset_id",
+    "file_name",
+    "status",
+    "md5",
+    "sha256",
+    "transfer_checksum",
+    "transfer_checksum_type",
+)
 
 
 @dataclass
@@ -128,7 +137,16 @@ def _claim_chunks(
             wanted = wanted[: max(0, limit - len(out.tasks))]
         got = set(db.claim([r["file_id"] for r in wanted], job_id, retry_failed=retry_failed))
         out.tasks += [
-            FileTask(r["file_id"], r["dataset_id"], r["file_name"], r["md5"], r["sha256"], listing[r["file_name"]])
+            FileTask(
+                r["file_id"],
+                r["dataset_id"],
+                r["file_name"],
+                r["md5"],
+                r["sha256"],
+                listing[r["file_name"]],
+                r["transfer_checksum"],
+                r["transfer_checksum_type"],
+            )
             for r in wanted
             if r["file_id"] in got
         ]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from legampi import archive, checksum, provenance
+from legampi import archive, checksum, provenance, transfer
 from legampi.formats import IngestError, detect_format, open_plaintext
 from legampi.formats import crypt4gh as c4gh
 from legampi.keys import fingerprint, load_public_key, load_secret_key
@@ -33,7 +33,7 @@ HOST = socket.gethostname()
 # Failures caused by the file's content: moving such a source aside lets the rest of a dataset go on.
 # Environment failures (io, nospace, archive_conflict, unsafe_path) leave the source where it is, and so does
 # `config` (a key, password or passphrase the operator must fix): never quarantined, never `failed`.
-QUARANTINE_KINDS = frozenset({"checksum", "corrupt", "truncated", "key", "format"})
+QUARANTINE_KINDS = frozenset({"checksum", "corrupt", "truncated", "key", "format", "transfer_corrupt"})
 _HEX = re.compile(r"^[0-9a-f]+$")
 
 
@@ -47,6 +47,8 @@ class FileTask:
     md5: str | None  # expected plaintext md5 (lower-case hex) from the manifest
     sha256: str | None  # expected plaintext sha256, when the manifest has it
     size: int | None = None  # size of the source file, for scheduling
+    transfer_checksum: str | None = None  # of the source as transferred (EGA `checksum`), lower-case hex
+    transfer_checksum_type: str | None = None  # 'md5' | 'sha256'
 
 
 @dataclass
@@ -279,6 +281,7 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
     src = archive.safe_source(ctx.processing, rel)
     expected_md5 = _valid_hex(task.md5, 32, "md5", rel)
     expected_sha = _valid_hex(task.sha256, 64, "sha256", rel)
+    expected_transfer = transfer.expected(task.transfer_checksum, task.transfer_checksum_type, rel)
     fmt = detect_format(rel, ctx.extensions)
     final = archive.final_path(ctx.end_storage, rel, ctx.extensions)
     if os.path.lexists(final):
@@ -293,6 +296,7 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
         raise _io_error(rel, "cannot open source", e) from None
     source = open(fd, "rb", buffering=0)
     writer: archive.TempArchiveFile | None = None
+    feeder: transfer.Feeder | None = None
     stages: list[Any] = []  # generators to close on failure (a gpg child must not outlive its file)
     try:
         st0 = os.fstat(fd)
@@ -307,6 +311,9 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
             raise _io_error(rel, f"cannot create the archive temp file in {final.parent}", e) from None
         md5, sha = hashlib.md5(), hashlib.sha256()
         count = [0]
+        # With a transfer checksum registered the decryptor reads the source through its hash (no second read)
+        reader = transfer.TransferHash(source, *expected_transfer, rel) if expected_transfer else None
+        raw: Any = reader or source
         if fmt == "crypt4gh" and ctx.reencrypt == "header":
             if ctx.inbox_secret_key is None:
                 raise IngestError("config", f"{rel}: is Crypt4GH but [crypto] inbox_secret_key is not set")
@@ -317,17 +324,30 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
                 count[0] += len(plain)
 
             out: Iterator[Any] = c4gh.reencrypt_header_stream(
-                source, ctx.inbox_secret_key, ctx.archive_public_key, sink, chunk_size=ctx.chunk_size, label=rel
+                raw, ctx.inbox_secret_key, ctx.archive_public_key, sink, chunk_size=ctx.chunk_size, label=rel
             )
             stages.append(out)
         else:
             from_res = ctx.decrypt_via == "res" and fmt in ("legacy_aes", "openpgp")
-            plain = open_plaintext(src if from_res else source, fmt, ctx, label=rel)
+            if reader is not None and from_res:  # the service reads the file itself: check it before
+                reader.drain(ctx.chunk_size)
+                if bad := reader.mismatch():
+                    raise bad
+            elif reader is not None and fmt == "openpgp":  # gpg reads a file descriptor: feed it a pipe
+                feeder = transfer.Feeder(reader, ctx.chunk_size)
+                raw = feeder.pipe
+            plain = open_plaintext(src if from_res else raw, fmt, ctx, label=rel)
+            if feeder is not None:
+                stages.append(plain)
+                plain = feeder.after_start(plain)
             hashed = _hashing(plain, [md5, sha], count)
             out = c4gh.encrypt_stream(
                 hashed, ctx.archive_public_key, batch_segments=c4gh.segments_per_read(ctx.chunk_size)
             )
             stages += [plain, hashed, out]
+        if reader is not None:  # compared at the end of the source, before the plaintext checks
+            out = transfer.verified(out, reader, feeder, ctx.chunk_size)
+            stages.append(out)
         while True:
             try:
                 block = next(out)
@@ -382,6 +402,8 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
     finally:
         for gen in reversed(stages):
             gen.close()
+        if feeder is not None:
+            feeder.finish()  # a source read error is reported by `verified`, or moot after another failure
         source.close()
         if writer is not None and not writer.committed:
             writer.abort()

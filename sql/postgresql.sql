@@ -1,5 +1,6 @@
--- legampi tracking database, PostgreSQL. Schema version 1.
--- Applied by `legampi init-db`; every statement is idempotent (IF NOT EXISTS).
+-- legampi tracking database, PostgreSQL. Schema version 2.
+-- Applied by `legampi init-db` to an empty database; every statement is idempotent (IF NOT EXISTS).
+-- A version-1 database is upgraded in place by postgresql-002.sql instead (see db.Database.init_schema).
 -- Keeps the seed's four tables (trackingtable, file, filedataset, dataset_log) with 64-bit sizes and
 -- real timestamps, and adds what the pipeline needs: plaintext sha256, archive location and checksum,
 -- errors, attempts, claims, an append-only event log and a job table for claim recovery.
@@ -39,10 +40,15 @@ CREATE TABLE IF NOT EXISTS file (
     claimed_by            TEXT,
     claimed_at            TIMESTAMPTZ,
     created_at            TIMESTAMPTZ NOT NULL,
-    updated_at            TIMESTAMPTZ NOT NULL
+    updated_at            TIMESTAMPTZ NOT NULL,
+    -- version 2 (added at the end, where ALTER TABLE puts them when a version-1 database is upgraded)
+    archive_name          TEXT,                   -- archive path relative to end_storage (collision checks)
+    transfer_checksum     TEXT,                   -- of the file as transferred (encrypted): EGA `checksum`
+    transfer_checksum_type TEXT CHECK (transfer_checksum_type IN ('md5', 'sha256'))
 );
 CREATE INDEX IF NOT EXISTS file_dataset_idx ON file (dataset_id);
 CREATE INDEX IF NOT EXISTS file_status_idx ON file (status);
+CREATE INDEX IF NOT EXISTS file_archive_name_idx ON file (archive_name);
 
 CREATE TABLE IF NOT EXISTS filedataset (
     dataset_id  TEXT NOT NULL,
@@ -84,7 +90,8 @@ CREATE TABLE IF NOT EXISTS job (
     heartbeat_at  TIMESTAMPTZ NOT NULL,
     ended_at      TIMESTAMPTZ,
     exit_status   INTEGER,
-    summary       TEXT
+    summary       TEXT,
+    state         TEXT NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'ended', 'died'))
 );
 
 -- Per-rank throughput of each job, for the report.
@@ -98,4 +105,4 @@ CREATE TABLE IF NOT EXISTS job_rank (
     PRIMARY KEY (job_id, rank)
 );
 
-INSERT INTO schema_version (version) VALUES (1) ON CONFLICT (version) DO NOTHING;
+INSERT INTO schema_version (version) VALUES (2) ON CONFLICT (version) DO NOTHING;

@@ -22,6 +22,7 @@ ERROR_KINDS = (
     "nospace",
     "archive_conflict",
     "unsafe_path",
+    "transfer_corrupt",  # the source's bytes differ from the checksum of the file as transferred
     # the operator's configuration (missing or wrong key, password, passphrase): not the file's fault, so
     # the file is released unchanged and the job stops (legampi.ingest), never failed or quarantined
     "config",

@@ -1,0 +1,60 @@
+"""What `register` checks before anything reaches the database: every name must be archivable.
+
+A file that can never be archived is refused at registration, with its manifest line, instead of
+failing (or stopping a node) at every `process` run: two names that map to one archive path, names
+longer than the file systems of processing/end_storage/quarantine allow (with everything legampi derives
+from them), and transfer checksums that are not what their type says.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import archive
+from .config import Config
+from .formats import IngestError
+from .manifest import ManifestError
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def prepare(entries: list[dict[str, Any]], cfg: Config, source: str) -> list[dict[str, Any]]:
+    """Add each entry's archive_name and refuse (ManifestError naming the line) what cannot be archived."""
+    ws, exts = cfg.workspaces, tuple(cfg.func.extensions)
+    processing, end_storage = archive.fs_limits(ws.processing), archive.fs_limits(ws.end_storage)
+    quarantine = archive.fs_limits(ws.quarantine) if ws.quarantine is not None else None
+    seen: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        where = f"{source}:{e['line']}"
+        try:
+            name = archive.archive_name(e["file_name"], exts)
+            problem = archive.name_limits_problem(e["file_name"], exts, processing, end_storage, quarantine)
+        except IngestError as exc:
+            raise ManifestError(f"{where}: {exc.message}") from None
+        if problem is not None:
+            raise ManifestError(f"{where}: {problem}")
+        first = seen.get(name)
+        if first is not None:
+            raise ManifestError(
+                f"{where}: {e['file_name']!r} would be archived as {name!r}, like {first['file_name']!r} on "
+                f"line {first['line']}; two files cannot share one archive path: rename one of them"
+            )
+        seen[name] = e
+        _check_transfer(e, where)
+        e["archive_name"] = name
+    return entries
+
+
+def _check_transfer(e: dict[str, Any], where: str) -> None:
+    """The transfer checksum (of the encrypted file as transferred) must be a digest of its stated type."""
+    value, kind = e.get("transfer_checksum"), e.get("transfer_checksum_type")
+    if value is None and kind is None:
+        return
+    kind = str(kind or "").lower()
+    if kind not in ("md5", "sha256"):
+        raise ManifestError(f"{where}: transfer checksum type {e.get('transfer_checksum_type')!r} is not md5 or sha256")
+    text = str(value or "").strip().lower()
+    if len(text) != (32 if kind == "md5" else 64) or not _HEX.match(text):
+        raise ManifestError(f"{where}: bad transfer {kind} {value!r}")
+    e["transfer_checksum"], e["transfer_checksum_type"] = text, kind

@@ -15,6 +15,7 @@ from html import escape
 from typing import Any
 
 from legampi.plots import Bar, Series, hbar_chart, human_bytes, stacked_hbar_chart, time_bytes_chart
+from legampi.status import ArchiveStatus
 
 STATUSES: tuple[tuple[str, str], ...] = (
     ("available", "#2e8b57"),
@@ -644,9 +645,7 @@ def render_report(data: dict) -> str:
 
 def collect(db: Any, dataset: str | None = None, runs: int = 10) -> dict[str, Any]:
     """Gather the report's data from the tracking database (the shape render_report takes)."""
-    from .cli import status_data
-
-    status = status_data(db, dataset)
+    status = ArchiveStatus.read(db, dataset)
     jobs = [j for j in db.jobs(runs) if j["command"] == "process"]
     ranks: dict[str, list[dict[str, Any]]] = {}
     for r in db.job_ranks([j["job_id"] for j in jobs]):
@@ -670,14 +669,13 @@ def collect(db: Any, dataset: str | None = None, runs: int = 10) -> dict[str, An
         )
     failed = [
         {
-            "file_id": f["file_id"],
-            "dataset_id": f["dataset_id"],
-            "file_name": f["file_name"],
-            "error": f["error"],
-            "updated_at": f["updated_at"],
+            "file_id": f.file_id,
+            "dataset_id": f.dataset_id,
+            "file_name": f.file_name,
+            "error": f.error,
+            "updated_at": f.updated_at,
         }
-        for f in status["files"]
-        if f["status"] == "failed"
+        for f in status.with_status("failed")
     ]
     audits = [
         {
@@ -693,7 +691,7 @@ def collect(db: Any, dataset: str | None = None, runs: int = 10) -> dict[str, An
     return {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "title": "legampi archive report" + (f": dataset {dataset}" if dataset else ""),
-        "datasets": status["datasets"],
+        "datasets": [d.to_json() for d in status.datasets],
         "archived": db.archived_timeline(dataset),
         "runs": run_rows,
         "failed": failed,

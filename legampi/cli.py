@@ -343,7 +343,8 @@ def cmd_verify_archive(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
-    from .report import collect, render_report
+    from .report import render_report
+    from .report_data import collect
 
     html = render_report(collect(_db(cfg), args.dataset))
     out = Path(args.output)

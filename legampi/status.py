@@ -8,8 +8,9 @@ One read model for each question an operator asks:
 - ``FolderCount``: files and bytes in one workspace folder (``count``).
 - ``Arrivals``: which files seen in receiving at ``track start`` reached the archive (``track``).
 
-Pure: this module imports nothing from legampi and does no I/O, so the database layer (which keeps the
-SQL) can take its names from here, and every model is tested from plain rows.
+Pure: this module imports nothing from legampi and does no I/O of its own (``ArchiveStatus.read`` asks
+the database object it is given), so the database layer, which keeps the SQL, takes its status names from
+here, and every model is tested from plain rows.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ from typing import Any
 from . import __version__
 from . import config as config_mod
 from .config import Config, ConfigError
-from .db import STATUSES, Database, DatabaseError
+from .db import Database, DatabaseError
 from .parallel import LaunchError
+from .status import COUNTED_FOLDERS, STATUSES, ArchiveStatus, Arrivals, FolderCount
 
 log = logging.getLogger("legampi")
 
@@ -187,60 +188,23 @@ def cmd_monitor(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if rep.errors else EXIT_OK
 
 
-def status_data(db: Database, dataset: str | None) -> dict[str, Any]:
-    counts: dict[str, dict[str, dict[str, int]]] = {}
-    for r in db.status_counts(dataset):
-        counts.setdefault(r["dataset_id"], {})[r["status"]] = {"files": int(r["files"]), "bytes": int(r["bytes"])}
-    datasets = db.datasets(dataset)
-    for d in datasets:
-        d["by_status"] = {s: counts.get(d["dataset_id"], {}).get(s, {"files": 0, "bytes": 0}) for s in STATUSES}
-    files = [
-        {
-            k: f[k]
-            for k in (
-                "file_id",
-                "dataset_id",
-                "file_name",
-                "status",
-                "size",
-                "archive_path",
-                "md5",
-                "sha256",
-                "archive_checksum",
-                "archive_checksum_type",
-                "error",
-                "attempts",
-                "updated_at",
-            )
-        }
-        for f in db.files(dataset)
-    ]
-    return {"datasets": datasets, "files": files}
-
-
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
     from .monitor import scan
 
     db = _db(cfg)
-    data = status_data(db, args.dataset)
+    status = ArchiveStatus.read(db, args.dataset)
     registered = {f["file_name"] for f in db.files()}
     unregistered = sorted(n for n, _ in scan(cfg.workspaces.receiving) if n not in registered)
-    data["unregistered"] = unregistered
     if args.json:
-        json.dump(data, sys.stdout, indent=2, default=str)
+        json.dump({**status.to_json(), "unregistered": unregistered}, sys.stdout, indent=2, default=str)
         print()
         return EXIT_OK
-    rows = []
-    for d in data["datasets"]:
-        bs = d["by_status"]
-        rows.append(
-            [d["dataset_id"], d["n_files"], human(d["n_bytes"])]
-            + [bs[s]["files"] for s in STATUSES]
-            + [
-                d[k] or "-"
-                for k in ("date_requested", "date_download_start", "date_download_end", "date_processing_end")
-            ]
-        )
+    rows = [
+        [d.dataset_id, d.n_files, human(d.n_bytes)]
+        + [d.count(s).files for s in STATUSES]
+        + [date or "-" for date in d.dates]
+        for d in status.datasets
+    ]
     _print_table(
         rows, ["dataset", "files", "bytes", *STATUSES, "requested", "download start", "download end", "processing end"]
     )
@@ -248,16 +212,8 @@ def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
         print()
         _print_table(
             [
-                [
-                    f["dataset_id"],
-                    f["file_id"],
-                    f["file_name"],
-                    f["status"],
-                    human(f["size"]),
-                    f["archive_path"] or "",
-                    f["error"] or "",
-                ]
-                for f in data["files"]
+                [f.dataset_id, f.file_id, f.file_name, f.status, human(f.size), f.archive_path or "", f.error or ""]
+                for f in status.files
             ],
             ["dataset", "file", "name", "status", "size", "archive", "error"],
         )
@@ -387,7 +343,8 @@ def cmd_verify_archive(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
-    from .report import collect, render_report
+    from .report import render_report
+    from .report_data import collect
 
     html = render_report(collect(_db(cfg), args.dataset))
     out = Path(args.output)
@@ -432,14 +389,14 @@ def cmd_testdata(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_count(cfg: Config, args: argparse.Namespace) -> int:
     from .monitor import scan
 
-    ws = cfg.workspaces
-    rows = []
-    for name in ("receiving", "processing", "end_storage", "quarantine"):
-        folder = getattr(ws, name)
-        if folder is not None:
-            listing = list(scan(folder))
-            rows.append([name, len(listing), human(sum(st.st_size for _, st in listing)), str(folder)])
-    _print_table(rows, ["workspace", "files", "bytes", "folder"])
+    counts = [
+        FolderCount.of(name, folder, (st.st_size for _, st in scan(folder)))
+        for name in COUNTED_FOLDERS
+        if (folder := getattr(cfg.workspaces, name)) is not None
+    ]
+    _print_table(
+        [[c.workspace, c.files, human(c.bytes), c.folder] for c in counts], ["workspace", "files", "bytes", "folder"]
+    )
     return EXIT_OK
 
 
@@ -467,12 +424,11 @@ def cmd_track(cfg: Config, args: argparse.Namespace) -> int:
             f"{state}: run `legampi track start` before the transfer and `track end` after processing", file=sys.stderr
         )
         return EXIT_FAILED
-    archived = set(data["end_storage"])
-    lost = [n for n in data["receiving"] if archive_name(n, cfg.func.extensions) not in archived]
-    print(f"{len(data['receiving']) - len(lost)} of {len(data['receiving'])} file(s) arrived in the archive")
-    for n in lost:
+    arrivals = Arrivals.compare(data["receiving"], data["end_storage"], lambda n: archive_name(n, cfg.func.extensions))
+    print(f"{arrivals.arrived} of {len(arrivals.received)} file(s) arrived in the archive")
+    for n in arrivals.lost:
         print(f"  LOST {n}")
-    return EXIT_FAILED if lost else EXIT_OK
+    return EXIT_FAILED if arrivals.lost else EXIT_OK
 
 
 def cmd_rekey(cfg: Config, args: argparse.Namespace) -> int:

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .config import DatabaseConfig
+from .status import DATASET_DATES, STATUSES
 
 log = logging.getLogger("legampi.db")
 
 SCHEMA_VERSION = 2  # sql/<backend>.sql creates it; sql/<backend>-NNN.sql upgrades NNN-1 to NNN in place
-STATUSES = ("pending", "received", "processing", "available", "failed")
-DATASET_DATES = ("date_requested", "date_download_start", "date_download_end", "date_processing_end")
 
 FILE_COLUMNS = (
     "file_id",

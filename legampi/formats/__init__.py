@@ -12,21 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-ERROR_KINDS = (
-    "checksum",
-    "corrupt",
-    "truncated",
-    "key",
-    "format",
-    "io",
-    "nospace",
-    "archive_conflict",
-    "unsafe_path",
-    "transfer_corrupt",  # the source's bytes differ from the checksum of the file as transferred
-    # the operator's configuration (missing or wrong key, password, passphrase): not the file's fault, so
-    # the file is released unchanged and the job stops (legampi.ingest), never failed or quarantined
-    "config",
-)
+from legampi.formats.base import IngestError, read_exact_into
 
 # Extension (lower case) -> format name, for the extensions an operator may list in [func] extensions.
 FORMAT_BY_EXTENSION = {
@@ -40,17 +26,6 @@ FORMAT_BY_EXTENSION = {
 # archived as plaintext (it would be archived still encrypted for a key nobody records).
 ENCRYPTED_LOOKING = frozenset(FORMAT_BY_EXTENSION) | {".enc", ".aes", ".crypt", ".csc", ".cipher"}
 FORMATS = ("crypt4gh", "legacy_aes", "openpgp", "plain")
-
-
-class IngestError(Exception):
-    """A per-file failure with a kind the operator can act on (re-transfer, fix key, free space...)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        if kind not in ERROR_KINDS:
-            raise ValueError(f"unknown error kind {kind!r}")
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 def _suffix(rel: str) -> str:
@@ -152,31 +127,6 @@ def _closing(it: Iterator[bytes], stream: BinaryIO | None) -> Iterator[bytes]:
     finally:
         if stream is not None:
             stream.close()
-
-
-def read_exact_into(stream: BinaryIO, buf: bytearray | memoryview) -> int:
-    """Fill `buf` unless EOF comes first; return the byte count.
-
-    Pipes, sockets and network streams return short reads; formats with fixed-size records (Crypt4GH
-    segments) must not mistake a short read for the end of the file.
-    """
-    view = memoryview(buf)
-    total = 0
-    size = len(view)
-    readinto = getattr(stream, "readinto", None)
-    while total < size:
-        if readinto is not None:
-            n = readinto(view[total:])
-        else:
-            data = stream.read(size - total)
-            n = len(data)
-            view[total : total + n] = data
-        if n is None:  # non-blocking stream with nothing yet; our streams are blocking
-            raise OSError("non-blocking stream returned no data")
-        if n == 0:
-            break
-        total += n
-    return total
 
 
 def read_exact(stream: BinaryIO, size: int) -> bytes:

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from crypt4gh import header as c4gh_header
 from crypt4gh import sodium
 
-from legampi.formats import IngestError, read_exact_into
+from legampi.formats.base import IngestError, read_exact_into
 
 MAGIC = b"crypt4gh"
 VERSION = 1

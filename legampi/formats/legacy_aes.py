@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from legampi.formats import IngestError, read_exact_into
+from legampi.formats.base import IngestError, read_exact_into
 
 SALT = bytes.fromhex("f42201009edf4e15")
 ITERATIONS = 1024

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from legampi.formats import IngestError, read_exact_into
+from legampi.formats.base import IngestError, read_exact_into
 from legampi.redact import redact
 
 GPG = os.environ.get("LEGAMPI_GPG", "/usr/bin/gpg")

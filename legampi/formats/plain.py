@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from legampi.formats import IngestError, read_exact_into
+from legampi.formats.base import IngestError, read_exact_into
 
 _C4GH_MAGIC = b"crypt4gh"
 

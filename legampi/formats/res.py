@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import requests
 
-from legampi.formats import IngestError
+from legampi.formats.base import IngestError
 from legampi.redact import redact
 
 CONNECT_TIMEOUT = 10.0

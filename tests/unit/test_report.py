@@ -9,7 +9,10 @@ from html.parser import HTMLParser
 import pytest
 
 from legampi.plots import human_bytes, nice_ticks, step_points, time_ticks
-from legampi.report import RUNS_IN_CHART, fmt_duration, render_report
+from legampi.report import render_report
+from legampi.report_html import fmt_duration
+from legampi.report_sections import RUNS_IN_CHART, STATUS_COLOURS
+from legampi.status import STATUSES
 
 VOID = {"meta", "br", "hr", "img", "input", "link"}
 GIB = 1024**3
@@ -497,3 +500,7 @@ def test_axis_helpers() -> None:
     assert all(t % 1800 == 0 for t in ticks) and fmt == "%H:%M"
     assert time_ticks(0, 3 * 86400)[1] != "%H:%M"
     assert step_points([(0, 0), (1, 5), (2, 7)], 3) == [(0, 0), (1, 0), (1, 5), (2, 5), (2, 7), (3, 7)]
+
+
+def test_the_status_chart_has_one_colour_per_status() -> None:
+    assert sorted(STATUS_COLOURS) == sorted(STATUSES)

@@ -27,13 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crypt4gh import header as c4gh_header
-from crypt4gh import sodium
-
 from . import archive, checksum
 from .db import Database, DatabaseError, Event
 from .formats import IngestError, read_exact_into
-from .formats.crypt4gh import iter_segments, read_header, seal_packets
+from .formats.crypt4gh import build_header, iter_segments, read_header
 from .ingest import make_job_id
 from .keys import fingerprint, load_public_key, load_secret_key, public_from_secret
 from .verify import HashingReader
@@ -48,41 +45,7 @@ class RekeyError(ValueError):
     """A per-file problem that leaves the archived copy and its row exactly as they were."""
 
 
-# ---------------------------------------------------------------------- header sealing
-def seal_header(packets: Sequence[bytes], recipient_pk: bytes) -> bytes:
-    """Header with `packets` encrypted for `recipient_pk`, checked before it is used.
-
-    The writer side of the X25519 exchange derives the same shared key as the recipient, so opening every
-    packet again with it proves the recipient's secret key will open this header, without having that key.
-    """
-    sealed, shared = seal_packets(packets, recipient_pk)
-    raw = c4gh_header.serialize(sealed)
-    opened = []
-    for body in _header_packets(raw):
-        buf = bytearray(len(body))
-        try:
-            n = sodium.chacha20poly1305_decrypt(buf, body[36:], shared)
-        except ValueError:
-            raise RekeyError("the new header does not open again with its own key exchange") from None
-        opened.append(bytes(buf[:n]))
-    if opened != list(packets):
-        raise RekeyError("the new header does not hold the original session keys")
-    return raw
-
-
-def _header_packets(raw: bytes) -> list[bytes]:
-    """Packet bodies of a serialized header (layout only, no keys)."""
-    count = int.from_bytes(raw[12:16], "little")
-    out, off = [], 16
-    for _ in range(count):
-        n = int.from_bytes(raw[off : off + 4], "little")
-        out.append(raw[off + 4 : off + n])
-        off += n
-    if off != len(raw):
-        raise RekeyError(f"malformed header: {len(raw) - off} stray bytes")
-    return out
-
-
+# ---------------------------------------------------------------------- reading an archived copy
 def _open_archived(path: Path, secret_key: bytes, key_name: str, algo: str) -> tuple[Any, HashingReader, Any]:
     """Open an archived file read-only (no symlinks) and read its header with SECRET_KEY.
 
@@ -254,7 +217,7 @@ def _rekey(task: RekeyTask, keys: RekeyKeys, path: Path, res: RekeyResult) -> No
     writer: archive.TempArchiveFile | None = None
     replaced = False
     try:
-        new_header = seal_header(hdr.packets, keys.new_pk)
+        new_header = build_header(hdr.packets, keys.new_pk)
         writer = archive.TempArchiveFile(path, keys.file_mode, algo)
         writer.write(new_header)
         buf = bytearray(CHUNK)
@@ -589,7 +552,7 @@ def export_file(
     src, reader, hdr = _open_archived(item.source, archive_sk, "the archive secret key", algo)
     writer: archive.TempArchiveFile | None = None
     try:
-        header = seal_header(hdr.packets, recipient_pk)
+        header = build_header(hdr.packets, recipient_pk)
         archive.make_dirs(item.dest.parent, top)
         writer = archive.TempArchiveFile(item.dest, file_mode, "sha256")
         writer.write(header)

@@ -1,4 +1,4 @@
-"""Checksums of archived files and their coreutils-format sidecars.
+"""Checksums of archived files (also hashed as they are read) and their coreutils-format sidecars.
 
 Sidecars are written exactly as `sha256sum`/`md5sum` would, so an operator can verify a folder with
 the stock tools (`sha256sum -c *.sha256`) without legampi or its database.
@@ -14,6 +14,7 @@ to the sidecar's checksum. Anything else at an archive path is somebody else's a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -45,6 +46,23 @@ def hash_file(path: str | os.PathLike, algo: str = "sha256", chunk_size: int = 4
                 break
             h.update(view[:n])
     return h.hexdigest()
+
+
+class HashingReader(io.RawIOBase):
+    """Wraps a binary file so every byte read also feeds a hash (one read serves two checks)."""
+
+    def __init__(self, fh: Any, h: Any) -> None:
+        self.fh, self.h, self.count = fh, h, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self.fh.readinto(b)
+        if n:
+            self.h.update(memoryview(b)[:n])
+            self.count += n
+        return n or 0
 
 
 def sidecar_path(path: str | os.PathLike, algo: str) -> Path:

@@ -33,7 +33,6 @@ from .formats import IngestError, read_exact_into
 from .formats.crypt4gh import build_header, iter_segments, read_header
 from .ingest import make_job_id
 from .keys import fingerprint, load_public_key, load_secret_key, public_from_secret
-from .verify import HashingReader
 
 log = logging.getLogger("legampi.rekey")
 
@@ -46,7 +45,7 @@ class RekeyError(ValueError):
 
 
 # ---------------------------------------------------------------------- reading an archived copy
-def _open_archived(path: Path, secret_key: bytes, key_name: str, algo: str) -> tuple[Any, HashingReader, Any]:
+def _open_archived(path: Path, secret_key: bytes, key_name: str, algo: str) -> tuple[Any, checksum.HashingReader, Any]:
     """Open an archived file read-only (no symlinks) and read its header with SECRET_KEY.
 
     Every byte read is hashed with ALGO (the header included), so one pass also checks the recorded checksum.
@@ -54,7 +53,7 @@ def _open_archived(path: Path, secret_key: bytes, key_name: str, algo: str) -> t
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     src = open(fd, "rb", buffering=0)
     try:
-        reader = HashingReader(src, hashlib.new(algo))
+        reader = checksum.HashingReader(src, hashlib.new(algo))
         try:
             hdr = read_header(reader, secret_key, str(path))
         except IngestError as exc:
@@ -267,7 +266,7 @@ def _check_written(
     secret key, it also decrypts fully to the recorded plaintext md5/sha256."""
     whole = hashlib.new(algo)
     with open(temp, "rb", buffering=0) as raw:
-        reader = HashingReader(raw, whole)
+        reader = checksum.HashingReader(raw, whole)
         if keys.new_sk is None:
             got = bytearray(len(header))
             if read_exact_into(reader, got) != len(header) or bytes(got) != header:

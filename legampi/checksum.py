@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from legampi.archive import write_durably
+from legampi.formats import IngestError
+from legampi.formats.crypt4gh import Header, read_header
 
 ALGOS = ("sha256", "md5")
 _HEX_LEN = {"sha256": 64, "md5": 32}
@@ -63,6 +65,29 @@ class HashingReader(io.RawIOBase):
             self.h.update(memoryview(b)[:n])
             self.count += n
         return n or 0
+
+
+def open_archived(path: Path, secret_key: bytes, key_name: str, algo: str) -> tuple[Any, HashingReader, Header]:
+    """Open an archived Crypt4GH copy read-only (no symlinks) and read its header with SECRET_KEY.
+
+    Every byte read is hashed with ALGO (the header included), so the one pass of `rekey` or `export`
+    also checks the recorded checksum. Returns (file to close, hashing reader, header); a header that
+    does not open is an IngestError naming the file and KEY_NAME.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    src = open(fd, "rb", buffering=0)
+    try:
+        reader = HashingReader(src, hashlib.new(algo))
+        try:
+            hdr = read_header(reader, secret_key, str(path))
+        except IngestError as exc:
+            if exc.kind == "key":
+                raise IngestError("key", f"{path}: no header packet opens with {key_name}") from None
+            raise
+    except BaseException:
+        src.close()
+        raise
+    return src, reader, hdr
 
 
 def sidecar_path(path: str | os.PathLike, algo: str) -> Path:

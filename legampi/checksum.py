@@ -25,7 +25,8 @@ from legampi.formats import IngestError
 from legampi.formats.crypt4gh import Header, read_header
 
 ALGOS = ("sha256", "md5")
-_HEX_LEN = {"sha256": 64, "md5": 32}
+HEX_LEN = {"sha256": 64, "md5": 32}
+_HEX_DIGITS = frozenset("0123456789abcdef")
 PROVENANCE_PREFIX = "# legampi-provenance "
 PROVENANCE_KEYS = ("file_id", "file_name", "dataset_id", "md5", "sha256", "plain_size", "archive_key")
 
@@ -34,6 +35,11 @@ def _check_algo(algo: str) -> str:
     if algo not in ALGOS:
         raise ValueError(f"unsupported checksum {algo!r} (expected one of {', '.join(ALGOS)})")
     return algo
+
+
+def is_hex_digest(text: str, algo: str) -> bool:
+    """True if TEXT is a lower-case hex digest of ALGO's length (ValueError for an unknown ALGO)."""
+    return len(text) == HEX_LEN[_check_algo(algo)] and _HEX_DIGITS.issuperset(text)
 
 
 def hash_file(path: str | os.PathLike, algo: str = "sha256", chunk_size: int = 4 << 20) -> str:
@@ -111,7 +117,7 @@ def parse_line(line: str) -> tuple[str, str]:
     if escaped:
         line = line[1:]
     hexdigest, sep, name = line.partition(" ")
-    if not sep or not name or not all(c in "0123456789abcdefABCDEF" for c in hexdigest):
+    if not sep or not name or not _HEX_DIGITS.issuperset(hexdigest.lower()):
         raise ValueError(f"not a checksum line: {line[:80]!r}")
     if name[0] in " *":  # text (' ') or binary ('*') mode marker
         name = name[1:]
@@ -134,7 +140,7 @@ def parse_line(line: str) -> tuple[str, str]:
 def format_sidecar(hexdigest: str, name: str, algo: str, provenance: dict[str, Any] | None = None) -> bytes:
     """A sidecar's bytes: the optional provenance comment line, then one coreutils checksum line."""
     hexdigest = hexdigest.lower()
-    if len(hexdigest) != _HEX_LEN[_check_algo(algo)] or not all(c in "0123456789abcdef" for c in hexdigest):
+    if not is_hex_digest(hexdigest, algo):
         raise ValueError(f"{hexdigest!r} is not a {algo} hex digest")
     head = ""
     if provenance is not None:
@@ -181,7 +187,7 @@ def read_sidecar(side: str | os.PathLike, algo: str | None = None) -> tuple[str,
     if len(lines) != 1:
         raise ValueError(f"{side}: expected one checksum line, found {len(lines)}")
     expected, name = parse_line(lines[0])
-    if len(expected) != _HEX_LEN[_check_algo(algo)]:
+    if not is_hex_digest(expected, algo):
         raise ValueError(f"{side}: {expected!r} is not a {algo} digest")
     if os.path.basename(name) != name:
         raise ValueError(f"{side}: names {name!r}, expected a bare file name")

@@ -1,4 +1,4 @@
-"""Checksums of archived files and their coreutils-format sidecars.
+"""Checksums of archived files (also hashed as they are read) and their coreutils-format sidecars.
 
 Sidecars are written exactly as `sha256sum`/`md5sum` would, so an operator can verify a folder with
 the stock tools (`sha256sum -c *.sha256`) without legampi or its database.
@@ -14,15 +14,19 @@ to the sidecar's checksum. Anything else at an archive path is somebody else's a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from legampi.archive import write_durably
+from legampi.formats import IngestError
+from legampi.formats.crypt4gh import Header, read_header
 
 ALGOS = ("sha256", "md5")
-_HEX_LEN = {"sha256": 64, "md5": 32}
+HEX_LEN = {"sha256": 64, "md5": 32}
+_HEX_DIGITS = frozenset("0123456789abcdef")
 PROVENANCE_PREFIX = "# legampi-provenance "
 PROVENANCE_KEYS = ("file_id", "file_name", "dataset_id", "md5", "sha256", "plain_size", "archive_key")
 
@@ -31,6 +35,11 @@ def _check_algo(algo: str) -> str:
     if algo not in ALGOS:
         raise ValueError(f"unsupported checksum {algo!r} (expected one of {', '.join(ALGOS)})")
     return algo
+
+
+def is_hex_digest(text: str, algo: str) -> bool:
+    """True if TEXT is a lower-case hex digest of ALGO's length (ValueError for an unknown ALGO)."""
+    return len(text) == HEX_LEN[_check_algo(algo)] and _HEX_DIGITS.issuperset(text)
 
 
 def hash_file(path: str | os.PathLike, algo: str = "sha256", chunk_size: int = 4 << 20) -> str:
@@ -45,6 +54,46 @@ def hash_file(path: str | os.PathLike, algo: str = "sha256", chunk_size: int = 4
                 break
             h.update(view[:n])
     return h.hexdigest()
+
+
+class HashingReader(io.RawIOBase):
+    """Wraps a binary file so every byte read also feeds a hash (one read serves two checks)."""
+
+    def __init__(self, fh: Any, h: Any) -> None:
+        self.fh, self.h, self.count = fh, h, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = self.fh.readinto(b)
+        if n:
+            self.h.update(memoryview(b)[:n])
+            self.count += n
+        return n or 0
+
+
+def open_archived(path: Path, secret_key: bytes, key_name: str, algo: str) -> tuple[Any, HashingReader, Header]:
+    """Open an archived Crypt4GH copy read-only (no symlinks) and read its header with SECRET_KEY.
+
+    Every byte read is hashed with ALGO (the header included), so the one pass of `rekey` or `export`
+    also checks the recorded checksum. Returns (file to close, hashing reader, header); a header that
+    does not open is an IngestError naming the file and KEY_NAME.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    src = open(fd, "rb", buffering=0)
+    try:
+        reader = HashingReader(src, hashlib.new(algo))
+        try:
+            hdr = read_header(reader, secret_key, str(path))
+        except IngestError as exc:
+            if exc.kind == "key":
+                raise IngestError("key", f"{path}: no header packet opens with {key_name}") from None
+            raise
+    except BaseException:
+        src.close()
+        raise
+    return src, reader, hdr
 
 
 def sidecar_path(path: str | os.PathLike, algo: str) -> Path:
@@ -68,7 +117,7 @@ def parse_line(line: str) -> tuple[str, str]:
     if escaped:
         line = line[1:]
     hexdigest, sep, name = line.partition(" ")
-    if not sep or not name or not all(c in "0123456789abcdefABCDEF" for c in hexdigest):
+    if not sep or not name or not _HEX_DIGITS.issuperset(hexdigest.lower()):
         raise ValueError(f"not a checksum line: {line[:80]!r}")
     if name[0] in " *":  # text (' ') or binary ('*') mode marker
         name = name[1:]
@@ -91,7 +140,7 @@ def parse_line(line: str) -> tuple[str, str]:
 def format_sidecar(hexdigest: str, name: str, algo: str, provenance: dict[str, Any] | None = None) -> bytes:
     """A sidecar's bytes: the optional provenance comment line, then one coreutils checksum line."""
     hexdigest = hexdigest.lower()
-    if len(hexdigest) != _HEX_LEN[_check_algo(algo)] or not all(c in "0123456789abcdef" for c in hexdigest):
+    if not is_hex_digest(hexdigest, algo):
         raise ValueError(f"{hexdigest!r} is not a {algo} hex digest")
     head = ""
     if provenance is not None:
@@ -138,7 +187,7 @@ def read_sidecar(side: str | os.PathLike, algo: str | None = None) -> tuple[str,
     if len(lines) != 1:
         raise ValueError(f"{side}: expected one checksum line, found {len(lines)}")
     expected, name = parse_line(lines[0])
-    if len(expected) != _HEX_LEN[_check_algo(algo)]:
+    if not is_hex_digest(expected, algo):
         raise ValueError(f"{side}: {expected!r} is not a {algo} digest")
     if os.path.basename(name) != name:
         raise ValueError(f"{side}: names {name!r}, expected a bare file name")

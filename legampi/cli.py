@@ -432,7 +432,7 @@ def cmd_track(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_rekey(cfg: Config, args: argparse.Namespace) -> int:
-    from .rekey import run_rekey
+    from .rekey_job import run_rekey
 
     return run_rekey(
         cfg,
@@ -446,7 +446,7 @@ def cmd_rekey(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
-    from .rekey import run_export
+    from .export import run_export
 
     return run_export(cfg, _db(cfg), args.dataset_id, args.recipient_pk, args.to, args.partial, args.verify)
 

@@ -8,7 +8,6 @@ The work function is plain Python; `parallel.Team` spreads it over the ranks lik
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,23 +41,6 @@ class AuditResult:
     bytes_read: int = 0
 
 
-class HashingReader(io.RawIOBase):
-    """Wraps a binary file so every byte read also feeds a hash (one read serves two checks)."""
-
-    def __init__(self, fh: Any, h: Any):
-        self.fh, self.h, self.count = fh, h, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        n = self.fh.readinto(b)
-        if n:
-            self.h.update(memoryview(b)[:n])
-            self.count += n
-        return n or 0
-
-
 def audit_file(task: AuditTask, archive_secret_key: bytes | None = None) -> AuditResult:
     """Check one archived file against its recorded checksum, its sidecar and (optionally) the manifest."""
     path = Path(task.archive_path)
@@ -68,7 +50,7 @@ def audit_file(task: AuditTask, archive_secret_key: bytes | None = None) -> Audi
     problems = []
     h = hashlib.new(algo)
     with open(path, "rb") as raw:
-        reader = HashingReader(raw, h)
+        reader = checksum.HashingReader(raw, h)
         if archive_secret_key is not None:
             from .formats.crypt4gh import decrypt_stream
 

@@ -120,28 +120,53 @@ def read_header(stream: BinaryIO, secret_key: bytes, label: str = "<stream>") ->
 
 
 def build_header(packets: Iterable[bytes], recipient_pk: bytes) -> bytes:
-    """Serialize `packets` encrypted for `recipient_pk` with a fresh ephemeral writer key.
+    """Serialize `packets` encrypted for `recipient_pk` with a fresh writer key, checked before it is used.
 
-    A per-file random writer key (as the crypt4gh CLI uses when no --sk is given) means the archive
-    needs only its public key and no writer secret ever exists on disk.
+    The one header seal: `process` (new files and `reencrypt = header`), `rekey` and `export` all call it.
+    A per-file random writer key (as the crypt4gh CLI uses when no --sk is given) means the archive needs
+    only its public key and no writer secret ever exists on disk. The writer side of the X25519 exchange
+    derives the same shared key as the recipient, so opening every packet again with it proves the
+    recipient's secret key will open this header, without having that key.
     """
-    return c4gh_header.serialize(seal_packets(packets, recipient_pk)[0])
-
-
-def seal_packets(packets: Iterable[bytes], recipient_pk: bytes) -> tuple[list[bytes], bytes]:
-    """Encrypt header packets for `recipient_pk` with a fresh writer key: (sealed packets, shared key).
-
-    The shared key lets a caller open the packets again as the writer would (rekey checks a new header
-    that way, without the recipient's secret key)."""
+    plain = list(packets)
     writer_sk = os.urandom(32)
     writer_pk = sodium.derive_pk(writer_sk)
     shared = sodium.kx_server(writer_pk, writer_sk, recipient_pk)
     sealed = []
-    for pkt in packets:
+    for pkt in plain:
         out = bytearray(len(pkt) + CIPHER_DIFF)
         n = sodium.chacha20poly1305_encrypt(out, pkt, shared)
         sealed.append((0).to_bytes(4, "little") + writer_pk + bytes(out[:n]))
-    return sealed, shared
+    raw = c4gh_header.serialize(sealed)
+    _check_sealed(raw, plain, shared)
+    return raw
+
+
+def _check_sealed(raw: bytes, plain: list[bytes], shared: bytes) -> None:
+    """Open every packet of the serialized header `raw` with the writer's `shared` key: it must give `plain`."""
+    opened = []
+    for body in _packet_bodies(raw):
+        buf = bytearray(len(body))
+        try:
+            n = sodium.chacha20poly1305_decrypt(buf, body[36:], shared)
+        except ValueError:
+            raise IngestError("key", "the new header does not open again with its own key exchange") from None
+        opened.append(bytes(buf[:n]))
+    if opened != plain:
+        raise IngestError("key", "the new header does not hold the original session keys")
+
+
+def _packet_bodies(raw: bytes) -> list[bytes]:
+    """Packet bodies (after the length field) of a serialized header: layout only, no keys."""
+    count = int.from_bytes(raw[12:16], "little")
+    out, off = [], 16
+    for _ in range(count):
+        n = int.from_bytes(raw[off : off + 4], "little")
+        out.append(raw[off + 4 : off + n])
+        off += n
+    if off != len(raw):
+        raise IngestError("format", f"malformed header: {len(raw) - off} stray bytes")
+    return out
 
 
 def _segment_failure(label: str, index: int, seg_len: int, last: bool) -> IngestError:

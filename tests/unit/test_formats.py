@@ -113,6 +113,23 @@ def test_c4gh_encryptor_uses_fresh_writer_and_session_keys(keys) -> None:
     assert a != b
 
 
+def test_c4gh_build_header_checks_its_own_seal(keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one header seal (process, rekey, export) opens its packets again before it returns the header."""
+    packets = [(0).to_bytes(4, "little") + (0).to_bytes(4, "little") + bytes(range(32))]
+    raw = c4gh.build_header(packets, keys.archive.public)
+    assert c4gh.read_header(io.BytesIO(raw), keys.archive.secret).packets == packets
+    real = c4gh.sodium.chacha20poly1305_encrypt
+
+    def flip(out, data, key):  # a seal whose bytes no longer open with the writer's key exchange
+        n = real(out, data, key)
+        out[0] ^= 1
+        return n
+
+    monkeypatch.setattr(c4gh.sodium, "chacha20poly1305_encrypt", flip)
+    with pytest.raises(IngestError, match="does not open again"):
+        c4gh.build_header(packets, keys.archive.public)
+
+
 def test_c4gh_header_reencryption_keeps_payload(keys, plaintexts, tmp_path: Path, h) -> None:
     src, data = plaintexts.make(200_000)
     enc = h.c4gh_encrypt(src, keys.inbox.pub, tmp_path / "x.c4gh")

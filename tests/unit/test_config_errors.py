@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from legampi import stream
-from legampi.formats import ERROR_KINDS, IngestError, openpgp
+from legampi.formats import IngestError, openpgp
+from legampi.formats.base import ERROR_KINDS
 from legampi.stream import QUARANTINE_KINDS, process_file
 
 GPG = shutil.which("gpg")

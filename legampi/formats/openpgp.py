@@ -76,12 +76,17 @@ def _temp_base() -> str:
     return base
 
 
+HOME_PREFIX = "legampi-gnupg-"  # + "<pid>-<random>": the pid tells a killed process's home
+
+
 class PrivateHome:
     """A private 0700 copy of a GnuPG home for this process, with an agent that caches nothing."""
 
     def __init__(self, source: Path) -> None:
         self.source = source
-        self.path = Path(tempfile.mkdtemp(prefix="legampi-gnupg-", dir=_temp_base()))  # mode 0700
+        base = _temp_base()
+        sweep_stale_homes(Path(base))
+        self.path = Path(tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-", dir=base))  # mode 0700
         try:
             for name in _KEY_FILES:
                 if (source / name).is_file():
@@ -96,16 +101,36 @@ class PrivateHome:
 
     def close(self) -> None:
         """Kill the agent gpg started for this home (if any), then remove the copy."""
-        gpgconf = shutil.which("gpgconf", path=os.path.dirname(GPG)) or shutil.which("gpgconf")
-        if gpgconf is not None:
-            subprocess.run(
-                [gpgconf, "--homedir", str(self.path), "--kill", "gpg-agent"],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-        shutil.rmtree(self.path, ignore_errors=True)
+        _remove_home(self.path)
+
+
+def _remove_home(path: Path) -> None:
+    gpgconf = shutil.which("gpgconf", path=os.path.dirname(GPG)) or shutil.which("gpgconf")
+    if gpgconf is not None:
+        subprocess.run(
+            [gpgconf, "--homedir", str(path), "--kill", "gpg-agent"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_stale_homes(base: Path) -> list[Path]:
+    """Remove private homes (copies of secret keys, maybe a live agent) left by processes of this host
+    that were killed before their exit handler ran; a home whose pid still runs is left alone."""
+    removed: list[Path] = []
+    if not os.path.isdir("/proc/self"):  # no way to tell a dead pid here: leave everything alone
+        return removed
+    for home in base.glob(HOME_PREFIX + "*"):
+        pid = home.name[len(HOME_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or os.path.exists(f"/proc/{pid}"):
+            continue
+        if home.is_dir() and not home.is_symlink() and home.stat().st_uid == os.getuid():
+            _remove_home(home)
+            removed.append(home)
+    return removed
 
 
 _homes: dict[Path, PrivateHome] = {}

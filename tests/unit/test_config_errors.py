@@ -266,3 +266,21 @@ def test_no_secret_reaches_a_child_command_line(op_home: Path, tmp_path: Path, m
     args, env = seen[0]
     assert "--homedir" in args and args[args.index("--homedir") + 1] != str(op_home)
     assert not any(PASS in a for a in args) and not any(PASS in v for v in env.values())
+
+
+def test_private_homes_of_killed_processes_are_swept(tmp_path: Path) -> None:
+    """A SIGKILLed worker never runs its exit handler: the next gpg user of this host removes its home
+    (a copy of the secret keys); homes of live processes stay."""
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{openpgp.HOME_PREFIX}{dead.pid}-x1"
+    mine = tmp_path / f"{openpgp.HOME_PREFIX}{os.getpid()}-x2"
+    other = tmp_path / f"{openpgp.HOME_PREFIX}1-x3"  # pid 1 always runs
+    for d in (stale, mine, other):
+        (d / "private-keys-v1.d").mkdir(parents=True)
+        (d / "private-keys-v1.d" / "k.key").write_text("secret")
+    assert openpgp.sweep_stale_homes(tmp_path) == [stale]
+    assert not stale.exists() and mine.is_dir() and other.is_dir()

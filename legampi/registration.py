@@ -8,15 +8,13 @@ from them), and transfer checksums that are not what their type says.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from . import archive
+from .checksum import is_hex_digest
 from .config import Config
 from .formats import IngestError
 from .manifest import ManifestError
-
-_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 def prepare(entries: list[dict[str, Any]], cfg: Config, source: str) -> list[dict[str, Any]]:
@@ -55,6 +53,6 @@ def _check_transfer(e: dict[str, Any], where: str) -> None:
     if kind not in ("md5", "sha256"):
         raise ManifestError(f"{where}: transfer checksum type {e.get('transfer_checksum_type')!r} is not md5 or sha256")
     text = str(value or "").strip().lower()
-    if len(text) != (32 if kind == "md5" else 64) or not _HEX.match(text):
+    if not is_hex_digest(text, kind):
         raise ManifestError(f"{where}: bad transfer {kind} {value!r}")
     e["transfer_checksum"], e["transfer_checksum_type"] = text, kind

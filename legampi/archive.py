@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from legampi.formats import IngestError
+from legampi.formats.base import IngestError
 from legampi.workspace import MOVE_MARKER, UnsafeName, check_file_name
 
 ARCHIVE_EXTENSION = ".c4gh"
@@ -231,7 +231,7 @@ def write_durably(path: Path, data: bytes, mode: int = 0o640, replace: bool = Tr
     return path
 
 
-def remove_source(path: str | os.PathLike) -> bool:
+def remove_source(path: str | os.PathLike[str]) -> bool:
     """Delete an ingested source after the DB commit; False if it was already gone (rerun)."""
     p = Path(path)
     try:
@@ -277,7 +277,7 @@ class FsLimits:
     path_max: int | None  # bytes per path, including the terminating NUL
 
 
-def fs_limits(folder: str | os.PathLike) -> FsLimits:
+def fs_limits(folder: str | os.PathLike[str]) -> FsLimits:
     """Ask the file system of FOLDER (or of its nearest existing parent) for its name and path limits."""
     path = Path(folder).absolute()
     probe = path

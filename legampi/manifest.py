@@ -27,8 +27,7 @@ import requests
 
 from .checksum import is_hex_digest
 from .jsonpos import list_items
-from .workspace import UnsafeName, check_file_name, forbidden_character
-from .workspace import shown as _show
+from .workspace import UnsafeName, check_file_name, forbidden_character, shown
 
 MAX_LINE_BYTES = 64 * 1024  # one tab manifest line, without its line end
 MAX_JSON_BYTES = 64 * 1024 * 1024  # an EGA JSON manifest (about 150,000 file objects of the API's shape)
@@ -46,7 +45,7 @@ class ManifestError(ValueError):
 def _forbidden(value: str, what: str, where: str) -> None:
     problem = forbidden_character(value)
     if problem:
-        raise ManifestError(f"{where}: {what} {_show(value)} {problem}")
+        raise ManifestError(f"{where}: {what} {shown(value)} {problem}")
 
 
 def safe_file_name(name: str, where: str) -> str:
@@ -66,7 +65,7 @@ def _checksum(value: Any, kind: str, where: str, field: str | None = None) -> st
     if not is_hex_digest(text, kind):
         digits = 32 if kind == "md5" else 64
         label = f"{field} ({kind})" if field else kind
-        raise ManifestError(f"{where}: bad {label} {_show(str(value))} (want {digits} hexadecimal digits)")
+        raise ManifestError(f"{where}: bad {label} {shown(str(value))} (want {digits} hexadecimal digits)")
     return text
 
 
@@ -74,11 +73,11 @@ def _size(value: Any, where: str) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool) or (isinstance(value, str) and len(value) > 30):
-        raise ManifestError(f"{where}: bad size {_show(str(value))} (want a whole number of bytes)")
+        raise ManifestError(f"{where}: bad size {shown(str(value))} (want a whole number of bytes)")
     try:
         n = int(str(value).strip())
     except ValueError:
-        raise ManifestError(f"{where}: bad size {_show(str(value))} (want a whole number of bytes)") from None
+        raise ManifestError(f"{where}: bad size {shown(str(value))} (want a whole number of bytes)") from None
     if n < 0:
         raise ManifestError(f"{where}: negative size {n}")
     return n
@@ -187,7 +186,7 @@ def _ctype(obj: dict[str, Any], key: str, where: str) -> str:
         return "md5"  # EGA's default
     kind = CHECKSUM_TYPES.get(str(value).strip().upper())
     if kind is None:
-        raise ManifestError(f"{where}: unsupported {key} {_show(str(value))} (want MD5 or SHA256)")
+        raise ManifestError(f"{where}: unsupported {key} {shown(str(value))} (want MD5 or SHA256)")
     return kind
 
 
@@ -218,19 +217,19 @@ def _ega_entry(obj: Any, line: int, where: str) -> dict[str, Any]:
     if plain["md5"] is None and plain["sha256"] is None:
         if transfer:
             raise ManifestError(
-                f"{where}: {_show(name)} has only `checksum`, which in EGA metadata is the checksum of the "
+                f"{where}: {shown(name)} has only `checksum`, which in EGA metadata is the checksum of the "
                 "ENCRYPTED file as transferred; a plaintext checksum is needed too "
                 "(`unencryptedChecksum`, with `unencryptedChecksumType` MD5 or SHA256)"
             )
         raise ManifestError(
-            f"{where}: no plaintext checksum (unencryptedChecksum, fileMd5 or sha256) for {_show(name)}"
+            f"{where}: no plaintext checksum (unencryptedChecksum, fileMd5 or sha256) for {shown(name)}"
         )
     return _entry(file_id, name, plain["md5"], plain["sha256"], obj.get("fileSize"), line, where, transfer)
 
 
 def _check_id(value: str, what: str, where: str) -> None:
     if len(value) > MAX_ID_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-        raise ManifestError(f"{where}: {what} {_show(value)} is longer than {MAX_ID_BYTES} bytes")
+        raise ManifestError(f"{where}: {what} {shown(value)} is longer than {MAX_ID_BYTES} bytes")
     _forbidden(value, what, where)
 
 
@@ -258,7 +257,7 @@ def parse_ega_json(text: str, source: str) -> tuple[str | None, list[dict[str, A
             _check_id(str(obj["datasetId"]), "datasetId", where)
             datasets.add(str(obj["datasetId"]))
     if len(datasets) > 1:
-        shown = ", ".join(_show(d, 40) for d in sorted(datasets)[:5])
+        shown = ", ".join(shown(d, 40) for d in sorted(datasets)[:5])
         raise ManifestError(
             f"{source}: lists files of several datasets ({shown}{', ...' if len(datasets) > 5 else ''})"
         )

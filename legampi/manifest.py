@@ -257,9 +257,9 @@ def parse_ega_json(text: str, source: str) -> tuple[str | None, list[dict[str, A
             _check_id(str(obj["datasetId"]), "datasetId", where)
             datasets.add(str(obj["datasetId"]))
     if len(datasets) > 1:
-        shown = ", ".join(shown(d, 40) for d in sorted(datasets)[:5])
+        listed = ", ".join(shown(d, 40) for d in sorted(datasets)[:5])
         raise ManifestError(
-            f"{source}: lists files of several datasets ({shown}{', ...' if len(datasets) > 5 else ''})"
+            f"{source}: lists files of several datasets ({listed}{', ...' if len(datasets) > 5 else ''})"
         )
     _check_unique(entries, source)
     return (datasets.pop() if datasets else None), entries

@@ -16,7 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from legampi.formats import IngestError
+from legampi.formats.base import IngestError
+from legampi.workspace import MOVE_MARKER, UnsafeName, check_file_name
 
 ARCHIVE_EXTENSION = ".c4gh"
 TEMP_MARKER = ".legampi-tmp-"
@@ -47,25 +48,20 @@ def _norm_ext(e: str) -> str:
     return (e if e.startswith(".") else "." + e).lower()
 
 
-def check_rel(rel: str) -> PurePosixPath:
-    """Refuse registered paths that could point outside the workspace."""
-    if not rel or "\x00" in rel:
-        raise IngestError("unsafe_path", f"{rel!r}: empty path or NUL byte in the registered path")
-    p = PurePosixPath(rel)
-    if p.is_absolute() or rel.startswith("/"):
-        raise IngestError(
-            "unsafe_path", f"{rel}: registered path is absolute; it must be relative to the processing folder"
-        )
-    if any(part == ".." for part in p.parts):
-        raise IngestError("unsafe_path", f'{rel}: registered path contains "..": refused')
-    if not p.parts or p.name in ("", "."):
-        raise IngestError("unsafe_path", f"{rel}: registered path names no file")
-    return p
+def check_rel(file_name: str) -> PurePosixPath:
+    """Refuse registered file names that could point outside the workspace (IngestError `unsafe_path`).
+
+    The rules are workspace.check_file_name's, the one path validator (register applies its stricter
+    form); this is its face for the pipeline, which reports refusals as a per-file failure kind."""
+    try:
+        return check_file_name(file_name)
+    except UnsafeName as exc:
+        raise IngestError("unsafe_path", str(exc)) from None
 
 
-def archive_name(rel: str, extensions: tuple[str, ...] | list[str]) -> str:
+def archive_name(file_name: str, extensions: tuple[str, ...] | list[str]) -> str:
     """Relative archive path: the input's encryption extension replaced by `.c4gh` (added if none)."""
-    p = check_rel(rel)
+    p = check_rel(file_name)
     name = p.name
     dot = name.rfind(".")
     suffix = name[dot:].lower() if dot > 0 else ""
@@ -74,35 +70,35 @@ def archive_name(rel: str, extensions: tuple[str, ...] | list[str]) -> str:
     return str(p.with_name(name + ARCHIVE_EXTENSION))
 
 
-def safe_source(processing: Path, rel: str) -> Path:
-    """Absolute source path for `rel`, refusing symlinks and anything resolving outside `processing`."""
-    p = check_rel(rel)
+def safe_source(processing: Path, file_name: str) -> Path:
+    """Absolute source path for `file_name`, refusing symlinks and anything resolving outside `processing`."""
+    p = check_rel(file_name)
     root = Path(processing).resolve()
     src = root.joinpath(*p.parts)
     if src.is_symlink():
-        raise IngestError("unsafe_path", f"{rel}: source is a symbolic link; refusing to follow it")
+        raise IngestError("unsafe_path", f"{file_name}: source is a symbolic link; refusing to follow it")
     resolved = src.resolve()
     if resolved != src or not resolved.is_relative_to(root):
         raise IngestError(
             "unsafe_path",
-            f"{rel}: source resolves to {resolved}, outside the processing folder {root} (a symlinked folder?)",
+            f"{file_name}: source resolves to {resolved}, outside the processing folder {root} (a symlinked folder?)",
         )
     return src
 
 
-def open_source(src: Path, rel: str) -> int:
+def open_source(src: Path, file_name: str) -> int:
     """Open the source read-only without following a symlink swapped in after the checks."""
     try:
         return os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise IngestError("unsafe_path", f"{rel}: source is a symbolic link; refusing to follow it") from None
+            raise IngestError("unsafe_path", f"{file_name}: source is a symbolic link; refusing to follow it") from None
         raise
 
 
-def final_path(end_storage: Path, rel: str, extensions: tuple[str, ...] | list[str]) -> Path:
-    """Absolute archive path of `rel` inside end_storage."""
-    return Path(end_storage).joinpath(*PurePosixPath(archive_name(rel, extensions)).parts)
+def final_path(end_storage: Path, file_name: str, extensions: tuple[str, ...] | list[str]) -> Path:
+    """Absolute archive path of `file_name` inside end_storage."""
+    return Path(end_storage).joinpath(*PurePosixPath(archive_name(file_name, extensions)).parts)
 
 
 def make_dirs(path: Path, top: Path, mode: int = DIR_MODE) -> None:
@@ -235,7 +231,7 @@ def write_durably(path: Path, data: bytes, mode: int = 0o640, replace: bool = Tr
     return path
 
 
-def remove_source(path: str | os.PathLike) -> bool:
+def remove_source(path: str | os.PathLike[str]) -> bool:
     """Delete an ingested source after the DB commit; False if it was already gone (rerun)."""
     p = Path(path)
     try:
@@ -246,9 +242,9 @@ def remove_source(path: str | os.PathLike) -> bool:
     return True
 
 
-def quarantine_source(src: Path, quarantine: Path, rel: str) -> Path:
-    """Move a failed source to quarantine/<rel> without overwriting an earlier quarantined copy."""
-    dest = Path(quarantine).joinpath(*check_rel(rel).parts)
+def quarantine_source(src: Path, quarantine: Path, file_name: str) -> Path:
+    """Move a failed source to quarantine/<file_name> without overwriting an earlier quarantined copy."""
+    dest = Path(quarantine).joinpath(*check_rel(file_name).parts)
     make_dirs(dest.parent, quarantine)
     target = dest
     n = 1
@@ -269,7 +265,6 @@ def quarantine_source(src: Path, quarantine: Path, rel: str) -> Path:
 # ---------------------------------------------------------------------- name limits (checked at register)
 PID_MAX_LIMIT = 1 << 22  # Linux's ceiling for kernel.pid_max (64-bit): a pid in a temp name has <= 7 digits
 SIDECAR_SUFFIXES = (".sha256", ".md5", ".rekey")  # written next to an archive file (checksum, rekey marker)
-MOVE_MARKER = ".legampi-move-"  # monitor.move_into's temp name across file systems: .<name>.legampi-move-<pid>
 QUARANTINE_SUFFIX = ".99999"  # quarantine_source appends .N to keep earlier copies; room for 99999 of them
 
 
@@ -282,7 +277,7 @@ class FsLimits:
     path_max: int | None  # bytes per path, including the terminating NUL
 
 
-def fs_limits(folder: str | os.PathLike) -> FsLimits:
+def fs_limits(folder: str | os.PathLike[str]) -> FsLimits:
     """Ask the file system of FOLDER (or of its nearest existing parent) for its name and path limits."""
     path = Path(folder).absolute()
     probe = path
@@ -310,7 +305,7 @@ def _longest_temp(final: str) -> str:
 
 
 def name_limits_problem(
-    rel: str,
+    file_name: str,
     extensions: tuple[str, ...] | list[str],
     processing: FsLimits,
     end_storage: FsLimits,
@@ -319,8 +314,8 @@ def name_limits_problem(
     """Why REL can never be archived within these file systems' limits, or None when every name legampi
     derives from it fits: the source and monitor's move temp in processing; the archive name, its
     sidecars and rekey marker and the temp names of all of them in end_storage; a quarantined copy."""
-    src = check_rel(rel)
-    arch = PurePosixPath(archive_name(rel, extensions))
+    src = check_rel(file_name)
+    arch = PurePosixPath(archive_name(file_name, extensions))
     leaf = arch.name
     derived = [leaf, *(leaf + s for s in SIDECAR_SUFFIXES)]
     places = [
@@ -337,14 +332,14 @@ def name_limits_problem(
             if fs.name_max is not None and n > fs.name_max:
                 what = "folder name" if part in dirs else "longest name legampi derives from it"
                 return (
-                    f"{_short(rel)!r}: too long for the file system of {label} "
+                    f"{_short(file_name)!r}: too long for the file system of {label} "
                     f"({fs.folder}): the {what} ({_short(part)!r}) is {n} bytes, it allows {fs.name_max}; "
                     f"shorten it by at least {n - fs.name_max} bytes"
                 )
         full = len(os.fsencode(os.path.join(fs.folder, *dirs, longest))) + 1  # + the terminating NUL
         if fs.path_max is not None and full > fs.path_max:
             return (
-                f"{_short(rel)!r}: path too long for the file system of {label} "
+                f"{_short(file_name)!r}: path too long for the file system of {label} "
                 f"({fs.folder}): {full} bytes with the longest name legampi derives, it allows {fs.path_max}; "
                 f"shorten it by at least {full - fs.path_max} bytes"
             )

@@ -163,8 +163,8 @@ def cmd_fetch_metadata(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(cfg: Config, args: argparse.Namespace) -> int:
-    from .ingest import array_share
     from .monitor import run_pass
+    from .workspace import array_share
 
     db = _db(cfg)
     branches, branch = array_share(args.branches, args.branch)
@@ -189,7 +189,7 @@ def cmd_monitor(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
-    from .monitor import scan
+    from .workspace import scan
 
     db = _db(cfg)
     status = ArchiveStatus.read(db, args.dataset)
@@ -234,8 +234,9 @@ def _mpi_team(args: argparse.Namespace) -> Any:
 
 
 def cmd_process(cfg: Config, args: argparse.Namespace) -> int:
-    from .ingest import array_share, run_process
+    from .ingest import run_process
     from .parallel import StopFlag
+    from .workspace import array_share
 
     stop = StopFlag()
     stop.install()  # before MPI starts: an early USR1/TERM must not kill the rank
@@ -387,7 +388,7 @@ def cmd_testdata(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_count(cfg: Config, args: argparse.Namespace) -> int:
-    from .monitor import scan
+    from .workspace import scan
 
     counts = [
         FolderCount.of(name, folder, (st.st_size for _, st in scan(folder)))
@@ -402,7 +403,7 @@ def cmd_count(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_track(cfg: Config, args: argparse.Namespace) -> int:
     from .archive import archive_name
-    from .monitor import scan
+    from .workspace import scan
 
     state = (
         Path(args.state)

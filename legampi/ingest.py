@@ -7,7 +7,6 @@ this module decides which files to process and makes the database the checkpoint
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -17,45 +16,11 @@ from typing import Any
 from . import archive
 from .config import Config
 from .db import Database, DatabaseError, Event, chunks
-from .monitor import scan, share
 from .recovery import recover
 from .stream import FileResult, FileTask
+from .workspace import branch_file_names, make_job_id, scan
 
 log = logging.getLogger("legampi.ingest")
-
-
-def make_job_id() -> str:
-    """Slurm's job (and array task) id when there is one, else host:pid:time — unique per run."""
-    env = os.environ
-    if env.get("SLURM_JOB_ID"):
-        jid = (
-            f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-            if env.get("SLURM_ARRAY_TASK_ID")
-            else f"slurm-{env['SLURM_JOB_ID']}"
-        )
-        return f"{jid}-{int(time.time())}"
-    return f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}"
-
-
-def array_share(branches: int | None, branch: int | None, env: dict[str, str] | None = None) -> tuple[int, int]:
-    """--branches/--branch, or the Slurm array task's position ((ID - MIN) / STEP + 1 of COUNT), or all."""
-    env = dict(os.environ if env is None else env)
-    if branches is not None or branch is not None:
-        if branches is None or branch is None:
-            raise ValueError("give both --branches and --branch")
-        return branches, branch
-    if env.get("SLURM_ARRAY_TASK_COUNT") and env.get("SLURM_ARRAY_TASK_ID"):
-        count = int(env["SLURM_ARRAY_TASK_COUNT"])
-        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        step = int(env.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
-        offset = int(env["SLURM_ARRAY_TASK_ID"]) - first
-        if offset % step or not 0 <= offset // step < count:
-            raise ValueError(
-                f"array task {env['SLURM_ARRAY_TASK_ID']} is not on the range {first}+{step}*k of "
-                f"{count} tasks; use a range like --array=1-{count} or give --branches/--branch"
-            )
-        return count, offset // step + 1
-    return 1, 1
 
 
 PLAN_COLUMNS = (
@@ -90,31 +55,26 @@ def plan(
     """List processing, join with the database, claim eligible files for this job in one transaction.
 
     With --branches, the share is taken over the sorted names of all *registered* files, which every
-    array task sees alike, not over the live listing, which shrinks as other tasks archive files.
+    array task sees alike, not over the live listing (workspace.branch_file_names says why).
     """
-    listing = {name: st.st_size for name, st in scan(cfg.workspaces.processing)}
-    names = sorted(listing)
-    if branches > 1:
-        registered = db.file_names()
-        mine = set(share(registered, branches, branch))
-        known = set(registered)
-        # unregistered files are reported by branch 1 only
-        names = [n for n in names if n in mine or (branch == 1 and n not in known)]
+    listing = {file_name: st.st_size for file_name, st in scan(cfg.workspaces.processing)}
+    registered = db.file_names() if branches > 1 else []
+    file_names = branch_file_names(listing, registered, branches, branch)
     eligible = ("pending", "received") + (("failed",) if retry_failed else ())
     out = Plan([])
     # One transaction for all claims; read in chunks so rank 0's peak memory stays near one small task
     # per file, whatever the listing size.
     with db.transaction():
-        _claim_chunks(db, out, names, listing, job_id, eligible, retry_failed, dataset, limit)
-    for name in out.unregistered:
-        log.warning("unregistered file in processing, left alone: %s", cfg.workspaces.processing / name)
+        _claim_chunks(db, out, file_names, listing, job_id, eligible, retry_failed, dataset, limit)
+    for file_name in out.unregistered:
+        log.warning("unregistered file in processing, left alone: %s", cfg.workspaces.processing / file_name)
     return out
 
 
 def _claim_chunks(
     db: Database,
     out: Plan,
-    names: list[str],
+    file_names: list[str],
     listing: dict[str, int],
     job_id: str,
     eligible: tuple[str, ...],
@@ -122,17 +82,18 @@ def _claim_chunks(
     dataset: str | None,
     limit: int | None,
 ) -> None:
-    for chunk in chunks([n for n in names if not archive.is_temp_name(n)], 1000):
+    """Claim the eligible ones among FILE_NAMES, 1000 at a time, and add them to OUT as tasks."""
+    for chunk in chunks([n for n in file_names if not archive.is_temp_name(n)], 1000):
         rows = {r["file_name"]: r for r in db.files(names=chunk, columns=PLAN_COLUMNS)}
         wanted = []
-        for name in chunk:
-            r = rows.get(name)
+        for file_name in chunk:
+            r = rows.get(file_name)
             if r is None:
-                out.unregistered.append(name)
+                out.unregistered.append(file_name)
             elif r["status"] in eligible and (dataset is None or r["dataset_id"] == dataset):
                 wanted.append(r)
             elif r["status"] != "available":
-                out.skipped.append(f"{name} ({r['status']})")
+                out.skipped.append(f"{file_name} ({r['status']})")
         if limit is not None:
             wanted = wanted[: max(0, limit - len(out.tasks))]
         got = set(db.claim([r["file_id"] for r in wanted], job_id, retry_failed=retry_failed))

@@ -18,30 +18,23 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
 
+from .checksum import is_hex_digest
 from .jsonpos import list_items
-
-HEX32 = re.compile(r"^[0-9a-f]{32}$")
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+from .workspace import UnsafeName, check_file_name, forbidden_character, shown
 
 MAX_LINE_BYTES = 64 * 1024  # one tab manifest line, without its line end
 MAX_JSON_BYTES = 64 * 1024 * 1024  # an EGA JSON manifest (about 150,000 file objects of the API's shape)
 MAX_ENTRIES = 1_000_000  # files in one manifest: bounds what registration holds in memory
-MAX_PATH_BYTES = 4096  # a file name (relative path) in UTF-8: Linux PATH_MAX, a generic bound
-MAX_COMPONENT_BYTES = 255  # one path component: NAME_MAX of common file systems, a generic bound
 MAX_ID_BYTES = 1024  # fileId / datasetId
 
 BOM = b"\xef\xbb\xbf"
-# C0 controls, DEL, C1 controls; a BOM or a line/paragraph separator (invisible, or breaks lines in logs
-# and listings); lone surrogates (JSON "\ud800" escapes: not encodable as UTF-8, so no file can have them).
-FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ufeff\u2028\u2029\ud800-\udfff]")
 CHECKSUM_TYPES = {"MD5": "md5", "SHA256": "sha256", "SHA-256": "sha256"}
 
 
@@ -49,61 +42,30 @@ class ManifestError(ValueError):
     """A manifest that cannot be registered; the message names the source and line."""
 
 
-def _show(text: str, limit: int = 80) -> str:
-    """repr of TEXT for a message, cut short: a refused 64 MiB name must not become a 64 MiB message."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text.encode('utf-8', 'surrogatepass'))} bytes)"
-
-
 def _forbidden(value: str, what: str, where: str) -> None:
-    m = FORBIDDEN.search(value)
-    if m:
-        kind = "lone surrogate (not valid UTF-8)" if "\ud800" <= m.group() <= "\udfff" else "character"
-        raise ManifestError(
-            f"{where}: {what} {_show(value)} contains the {kind} U+{ord(m.group()):04X} at position {m.start() + 1}"
-        )
+    problem = forbidden_character(value)
+    if problem:
+        raise ManifestError(f"{where}: {what} {shown(value)} {problem}")
 
 
-def safe_relpath(name: str, where: str) -> str:
-    """Return NAME as a normalised relative POSIX path, refusing anything that could leave its folder
-    or that no file system could hold (control characters, generic length bounds)."""
-    if not name:
-        raise ManifestError(f"{where}: empty file name")
-    nbytes = len(name.encode("utf-8", "surrogatepass")) if len(name) <= MAX_PATH_BYTES else len(name)
-    if nbytes > MAX_PATH_BYTES:
-        raise ManifestError(f"{where}: file name {_show(name)} is longer than {MAX_PATH_BYTES} bytes")
-    _forbidden(name, "file name", where)
-    if name.strip() != name:
-        raise ManifestError(f"{where}: leading or trailing white space in file name {name!r}")
-    if "\\" in name:
-        raise ManifestError(f"{where}: file name {name!r} contains a backslash")
-    p = PurePosixPath(name)
-    if p.is_absolute():
-        raise ManifestError(f"{where}: file name {name!r} is an absolute path; names are relative to receiving")
-    if any(part == ".." for part in p.parts):
-        raise ManifestError(f"{where}: file name {name!r} contains '..' and could escape its folder")
-    parts = [q for q in p.parts if q != "."]
-    if not parts:
-        raise ManifestError(f"{where}: file name {name!r} names no file")
-    for part in parts:
-        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
-            raise ManifestError(
-                f"{where}: file name {_show(name)} has a component longer than {MAX_COMPONENT_BYTES} bytes: "
-                f"{_show(part, 40)}"
-            )
-    return "/".join(parts)
+def safe_file_name(name: str, where: str) -> str:
+    """NAME as a normalised file name (relative POSIX path), refusing with WHERE (source:line) anything
+    workspace.check_file_name refuses at registration: what could leave its folder or no file system
+    could hold."""
+    try:
+        return check_file_name(name, strict=True).as_posix()
+    except UnsafeName as exc:
+        raise ManifestError(f"{where}: {exc}") from None
 
 
 def _checksum(value: Any, kind: str, where: str, field: str | None = None) -> str | None:
     if value is None or value == "":
         return None
     text = str(value).strip().lower()
-    pattern = HEX32 if kind == "md5" else HEX64
-    if not pattern.match(text):
+    if not is_hex_digest(text, kind):
         digits = 32 if kind == "md5" else 64
         label = f"{field} ({kind})" if field else kind
-        raise ManifestError(f"{where}: bad {label} {_show(str(value))} (want {digits} hexadecimal digits)")
+        raise ManifestError(f"{where}: bad {label} {shown(str(value))} (want {digits} hexadecimal digits)")
     return text
 
 
@@ -111,11 +73,11 @@ def _size(value: Any, where: str) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool) or (isinstance(value, str) and len(value) > 30):
-        raise ManifestError(f"{where}: bad size {_show(str(value))} (want a whole number of bytes)")
+        raise ManifestError(f"{where}: bad size {shown(str(value))} (want a whole number of bytes)")
     try:
         n = int(str(value).strip())
     except ValueError:
-        raise ManifestError(f"{where}: bad size {_show(str(value))} (want a whole number of bytes)") from None
+        raise ManifestError(f"{where}: bad size {shown(str(value))} (want a whole number of bytes)") from None
     if n < 0:
         raise ManifestError(f"{where}: negative size {n}")
     return n
@@ -131,10 +93,10 @@ def _entry(
     where: str,
     transfer: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    rel = safe_relpath(name, where)
+    file_name = safe_file_name(name, where)
     e = {
-        "file_id": file_id or rel,
-        "file_name": rel,
+        "file_id": file_id or file_name,
+        "file_name": file_name,
         "md5": _checksum(md5, "md5", where),
         "sha256": _checksum(sha256, "sha256", where),
         "size": _size(size, where),
@@ -143,7 +105,7 @@ def _entry(
         "transfer_checksum_type": transfer[1] if transfer else None,
     }
     if e["md5"] is None and e["sha256"] is None:
-        raise ManifestError(f"{where}: no plaintext checksum (md5 or sha256) for {rel!r}")
+        raise ManifestError(f"{where}: no plaintext checksum (md5 or sha256) for {file_name!r}")
     return e
 
 
@@ -224,7 +186,7 @@ def _ctype(obj: dict[str, Any], key: str, where: str) -> str:
         return "md5"  # EGA's default
     kind = CHECKSUM_TYPES.get(str(value).strip().upper())
     if kind is None:
-        raise ManifestError(f"{where}: unsupported {key} {_show(str(value))} (want MD5 or SHA256)")
+        raise ManifestError(f"{where}: unsupported {key} {shown(str(value))} (want MD5 or SHA256)")
     return kind
 
 
@@ -255,19 +217,19 @@ def _ega_entry(obj: Any, line: int, where: str) -> dict[str, Any]:
     if plain["md5"] is None and plain["sha256"] is None:
         if transfer:
             raise ManifestError(
-                f"{where}: {_show(name)} has only `checksum`, which in EGA metadata is the checksum of the "
+                f"{where}: {shown(name)} has only `checksum`, which in EGA metadata is the checksum of the "
                 "ENCRYPTED file as transferred; a plaintext checksum is needed too "
                 "(`unencryptedChecksum`, with `unencryptedChecksumType` MD5 or SHA256)"
             )
         raise ManifestError(
-            f"{where}: no plaintext checksum (unencryptedChecksum, fileMd5 or sha256) for {_show(name)}"
+            f"{where}: no plaintext checksum (unencryptedChecksum, fileMd5 or sha256) for {shown(name)}"
         )
     return _entry(file_id, name, plain["md5"], plain["sha256"], obj.get("fileSize"), line, where, transfer)
 
 
 def _check_id(value: str, what: str, where: str) -> None:
     if len(value) > MAX_ID_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-        raise ManifestError(f"{where}: {what} {_show(value)} is longer than {MAX_ID_BYTES} bytes")
+        raise ManifestError(f"{where}: {what} {shown(value)} is longer than {MAX_ID_BYTES} bytes")
     _forbidden(value, what, where)
 
 
@@ -295,9 +257,9 @@ def parse_ega_json(text: str, source: str) -> tuple[str | None, list[dict[str, A
             _check_id(str(obj["datasetId"]), "datasetId", where)
             datasets.add(str(obj["datasetId"]))
     if len(datasets) > 1:
-        shown = ", ".join(_show(d, 40) for d in sorted(datasets)[:5])
+        listed = ", ".join(shown(d, 40) for d in sorted(datasets)[:5])
         raise ManifestError(
-            f"{source}: lists files of several datasets ({shown}{', ...' if len(datasets) > 5 else ''})"
+            f"{source}: lists files of several datasets ({listed}{', ...' if len(datasets) > 5 else ''})"
         )
     _check_unique(entries, source)
     return (datasets.pop() if datasets else None), entries

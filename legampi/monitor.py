@@ -7,16 +7,13 @@ which it was unchanged and older than ``age_limit`` seconds; any change resets t
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import shutil
-import stat
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .workspace import move_into, scan, share
 
 log = logging.getLogger("legampi.monitor")
 
@@ -45,64 +42,6 @@ def decide(prev: dict[str, Any] | None, obs: Observation, now: float, age_limit:
     return Decision("move" if passes >= pass_limit else "pass", passes)
 
 
-def share(items: list[str], branches: int, branch: int) -> list[str]:
-    """The seed's split: file number ``branch + branches*n`` (1-based) of the sorted listing."""
-    if branches < 1 or not 1 <= branch <= branches:
-        raise ValueError(f"--branch must be between 1 and --branches ({branches}), got {branch}")
-    ordered = sorted(items)
-    return [name for i, name in enumerate(ordered, 1) if (i - branch) % branches == 0]
-
-
-def scan(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Regular files under ROOT as (relative POSIX path, lstat); symlinks and special files are skipped."""
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            it = os.scandir(folder)
-        except FileNotFoundError:
-            if folder == root:
-                raise
-            continue  # a subfolder removed while we walk (another job, an operator): nothing to list
-        with it:
-            for entry in it:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # gone between listing and stat (a live job's short-lived temp file)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(Path(entry.path))
-                elif stat.S_ISREG(st.st_mode):
-                    yield Path(entry.path).relative_to(root).as_posix(), st
-                else:
-                    kind = "symbolic link" if stat.S_ISLNK(st.st_mode) else "special file"
-                    log.warning("ignoring %s %s (never followed or moved)", kind, entry.path)
-
-
-def move_into(src: Path, dst: Path) -> None:
-    """Rename SRC to DST (folders created); across file systems copy, fsync, rename, then unlink."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() or dst.is_symlink():
-        raise FileExistsError(errno.EEXIST, "destination already exists", str(dst))
-    try:
-        os.rename(src, dst)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-    tmp = dst.with_name(f".{dst.name}.legampi-move-{os.getpid()}")
-    try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            shutil.copyfileobj(fin, fout, 4 * 1024 * 1024)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.rename(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.unlink(src)
-
-
 @dataclass
 class PassReport:
     tracked: int = 0
@@ -122,48 +61,52 @@ def run_pass(
     branch: int = 1,
     clock: Any = time.time,
 ) -> PassReport:
-    """One monitor pass: observe receiving, update tracking, move finished registered files."""
+    """One monitor pass: observe receiving, update tracking, move finished registered files.
+
+    The share of a pass (--branches) is taken over the live listing of receiving, as the seed did."""
     listing = dict(scan(receiving))
-    names = share(list(listing), branches, branch) if branches > 1 else sorted(listing)
+    file_names = share(listing, branches, branch) if branches > 1 else sorted(listing)
     tracking = db.tracking()
-    registered = {f["file_name"]: f for f in db.files(names=names)}
+    registered = {f["file_name"]: f for f in db.files(names=file_names)}
     now = clock()
     report = PassReport()
     upserts, moved, sizes = [], [], {}
-    for name in names:
-        st = listing[name]
+    for file_name in file_names:
+        st = listing[file_name]
         obs = Observation(st.st_size, st.st_mtime)
-        d = decide(tracking.get(name), obs, now, age_limit, pass_limit)
-        f = registered.get(name)
+        d = decide(tracking.get(file_name), obs, now, age_limit, pass_limit)
+        f = registered.get(file_name)
         if f is None:
-            report.unregistered.append(name)
+            report.unregistered.append(file_name)
         elif f["status"] != "pending":
             report.errors.append(
-                f"{receiving / name}: registered file {f['file_id']} is already {f['status']}; "
+                f"{receiving / file_name}: registered file {f['file_id']} is already {f['status']}; "
                 "a second copy arrived and is left in receiving"
             )
             continue
-        sizes[name] = obs.size
+        sizes[file_name] = obs.size
         if d.action == "move" and f is not None:
             try:
-                move_into(receiving / name, processing / name)
+                move_into(receiving / file_name, processing / file_name)
             except OSError as exc:
-                report.errors.append(f"{receiving / name}: cannot move to processing: {exc.strerror or exc}")
-                upserts.append((name, obs.size, obs.mtime, d.passes))
+                report.errors.append(f"{receiving / file_name}: cannot move to processing: {exc.strerror or exc}")
+                upserts.append((file_name, obs.size, obs.mtime, d.passes))
                 continue
             moved.append(f)
-            report.moved.append(name)
+            report.moved.append(file_name)
             log.info(
-                "transfer finished, moved to processing: %s (file %s, dataset %s)", name, f["file_id"], f["dataset_id"]
+                "transfer finished, moved to processing: %s (file %s, dataset %s)",
+                file_name,
+                f["file_id"],
+                f["dataset_id"],
             )
             continue
         if d.action == "move":  # finished but unregistered: keep counting, never move
             d = Decision("pass", d.passes)
-        upserts.append((name, obs.size, obs.mtime, d.passes))
+        upserts.append((file_name, obs.size, obs.mtime, d.passes))
         report.tracked += d.action == "track"
         report.waiting += d.action != "track"
     gone = [n for n in tracking if n not in listing]
-    db.apply_monitor_pass(
-        upserts, gone + [m["file_name"] for m in moved], moved, {n: s for n, s in sizes.items() if n in registered}
-    )
+    registered_sizes = {n: s for n, s in sizes.items() if n in registered}
+    db.apply_monitor_pass(upserts, gone + [m["file_name"] for m in moved], moved, registered_sizes)
     return report

@@ -101,7 +101,7 @@ def job_problems(db: Any, cfg: Any, retry_failed: bool = False, dataset: str | N
     """
     from legampi.archive import is_temp_name
     from legampi.db import chunks
-    from legampi.monitor import scan
+    from legampi.workspace import scan
 
     names = [n for n, _st in scan(cfg.workspaces.processing) if not is_temp_name(n)]
     if not check(names, cfg):

@@ -20,8 +20,8 @@ from . import archive, checksum, provenance
 from .config import Config
 from .db import Database
 from .formats import IngestError
-from .monitor import scan
 from .stream import FileResult
+from .workspace import scan
 
 log = logging.getLogger("legampi.recovery")
 

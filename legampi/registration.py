@@ -8,15 +8,13 @@ from them), and transfer checksums that are not what their type says.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from . import archive
+from .checksum import is_hex_digest
 from .config import Config
-from .formats import IngestError
+from .formats.base import IngestError
 from .manifest import ManifestError
-
-_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 def prepare(entries: list[dict[str, Any]], cfg: Config, source: str) -> list[dict[str, Any]]:
@@ -28,21 +26,21 @@ def prepare(entries: list[dict[str, Any]], cfg: Config, source: str) -> list[dic
     for e in entries:
         where = f"{source}:{e['line']}"
         try:
-            name = archive.archive_name(e["file_name"], exts)
+            arch = archive.archive_name(e["file_name"], exts)
             problem = archive.name_limits_problem(e["file_name"], exts, processing, end_storage, quarantine)
         except IngestError as exc:
             raise ManifestError(f"{where}: {exc.message}") from None
         if problem is not None:
             raise ManifestError(f"{where}: {problem}")
-        first = seen.get(name)
+        first = seen.get(arch)
         if first is not None:
             raise ManifestError(
-                f"{where}: {e['file_name']!r} would be archived as {name!r}, like {first['file_name']!r} on "
+                f"{where}: {e['file_name']!r} would be archived as {arch!r}, like {first['file_name']!r} on "
                 f"line {first['line']}; two files cannot share one archive path: rename one of them"
             )
-        seen[name] = e
+        seen[arch] = e
         _check_transfer(e, where)
-        e["archive_name"] = name
+        e["archive_name"] = arch
     return entries
 
 
@@ -55,6 +53,6 @@ def _check_transfer(e: dict[str, Any], where: str) -> None:
     if kind not in ("md5", "sha256"):
         raise ManifestError(f"{where}: transfer checksum type {e.get('transfer_checksum_type')!r} is not md5 or sha256")
     text = str(value or "").strip().lower()
-    if len(text) != (32 if kind == "md5" else 64) or not _HEX.match(text):
+    if not is_hex_digest(text, kind):
         raise ManifestError(f"{where}: bad transfer {kind} {value!r}")
     e["transfer_checksum"], e["transfer_checksum_type"] = text, kind

@@ -19,7 +19,6 @@ from typing import Any
 
 from . import archive
 from .db import Database, DatabaseError, Event
-from .ingest import make_job_id
 from .keys import fingerprint, load_public_key
 from .rekey import (
     RekeyError,
@@ -31,6 +30,7 @@ from .rekey import (
     read_pending,
     rekey_file,
 )
+from .workspace import make_job_id
 
 log = logging.getLogger("legampi.rekey")
 

@@ -175,7 +175,7 @@ def _valid_hex(value: str | None, length: int, what: str, rel: str) -> str | Non
     if value is None or value == "":
         return None
     v = value.strip().lower()
-    if len(v) != length or not _HEX.match(v):
+    if not checksum.is_hex_digest(v, what):
         raise IngestError("checksum", f"{rel}: manifest {what} {value!r} is not a valid {what} digest")
     return v
 

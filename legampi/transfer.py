@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+from legampi.checksum import is_hex_digest
 from legampi.formats import IngestError
 
 # Failures that damaged bytes cause: with a transfer checksum registered, a mismatch names the real cause.
 DAMAGE_KINDS = frozenset({"corrupt", "truncated", "format"})
-_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 def expected(value: str | None, algo: str | None, rel: str) -> tuple[str, str] | None:
@@ -29,7 +28,7 @@ def expected(value: str | None, algo: str | None, rel: str) -> tuple[str, str] |
     if kind not in ("md5", "sha256"):
         raise IngestError("checksum", f"{rel}: registered transfer checksum type {algo!r} is not md5 or sha256")
     digest = value.strip().lower()
-    if len(digest) != (32 if kind == "md5" else 64) or not _HEX.match(digest):
+    if not is_hex_digest(digest, kind):
         raise IngestError("checksum", f"{rel}: registered transfer {kind} {value!r} is not a valid {kind} digest")
     return kind, digest
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import archive, checksum
 from .formats import IngestError
-from .monitor import scan
+from .workspace import scan
 
 log = logging.getLogger("legampi.verify")
 

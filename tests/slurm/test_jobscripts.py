@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from legampi import archive
-from legampi.monitor import share
+from legampi.workspace import share
 
 if TYPE_CHECKING:  # conftest modules are not importable under every pytest import mode
     from conftest import SlurmCluster, Workspace

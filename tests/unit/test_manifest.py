@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from legampi import manifest
-from legampi.manifest import MAX_LINE_BYTES, ManifestError, load, parse_ega_json, parse_tab, safe_relpath
+from legampi.manifest import MAX_LINE_BYTES, ManifestError, load, parse_ega_json, parse_tab, safe_file_name
 
 MD5 = "0123456789abcdef0123456789abcdef"
 MD5B = "fedcba9876543210fedcba9876543210"
@@ -343,8 +343,8 @@ def test_load_takes_the_dataset_id_from_option_json_or_base_name(tmp_path: Path)
         load(tmp_path / "absent.tab")
 
 
-def test_safe_relpath() -> None:
-    assert safe_relpath("a/b/c d/\u00fc.c4gh", "w") == "a/b/c d/\u00fc.c4gh"
+def test_safe_file_name() -> None:
+    assert safe_file_name("a/b/c d/\u00fc.c4gh", "w") == "a/b/c d/\u00fc.c4gh"
     for bad in ("", "/x", "x/../../y", "..", "a\x00b", "a\x01b", "a\x7fb", "a\x9fb", "x" * 256, "a/" * 2049):
         with pytest.raises(ManifestError):
-            safe_relpath(bad, "w")
+            safe_file_name(bad, "w")

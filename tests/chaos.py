@@ -130,6 +130,7 @@ class Chaos:
         self.misses: Counter = Counter()
         self.findings: list[str] = []  # crashes, hangs, survivors seen during the loop
         self.obs: Observer | None = None
+        self.orphans: dict[str, str] = {}
 
     # ------------------------------------------------------------------ dataset
     def add_wave(self) -> None:
@@ -269,6 +270,8 @@ class Chaos:
         k.rc = self.finish(job, f"{tag} after {what} was killed", killed=True)
         if not (temps or mine or (started and stale)):
             k.notes.append("NOT IN FLIGHT: not counted")
+        elif spec.target == "mpiexec" and k.rc != -signal.SIGKILL:
+            k.notes.append("NOT IN FLIGHT: mpiexec had already ended; not counted")
         return k
 
     def recover_round(self, spec: Spec, tag: str) -> Kill | None:
@@ -288,6 +291,8 @@ class Chaos:
                 k = Kill(len(self.kills) + 1, spec, job.pid, "legampi recover", now, "")
                 k.evidence = f"{len(debris)} thing(s) to recover, {changes} observed change(s) so far"
                 k.rc = self.finish(job, f"{tag} after recover was killed", killed=True)
+                if k.rc != -signal.SIGKILL:
+                    k.notes.append("NOT IN FLIGHT: recover had already ended; not counted")
                 return k
             time.sleep(POLL)
         self.finish(job, f"{tag} (recover ended before its trigger {spec})", killed=False)
@@ -300,21 +305,23 @@ class Chaos:
         self.add_wave()
         self.calibrate()
         self.add_wave()
-        i, rounds, retries = 0, 0, Counter()
+        i, rounds, retries, tag = 0, 0, Counter(), "setup"
         while len(self.kills) < self.target_kills:
+            if rounds:
+                self.check_orphans(f"round {rounds} ({tag}, kills so far: {len(self.kills)})")
             if i >= len(self.specs):  # skipped specs are replaced by further draws of the same RNG
                 self.specs += schedule(self.rng, self.target_kills - len(self.kills))
             spec = self.specs[i]
+            if spec.target == "recover" and not self.obs.debris():  # nothing to recover: kill something else first
+                j = next((j for j in range(i + 1, len(self.specs)) if self.specs[j].target != "recover"), None)
+                if j is None:
+                    self.specs.append(schedule(self.rng, 4)[0])
+                else:
+                    self.specs.insert(i, self.specs.pop(j))
+                continue
             rounds += 1
             tag = f"r{rounds:03d}-{spec.target}-{spec.trigger}"
             if spec.target == "recover":
-                if not self.obs.debris():  # nothing for recover to do: kill something else first
-                    j = next((j for j in range(i + 1, len(self.specs)) if self.specs[j].target != "recover"), None)
-                    if j is None:
-                        self.specs.append(schedule(self.rng, 4)[0])
-                        continue
-                    self.specs.insert(i, self.specs.pop(j))
-                    continue
                 kill = self.recover_round(spec, tag)
             else:
                 files, nbytes = self.obs.remaining()
@@ -333,7 +340,20 @@ class Chaos:
             self.kills.append(kill)
             self.say(kill.line(self.backend))
             i += 1
+        self.check_orphans(f"round {rounds} ({tag}, the last)")
         self.final_rerun()
+
+    def check_orphans(self, after: str) -> None:
+        """Report, once each and right away, rows claimed by no job (stuck until claim_timeout)."""
+        assert self.obs is not None
+        for name, who in self.obs.orphan_claims().items():
+            if name not in self.orphans:
+                self.orphans[name] = who
+                self.findings.append(
+                    f"after {after}: {name} is claimed by {who!r}, which is no job in the job table: no run "
+                    "releases it before claim_timeout; the file is stuck"
+                )
+                self.say("FINDING " + self.findings[-1])
 
     def final_rerun(self) -> None:
         rec = self.start_recover("final-recover")

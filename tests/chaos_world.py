@@ -154,12 +154,22 @@ class Observer:
         return {r["file_name"]: r["status"] for r in self.db.query("SELECT file_name, status FROM file")}
 
     def remaining(self) -> tuple[int, int]:
-        """(files, bytes) still to archive: registered, not available, not failed."""
+        """(files, bytes) a job can still take: pending, received, or claimed by a job of the job table
+        (a dead one's claims are released by the next run; an orphan claim is not, see orphan_claims)."""
         rows = self.db.query(
-            "SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM file "
-            "WHERE status IN ('pending', 'received', 'processing')"
+            "SELECT count(*) AS n, coalesce(sum(size), 0) AS b FROM file WHERE status IN ('pending', 'received') "
+            "OR (status = 'processing' AND claimed_by IN (SELECT job_id FROM job))"
         )
         return int(rows[0]["n"]), int(rows[0]["b"])
+
+    def orphan_claims(self) -> dict[str, str]:
+        """name -> claimant of rows claimed by an id that is no job: no run releases them before
+        claim_timeout (a standalone `recover` killed between its claim and its record leaves these)."""
+        rows = self.db.query(
+            "SELECT file_name, claimed_by FROM file WHERE status = 'processing' "
+            "AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT job_id FROM job))"
+        )
+        return {r["file_name"]: r["claimed_by"] for r in rows}
 
     def temps(self) -> list[Path]:
         """Temp data files (not sidecar temps) in end_storage."""
@@ -190,11 +200,11 @@ class Observer:
     def debris(self) -> list[str]:
         """What a crash leaves for recovery: temps, claimed rows, sources of available files,
         archived copies without their row."""
-        st = self.status()
+        st, orphans = self.status(), self.orphan_claims()
         out = [f"temp {p.name}" for p in walk(self.ws.end_storage) if archive.is_temp_name(p.name)]
-        out += [f"claimed {n}" for n, s in st.items() if s == "processing"]
+        out += [f"claimed {n}" for n, s in st.items() if s == "processing" and n not in orphans]
         out += [f"source of {n}" for n, s in st.items() if s == "available" and (self.ws.processing / n).exists()]
-        out += [f"unrecorded {n}" for n in self.archived_unrecorded() if st.get(n) != "processing"]
+        out += [f"unrecorded {n}" for n in self.archived_unrecorded() if st.get(n) != "processing" and n not in orphans]
         return out
 
 

@@ -66,7 +66,7 @@ class Spec:
     pick: float  # which worker rank, when the trigger does not name one
 
     def __str__(self) -> str:
-        counted = self.trigger in ("temp", "committed", "change")
+        counted = self.trigger in ("temp", "change")
         return f"{self.target}@{self.trigger}" + (f"(k={self.k})" if counted else "")
 
 
@@ -78,7 +78,8 @@ def schedule(rng: random.Random, n: int) -> list[Spec]:
         rng.shuffle(cycle)
         for t in cycle:
             trigger = rng.choice(TRIGGERS[t])
-            k = rng.randint(1, 2 if trigger == "change" else 3)  # recover makes few observable steps
+            # jobs here commit in one or two batches, and recover shows one or two steps
+            k = rng.randint(1, {"temp": 3, "change": 2}.get(trigger, 1))
             out.append(Spec(t, trigger, k, rng.random(), rng.random()))
     return out[:n]
 
@@ -197,14 +198,17 @@ class Chaos:
         ev0, jobs0 = obs.events(), obs.job_ids()
         temps0, unrecorded0 = set(obs.temps()), set(obs.archived_unrecorded())  # debris of earlier kills
         temps_seen: set[Path] = set()
-        delay = self.cal.process_delay(spec.u, obs.remaining()[1])
+        bytes0 = obs.remaining()[1]
+        delay = self.cal.process_delay(spec.u, bytes0)
         t0 = time.monotonic()
-        job, t_claim = self.start_process(tag), None
+        job, t_claim, commits, last_available = self.start_process(tag), None, 0, ev0["available"]
         while job.poll() is None:
             now = time.monotonic() - t0
             ev = obs.events()
             if t_claim is None and ev["claimed"] > ev0["claimed"]:
                 t_claim = now
+            if ev["available"] > last_available:  # one more batch committed
+                commits, last_available = commits + 1, ev["available"]
             temps = [t for t in obs.temps() if t not in temps0]  # this job's
             new = [t for t in temps if t not in temps_seen]
             temps_seen |= set(temps)
@@ -214,7 +218,7 @@ class Chaos:
                 or (t == "claimed" and ev["claimed"] > ev0["claimed"])
                 or (t == "temp" and len(temps_seen) >= spec.k and bool(temps))
                 or (t == "archived" and bool(set(obs.archived_unrecorded()) - unrecorded0))
-                or (t == "committed" and ev["available"] >= ev0["available"] + spec.k)
+                or (t == "committed" and commits >= spec.k and self._claims_of_new_jobs(jobs0) > 0)
                 or (t == "time" and t_claim is not None and now >= t_claim + delay)
             )
             if fired:
@@ -224,10 +228,17 @@ class Chaos:
                     if kill is not None:
                         return kill
             time.sleep(POLL)
+        t_end = time.monotonic() - t0
         self.finish(job, f"{tag} (its trigger {spec} never fired)", killed=False)
-        if t_claim is not None:
+        done = bytes0 - obs.remaining()[1]
+        if t_claim is not None and done > 0:  # a whole job: one more sample of the real throughput
             self.cal.t_claim.append(t_claim)
+            self.cal.rate.append(done / max(t_end - t_claim, 1e-3))
         return None
+
+    def _claims_of_new_jobs(self, jobs0: set[str]) -> int:
+        assert self.obs is not None
+        return sum(n for j, n in self.obs.claims().items() if j not in jobs0)
 
     def _victim(self, spec: Spec, job, temps: list[Path]) -> tuple[int | None, str]:
         if spec.target == "mpiexec":
@@ -325,7 +336,7 @@ class Chaos:
                 kill = self.recover_round(spec, tag)
             else:
                 files, nbytes = self.obs.remaining()
-                if files < 4 or nbytes < self.large_mb[0] * (1 << 20):
+                if files < 6 or nbytes < 2 * self.large_mb[0] * (1 << 20):
                     self.add_wave()
                 kill = self.process_round(spec, tag)
             if kill is None or any(n.startswith("NOT IN FLIGHT") for n in kill.notes):
@@ -390,7 +401,9 @@ class Chaos:
             "lost": len(audit.lost),
             "duplicated": len(audit.duplicated),
             "corrupt": len(audit.corrupt),
-            "other": len(audit.unfinished) + len(audit.other) + len(self.findings),
+            "unfinished": len(audit.unfinished),
+            "other": len(audit.other),
+            "loop_findings": len(self.findings),
         }
         return audit.ok and not self.findings
 

@@ -199,8 +199,13 @@ def run_audit(ws: Workspace, registered: dict[str, dict[str, Any]], final_job: s
             a.other.append(f"temp file left in end_storage: {p}")
         elif p not in accounted:
             a.other.append(f"unexpected file in end_storage: {p}")
+    unfinished = {x.split(": ", 1)[0] for x in a.unfinished}  # already reported with their source
     for folder in (ws.processing, ws.receiving):
-        a.other += [f"file left in {folder.name}: {p}" for p in _all_files(folder)]
+        a.other += [
+            f"file left in {folder.name}: {p}"
+            for p in _all_files(folder)
+            if folder != ws.processing or p.relative_to(folder).as_posix() not in unfinished
+        ]
     return a
 
 

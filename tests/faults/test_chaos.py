@@ -44,16 +44,22 @@ def _run(backend: str) -> tuple[int, str]:
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_chaos_short(backend: str) -> None:
     rc, out = _run(backend)
-    seed = re.search(r"chaos seed (\d+)", out)
-    where = f"(seed {seed.group(1) if seed else '?'}; replay: python tests/chaos.py --backend {backend} --seed N)"
+    m = re.search(r"chaos seed (\d+)", out)
+    seed = m.group(1) if m else "?"
+    where = f"(replay: python tests/chaos.py --kills {KILLS} --backend {backend} --large-mb 2-16 --seed {seed})"
     assert rc == 0, f"chaos run on {backend} exited {rc} {where}:\n{out[-12000:]}"
     m = re.search(
-        r"^RESULT backend=(\S+) kills=(\d+) .*lost=(\d+) duplicated=(\d+) corrupt=(\d+) other=(\d+)", out, re.M
+        r"^RESULT backend=(\S+) kills=(\d+) .*lost=(\d+) duplicated=(\d+) corrupt=(\d+) unfinished=(\d+) "
+        r"other=(\d+) loop_findings=(\d+)",
+        out,
+        re.M,
     )
     assert m, f"no RESULT line {where}:\n{out[-4000:]}"
     assert m.group(1) == backend
     assert int(m.group(2)) >= KILLS, f"only {m.group(2)} kills landed in flight {where}"
-    assert m.groups()[2:] == ("0", "0", "0", "0"), f"lost/duplicated/corrupt/other {m.groups()[2:]} {where}"
+    kinds = ("lost", "duplicated", "corrupt", "unfinished", "other", "loop_findings")
+    counts = dict(zip(kinds, m.groups()[2:], strict=True))
+    assert set(counts.values()) == {"0"}, f"{counts} {where}"
     for target in ("rank0", "worker", "mpiexec", "recover"):
         assert f"'{target}': " in out.split("RESULT", 1)[1].splitlines()[0], f"no kill of {target} {where}"
 

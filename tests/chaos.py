@@ -278,7 +278,9 @@ class Chaos:
             f"{temps} new temp file(s), {mine} row(s) claimed by this job, {stale} stale claim(s)"
             + ("" if started else ", job row not written yet"),
         )
+        t_kill = time.monotonic()
         k.rc = self.finish(job, f"{tag} after {what} was killed", killed=True)
+        k.notes.append(f"every process of the job gone {time.monotonic() - t_kill:.2f}s after the kill")
         if not (temps or mine or (started and stale)):
             k.notes.append("NOT IN FLIGHT: not counted")
         elif spec.target == "mpiexec" and k.rc != -signal.SIGKILL:

@@ -87,8 +87,8 @@ def make_wave(ws: Workspace, number: int, rng: random.Random, large_mb: tuple[in
     """Small files (0 B to ~500 kB) and a few of LARGE_MB MiB (so kills land mid-stream), written to
     receiving, registered from a tab manifest with md5, size and sha256. Sizes come from RNG."""
     ds = f"CHAOS{number:03d}"
-    sizes = [int(10 ** rng.uniform(0, 5.7)) for _ in range(rng.randint(4, 7))]
-    sizes += [rng.randint(large_mb[0] * MB, large_mb[1] * MB) for _ in range(rng.randint(2, 3))]
+    sizes = [int(10 ** rng.uniform(0, 5.7)) for _ in range(rng.randint(6, 12))]
+    sizes += [rng.randint(large_mb[0] * MB, large_mb[1] * MB) for _ in range(rng.randint(2, 4))]
     if number == 0:
         sizes[0] = 0  # an empty file once
     entries = []

@@ -44,6 +44,7 @@ def _run(backend: str) -> tuple[int, str]:
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_chaos_short(backend: str) -> None:
     rc, out = _run(backend)
+    print("\n".join(line for line in out.splitlines() if line.startswith(("chaos seed", "RESULT"))))  # for -rP
     m = re.search(r"chaos seed (\d+)", out)
     seed = m.group(1) if m else "?"
     where = f"(replay: python tests/chaos.py --kills {KILLS} --backend {backend} --large-mb 2-16 --seed {seed})"

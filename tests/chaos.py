@@ -380,8 +380,6 @@ class Chaos:
         self.say("final process: " + (out.splitlines()[0] if out else "(no output)"))
 
     def report(self) -> bool:
-        assert self.obs is not None
-        self.obs.close()
         audit = run_audit(self.ws, self.registered, self.final_job)
         by_target = Counter(k.spec.target for k in self.kills)
         by_trigger = Counter(k.spec.trigger for k in self.kills)
@@ -440,11 +438,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  [{backend}] " + k.line(backend), flush=True)
                 raise
             finally:
+                if chaos.obs is not None:
+                    chaos.obs.close()
                 left = chaos.procs.cleanup()
                 if left:
                     print(f"[{backend}] cleanup SIGKILLed leftover processes {left}", flush=True)
             if not good:
-                print(f"[{backend}] FAILED with seed {seed}; kill log:", flush=True)
+                print(
+                    f"[{backend}] FAILED with seed {seed} (replay: --seed {seed}; add --keep to inspect); kill log:",
+                    flush=True,
+                )
                 for k in chaos.kills:
                     print(f"  [{backend}] " + k.line(backend), flush=True)
             results.append({**chaos.result, "seconds": round(time.monotonic() - t0, 1)})

@@ -19,11 +19,9 @@ import argparse
 import random
 import re
 import signal
-import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +30,7 @@ if str(ROOT) not in sys.path:
 
 from legampi import archive  # noqa: E402
 from tests.chaos_audit import run_audit  # noqa: E402
+from tests.chaos_plan import TARGETS, Calibration, Kill, Spec, schedule  # noqa: E402
 from tests.chaos_procs import Procs, become_subreaper, ranks  # noqa: E402
 from tests.chaos_world import (  # noqa: E402
     EXTS,
@@ -46,73 +45,8 @@ from tests.chaos_world import (  # noqa: E402
 )
 from tests.conftest import LEGAMPI, MPIEXEC, Workspace  # noqa: E402
 
-TARGETS = ("rank0", "worker", "mpiexec", "recover")
-TRIGGERS = {
-    "rank0": ("job-start", "claimed", "temp", "archived", "committed", "time"),
-    "worker": ("claimed", "temp", "temp", "archived", "time"),
-    "mpiexec": ("claimed", "temp", "archived", "committed", "time"),
-    "recover": ("change",),
-}
 POLL = 0.004  # seconds between two looks at the observable state
 JOB_TIMEOUT = 120.0  # a job (killed or not) must be entirely gone within this
-
-
-@dataclass
-class Spec:
-    target: str
-    trigger: str
-    k: int  # fire on the k-th occurrence (temps seen, commits, changes)
-    u: float  # position in the calibrated delay window (time trigger)
-    pick: float  # which worker rank, when the trigger does not name one
-
-    def __str__(self) -> str:
-        counted = self.trigger in ("temp", "change")
-        return f"{self.target}@{self.trigger}" + (f"(k={self.k})" if counted else "")
-
-
-def schedule(rng: random.Random, n: int) -> list[Spec]:
-    """N kill specs: targets in shuffled rounds of all four (so every target is hit about N/4 times)."""
-    out: list[Spec] = []
-    while len(out) < n:
-        cycle = list(TARGETS)
-        rng.shuffle(cycle)
-        for t in cycle:
-            trigger = rng.choice(TRIGGERS[t])
-            # jobs here commit in one or two batches, and recover shows one or two steps
-            k = rng.randint(1, {"temp": 3, "change": 2}.get(trigger, 1))
-            out.append(Spec(t, trigger, k, rng.random(), rng.random()))
-    return out[:n]
-
-
-@dataclass
-class Calibration:
-    """Timings measured on the dataset: when claims appear after a start, how fast files go through."""
-
-    t_claim: list[float] = field(default_factory=list)
-    rate: list[float] = field(default_factory=list)  # bytes/s of a whole unkilled job after its claim
-    t_recover: list[float] = field(default_factory=list)
-
-    def process_delay(self, u: float, remaining_bytes: int) -> float:
-        """Seconds after the job's first claim: uniform over the time its claimed bytes should take."""
-        return u * remaining_bytes / statistics.median(self.rate or [100e6])
-
-
-@dataclass
-class Kill:
-    n: int
-    spec: Spec
-    pid: int
-    what: str  # e.g. "rank 2", "mpiexec"
-    at: float  # seconds after the start of the run
-    evidence: str
-    rc: int | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def line(self, backend: str) -> str:
-        return (
-            f"kill {self.n}: {self.spec} -> SIGKILL {self.what} (pid {self.pid}) at {self.at:.2f}s; "
-            f"in flight: {self.evidence}; exit {self.rc}" + "".join(f"; {x}" for x in self.notes)
-        )
 
 
 class Chaos:

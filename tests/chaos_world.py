@@ -11,7 +11,6 @@ import contextlib
 import os
 import random
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -220,7 +219,3 @@ def has_traceback(path: Path) -> bool:
         return "Traceback (most recent call last)" in path.read_text(errors="replace")
     except OSError:
         return False
-
-
-def run_quiet(cmd: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

@@ -295,7 +295,8 @@ class _PartHasher:
     """sha256 per part of PART_SIZE bytes, for S3's composite checksum b64(sha256(d1 || ... || dN))-N."""
 
     def __init__(self, part_size: int | None) -> None:
-        self.part_size, self.done, self.cur, self.fill = part_size, [], hashlib.sha256(), 0
+        self.part_size, self.cur, self.fill = part_size, hashlib.sha256(), 0
+        self.done: list[bytes] = []
 
     def update(self, data: bytes) -> None:
         if not self.part_size:

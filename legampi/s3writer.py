@@ -15,9 +15,12 @@ of the parts that legampi computed as it streamed (`s3store.examine` recomputes 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from legampi.formats import IngestError
@@ -84,6 +87,7 @@ class S3ArchiveWriter:
         checksum: str = "sha256",
         job_id: str | None = None,
         part_size: int | None = None,
+        concurrency: int = 0,
     ) -> None:
         self.store, self.rel, self.claim, self.job_id = store, rel, dict(claim), job_id
         self.key = store.key(rel)
@@ -104,6 +108,12 @@ class S3ArchiveWriter:
         self._parts: list[dict[str, Any]] = []
         self._digests: list[bytes] = []
         self._digest: str | None = None
+        # concurrency N > 0: up to N full parts upload in threads while the next one fills (memory: N + 1
+        # parts); 0: each part uploads inside write() (memory: one part)
+        self.concurrency = concurrency
+        self._pending: deque[tuple[Future[dict[str, Any]], bytearray]] = deque()
+        self._free: list[bytearray] = []
+        self._pool: ThreadPoolExecutor | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hash and buffer DATA; a full part is uploaded (with its sha256) before more is buffered."""
@@ -129,6 +139,9 @@ class S3ArchiveWriter:
         if self._digest is None:
             if self._upload_id is not None:
                 self._upload_part()
+                self._drain(0)
+                self._parts.sort(key=lambda p: p["PartNumber"])
+                self._digests = [base64.b64decode(p["ChecksumSHA256"]) for p in self._parts]
             self._digest = self.hasher.hexdigest()
         return self._digest
 
@@ -154,6 +167,16 @@ class S3ArchiveWriter:
         """Drop the incomplete upload (idempotent); never touches a visible object. If the server cannot
         be reached the upload stays, invisible, until `recover` aborts it."""
         self._buf = bytearray()
+        self._free.clear()
+        for future, _ in self._pending:  # parts in flight end first (an abort must not race them)
+            try:
+                future.result()
+            except IngestError:
+                continue  # a failed part: the upload is aborted below anyway
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None or self.committed:
             return
@@ -177,13 +200,32 @@ class S3ArchiveWriter:
         self._upload_id = r["UploadId"]
 
     def _upload_part(self) -> None:
+        """Send the filled buffer as the next part: here, or in a thread with a fresh buffer to fill."""
         if self._upload_id is None:
             self._initiate()
-        n = len(self._parts) + 1
+        n = len(self._parts) + len(self._pending) + 1
         if n > MAX_PARTS:
             raise IngestError("io", f"{self.rel}: the archived object outgrew {MAX_PARTS} parts of {self.part_size}")
-        digest = self._part_hash.digest()
-        body = _ViewReader(memoryview(self._buf)[: self._fill])
+        digest, buf, fill = self._part_hash.digest(), self._buf, self._fill
+        self._fill, self._part_hash = 0, hashlib.sha256()
+        if not self.concurrency:
+            self._parts.append(self._send_part(n, buf, fill, digest))
+            return
+        self._drain(self.concurrency - 1)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="legampi-s3-part")
+        self._pending.append((self._pool.submit(self._send_part, n, buf, fill, digest), buf))
+        self._buf = self._free.pop() if self._free else bytearray(self.part_size)
+
+    def _drain(self, keep: int) -> None:
+        """Wait for uploads in flight until at most KEEP remain; their buffers are reused."""
+        while len(self._pending) > keep:
+            future, buf = self._pending.popleft()
+            self._free.append(buf)
+            self._parts.append(future.result())  # re-raises the part's IngestError
+
+    def _send_part(self, n: int, buf: bytearray, fill: int, digest: bytes) -> dict[str, Any]:
+        body = _ViewReader(memoryview(buf)[:fill])
         try:
             r = self.store.client.upload_part(
                 Bucket=self.store.bucket,
@@ -191,7 +233,7 @@ class S3ArchiveWriter:
                 UploadId=self._upload_id,
                 PartNumber=n,
                 Body=body,
-                ContentLength=self._fill,
+                ContentLength=fill,
                 ChecksumSHA256=b64(digest),
             )
         except Exception as exc:  # noqa: BLE001
@@ -204,10 +246,7 @@ class S3ArchiveWriter:
                 f"{self.rel}: the S3 server did not confirm part {n}'s sha256 (does it support "
                 "x-amz-checksum-sha256?); nothing was made visible",
             )
-        self._parts.append({"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": b64(digest)})
-        self._digests.append(digest)
-        self._fill = 0
-        self._part_hash = hashlib.sha256()
+        return {"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": b64(digest)}
 
     def _put(self, prov: dict[str, Any]) -> None:
         record = {**prov, "job_id": self.job_id, "archive_checksum": self._digest}

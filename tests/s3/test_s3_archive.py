@@ -67,13 +67,16 @@ def test_small_object_single_put_with_full_provenance(store: S3Store) -> None:
     assert store.list_uploads() == []
 
 
-def test_multipart_object_streams_parts_and_server_keeps_their_checksum(store: S3Store) -> None:
+@pytest.mark.parametrize("concurrency", [0, 2], ids=["in-line", "2-in-flight"])
+def test_multipart_object_streams_parts_and_server_keeps_their_checksum(store: S3Store, concurrency: int) -> None:
     data, plain = secrets.token_bytes(12 << 20), b"plain"
     rel = "d1/big.c4gh"
-    w = S3ArchiveWriter(store, rel, _claim(rel, plain), len(data), job_id="J7", part_size=PART)
+    w = S3ArchiveWriter(store, rel, _claim(rel, plain), len(data), job_id="J7", part_size=PART, concurrency=concurrency)
     for off in range(0, len(data), 999_999):
         w.write(data[off : off + 999_999])
-        assert len(w._buf) <= PART  # bounded: one part buffer, whatever the file size
+        # bounded: one part buffer (in-line), or one per part in flight plus the one filling
+        assert len(w._buf) <= PART and len(w._pending) + len(w._free) <= concurrency
+    w._drain(0)
     assert [u.rel for u in store.list_uploads()] == [rel]  # two parts stored, nothing visible
     assert store.head(rel) is None
     assert w.finish() == hashlib.sha256(data).hexdigest()
@@ -110,16 +113,18 @@ def test_abort_leaves_nothing_visible_and_no_upload(store: S3Store) -> None:
     assert store.list_uploads() == []
 
 
-def test_a_wrong_part_checksum_is_refused_by_the_server(store: S3Store) -> None:
+@pytest.mark.parametrize("concurrency", [0, 2], ids=["in-line", "2-in-flight"])
+def test_a_wrong_part_checksum_is_refused_by_the_server(store: S3Store, concurrency: int) -> None:
     wrong = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
 
     def tamper(request: Any, **kwargs: Any) -> None:
         request.headers.replace_header("x-amz-checksum-sha256", wrong)
 
     store.client.meta.events.register("before-sign.s3.UploadPart", tamper)
-    w = S3ArchiveWriter(store, "c/d.c4gh", _claim("c/d.c4gh"), 12 << 20, part_size=PART)
+    w = S3ArchiveWriter(store, "c/d.c4gh", _claim("c/d.c4gh"), 12 << 20, part_size=PART, concurrency=concurrency)
     with pytest.raises(IngestError) as exc:
         w.write(secrets.token_bytes(12 << 20))
+        w.finish()  # a part refused in a thread is reported at the latest here
     w.abort()
     assert exc.value.kind == "io" and "refused the data's checksum" in exc.value.message
     assert store.head("c/d.c4gh") is None and store.list_uploads() == []

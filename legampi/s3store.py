@@ -191,7 +191,17 @@ class S3Store:
         return f"s3://{self.bucket}/{self.key(rel)}"
 
     def error(self, rel: str, stage: str, exc: BaseException) -> IngestError:
-        return s3_error(rel, stage, exc, self.credentials.secrets())
+        err = s3_error(rel, stage, exc, self.credentials.secrets())
+        if err.kind == "config" and "credentials" in err.message:  # say which, never the secret
+            c = self.credentials
+            err = IngestError("config", f"{err.message}; access key {c.access_key} from {c.source or 'the caller'}")
+        return err
+
+    def key_problem(self, rel: str) -> str | None:
+        """Why archive name REL cannot be an object key here (S3 keys are at most 1024 bytes), or None:
+        for `register`'s name checks, next to archive.name_limits_problem."""
+        n = len(self.key(rel).encode("utf-8"))
+        return None if n <= 1024 else f"{rel!r}: the S3 key would be {n} bytes, S3 allows 1024"
 
     def check(self) -> None:
         """Preflight: the endpoint answers, the credentials are accepted, the bucket exists."""

@@ -149,6 +149,7 @@ def test_a_wrong_secret_key_is_refused_without_showing_it(seaweed: LocalS3) -> N
             _upload(bad, "s/f.c4gh", secrets.token_bytes(size), part_size=PART)
         assert exc.value.kind == "config"
         assert "refused the credentials" in exc.value.message and secret not in exc.value.message
+        assert f"access key {seaweed.credentials.access_key} from env" in exc.value.message
         assert secret not in repr(bad.credentials) and secret not in repr(bad)
     with pytest.raises(IngestError) as exc:
         bad.check()

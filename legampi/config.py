@@ -70,7 +70,7 @@ class FuncConfig:
     pass_limit: int = 3
     extensions: tuple[str, ...] = (".c4gh", ".cip", ".gpg")
     res_url: str | None = None
-    claim_timeout: int = 3600
+    claim_timeout: int = 600
     batch_size: int = 200
     flush_interval: float = 5.0
 

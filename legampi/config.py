@@ -8,6 +8,7 @@ environment variable (``*_env`` keys, with defaults) or a file (``*_file`` keys)
 
 from __future__ import annotations
 
+import builtins  # _Reader's methods str/int/bool shadow the names in its class body
 import configparser
 import os
 from dataclasses import dataclass, field
@@ -145,7 +146,7 @@ class _Reader:
             raise self.err(section, key, "missing (required)")
         return default
 
-    def int(self, section: str, key: str, default: int, minimum: int = 0) -> int:
+    def int(self, section: builtins.str, key: builtins.str, default: int, minimum: int = 0) -> int:
         raw = self.str(section, key)
         if raw is None:
             return default
@@ -157,7 +158,7 @@ class _Reader:
             raise self.err(section, key, f"must be at least {minimum}, got {value}")
         return value
 
-    def float(self, section: str, key: str, default: float) -> float:
+    def float(self, section: builtins.str, key: builtins.str, default: float) -> float:
         raw = self.str(section, key)
         if raw is None:
             return default
@@ -169,7 +170,7 @@ class _Reader:
             raise self.err(section, key, f"must not be negative, got {value}")
         return value
 
-    def bool(self, section: str, key: str, default: bool) -> bool:
+    def bool(self, section: builtins.str, key: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self.str(section, key)
         if raw is None:
             return default
@@ -179,13 +180,15 @@ class _Reader:
             return False
         raise self.err(section, key, f"must be yes or no, got {raw!r}")
 
-    def choice(self, section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(
+        self, section: builtins.str, key: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
+    ) -> builtins.str:
         raw = (self.str(section, key) or default).lower()
         if raw not in choices:
             raise self.err(section, key, f"must be one of {', '.join(choices)}, got {raw!r}")
         return raw
 
-    def path(self, section: str, key: str, required: bool = False) -> Path | None:
+    def path(self, section: builtins.str, key: builtins.str, required: builtins.bool = False) -> Path | None:
         raw = self.str(section, key, required=required)
         if raw is None:
             return None
@@ -195,7 +198,9 @@ class _Reader:
             p = base / p
         return Path(os.path.normpath(p))
 
-    def secret(self, section: str, key: str, default_env: str | None = None) -> Secret | None:
+    def secret(
+        self, section: builtins.str, key: builtins.str, default_env: builtins.str | None = None
+    ) -> Secret | None:
         """A secret from `<key>_env` (an environment variable name), `<key>_file`, or `<key>` in the INI."""
         env_name = self.str(section, f"{key}_env", default_env)
         file_name = self.path(section, f"{key}_file")

@@ -217,12 +217,38 @@ COMMANDS = (
         "write encrypted test files into receiving and their manifests (tab and "
         "EGA JSON) into metadata, with real checksums",
         (
-            arg("--dataset", default="EGAD00000000001"),
-            arg("--files", type=int, default=10),
-            arg("--size", help="every file this size, e.g. 10MB (default 1MB)"),
-            arg("--sizes", help="lognormal:MEDIAN,SIGMA, e.g. lognormal:20MB,1.5"),
-            arg("--format", choices=["c4gh", "cip", "gpg", "plain"], default="c4gh"),
-            arg("--seed", type=int, default=1),
+            arg(
+                "--dataset",
+                default="EGAD00000000001",
+                help="dataset id: the files go to receiving/DATASET/sampleNNNN.bam.EXT, the manifests to "
+                "metadata/DATASET.tab and DATASET.json (default %(default)s)",
+            ),
+            arg("--files", type=int, default=10, help="how many files to write (default %(default)s)"),
+            arg(
+                "--size",
+                help="the plaintext size of every file: bytes, or a number with a unit, decimal kB/MB/GB (powers "
+                "of 1000) or binary KiB/MiB/GiB (powers of 1024), e.g. 10MB (default 1MB; --sizes overrides it)",
+            ),
+            arg(
+                "--sizes",
+                help="mixed plaintext sizes instead, drawn from a lognormal distribution: lognormal:MEDIAN,SIGMA, "
+                "MEDIAN a size as for --size and SIGMA the spread of its natural logarithm, e.g. lognormal:20MB,1.5",
+            ),
+            arg(
+                "--format",
+                choices=["c4gh", "cip", "gpg", "plain"],
+                default="c4gh",
+                help="how the files are encrypted: c4gh for the public key of [crypto] inbox_secret_key (default), "
+                "cip the legacy AES format with [crypto] legacy_password, gpg OpenPGP for the first key in "
+                "[crypto] gnupg_home, plain not encrypted",
+            ),
+            arg(
+                "--seed",
+                type=int,
+                default=1,
+                help="random seed of the file contents and the --sizes draw: the same seed writes the same files "
+                "(default %(default)s)",
+            ),
         ),
     ),
     Command("count", views.count, "files and bytes per workspace (the seed's FileCount)", (), ("workspaces",)),

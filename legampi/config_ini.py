@@ -6,6 +6,7 @@ legampi.config builds its sections on top of this; import these names from there
 
 from __future__ import annotations
 
+import builtins
 import configparser
 import os
 from pathlib import Path
@@ -48,23 +49,31 @@ class Secret:
 class IniReader:
     """Typed access to one parsed INI file that turns every problem into a ConfigError."""
 
-    def __init__(self, parser: configparser.ConfigParser, path: Path | None, env: dict[str, str]):
+    def __init__(self, parser: configparser.ConfigParser, path: Path | None, env: dict[builtins.str, builtins.str]):
         self.p, self.file, self.env = parser, path, env
 
-    def err(self, section: str | None, key: str | None, message: str) -> ConfigError:
+    def err(self, section: builtins.str | None, key: builtins.str | None, message: builtins.str) -> ConfigError:
         return ConfigError(self.file, section, key, message)
 
-    def has(self, section: str, key: str) -> bool:
+    def has(self, section: builtins.str, key: builtins.str) -> builtins.bool:
         return self.p.has_option(section, key) and self.p.get(section, key).strip() != ""
 
-    def str(self, section: str, key: str, default: str | None = None, required: bool = False) -> str | None:
+    def str(
+        self,
+        section: builtins.str,
+        key: builtins.str,
+        default: builtins.str | None = None,
+        required: builtins.bool = False,
+    ) -> builtins.str | None:
         if self.has(section, key):
             return self.p.get(section, key).strip()
         if required:
             raise self.err(section, key, "missing (required)")
         return default
 
-    def int(self, section: str, key: str, default: int, minimum: int = 0) -> int:
+    def int(
+        self, section: builtins.str, key: builtins.str, default: builtins.int, minimum: builtins.int = 0
+    ) -> builtins.int:
         raw = self.str(section, key)
         if raw is None:
             return default
@@ -76,7 +85,7 @@ class IniReader:
             raise self.err(section, key, f"must be at least {minimum}, got {value}")
         return value
 
-    def float(self, section: str, key: str, default: float) -> float:
+    def float(self, section: builtins.str, key: builtins.str, default: builtins.float) -> builtins.float:
         raw = self.str(section, key)
         if raw is None:
             return default
@@ -88,7 +97,7 @@ class IniReader:
             raise self.err(section, key, f"must not be negative, got {value}")
         return value
 
-    def bool(self, section: str, key: str, default: bool) -> bool:
+    def bool(self, section: builtins.str, key: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self.str(section, key)
         if raw is None:
             return default
@@ -98,13 +107,15 @@ class IniReader:
             return False
         raise self.err(section, key, f"must be yes or no, got {raw!r}")
 
-    def choice(self, section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(
+        self, section: builtins.str, key: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
+    ) -> builtins.str:
         raw = (self.str(section, key) or default).lower()
         if raw not in choices:
             raise self.err(section, key, f"must be one of {', '.join(choices)}, got {raw!r}")
         return raw
 
-    def path(self, section: str, key: str, required: bool = False) -> Path | None:
+    def path(self, section: builtins.str, key: builtins.str, required: builtins.bool = False) -> Path | None:
         raw = self.str(section, key, required=required)
         if raw is None:
             return None
@@ -114,7 +125,9 @@ class IniReader:
             p = base / p
         return Path(os.path.normpath(p))
 
-    def secret(self, section: str, key: str, default_env: str | None = None) -> Secret | None:
+    def secret(
+        self, section: builtins.str, key: builtins.str, default_env: builtins.str | None = None
+    ) -> Secret | None:
         """A secret from `<key>_env` (an environment variable name), `<key>_file`, or `<key>` in the INI."""
         env_name = self.str(section, f"{key}_env", default_env)
         file_name = self.path(section, f"{key}_file")

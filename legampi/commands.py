@@ -38,6 +38,7 @@ def open_db(cfg: Config, schema: bool = True) -> Database:
 
 
 def cmd_init_db(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi init-db`: create the schema or upgrade it in place; safe to run again."""
     db = open_db(cfg, schema=False)
     before, after = db.init_schema(cfg.func.extensions)
     print(f"{db.label}: schema version {before or 'none'} -> {after}")
@@ -45,6 +46,7 @@ def cmd_init_db(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_register(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi register`: a manifest's files, refused whole if one line cannot be archived; --amend corrects."""
     from . import manifest, registration
 
     db = open_db(cfg)
@@ -69,6 +71,7 @@ def cmd_register(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_fetch_metadata(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi fetch-metadata`: the EGA file list into metadata (renamed into place), then maybe registered."""
     from . import manifest
 
     if not cfg.api.api_url:
@@ -96,6 +99,7 @@ def cmd_fetch_metadata(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi monitor`: one pass; exit 1 if a move failed, so a cron or Slurm job shows it."""
     from .ingest import array_share
     from .monitor import run_pass
 
@@ -158,6 +162,7 @@ def cmd_process(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_recover(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi recover`: what `process` does first, on its own; exit 1 if something needs a person."""
     from .recovery import recover
 
     rep = recover(open_db(cfg), cfg)
@@ -167,6 +172,7 @@ def cmd_recover(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_process_file(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi process-file`: one file through the pipeline, to debug a format or a key without MPI or the database."""
     from .stream import FileTask, PipelineContext, process_file
 
     path = Path(args.path).absolute()
@@ -192,6 +198,7 @@ def cmd_process_file(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_checksum(cfg: Config | None, args: argparse.Namespace) -> int:
+    """`legampi checksum hash|check`: hash a file, or check it against its sidecar; needs no configuration."""
     from . import checksum
 
     path = Path(args.path)
@@ -205,6 +212,7 @@ def cmd_checksum(cfg: Config | None, args: argparse.Namespace) -> int:
 
 
 def cmd_update(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi update`: an operator's status change, kept as an event with who and why."""
     db = open_db(cfg)
     try:
         old = db.set_status(
@@ -222,6 +230,7 @@ def cmd_update(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_log_event(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi log-event`: stamp a dataset date now (the seed's datasetlogger), with its event."""
     from .db import Event
 
     db = open_db(cfg)
@@ -237,18 +246,21 @@ def cmd_log_event(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_verify_archive(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi verify-archive`: the fixity audit on every rank."""
     from .verify import run_verify
 
     return run_verify(cfg, mpi_team(args), connector(cfg), args.dataset, args.decrypt)
 
 
 def cmd_demo(cfg: Config | None, args: argparse.Namespace) -> int:
+    """`legampi demo`: the whole pipeline in a throwaway folder, no configuration needed."""
     from .demo import run
 
     return run(Path(args.folder) if args.folder else None, args.files, args.ranks)
 
 
 def cmd_testdata(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi testdata`: encrypted test files for this configuration's keys, with their manifests."""
     from .keys import load_secret_key, public_from_secret
     from .testdata import make_dataset, sizes_from_spec
 
@@ -274,6 +286,7 @@ def cmd_testdata(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_rekey(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi rekey`: the archive key rotation on every rank."""
     from .rekey_job import run_rekey
 
     return run_rekey(
@@ -288,6 +301,7 @@ def cmd_rekey(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
+    """`legampi export`: a dataset re-encrypted for a researcher, on one rank."""
     from .export import run_export
 
     return run_export(cfg, open_db(cfg), args.dataset_id, args.recipient_pk, args.to, args.partial, args.verify)

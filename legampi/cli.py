@@ -31,7 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format, args.log_file)
     team_cmd = args.command in MPI_COMMANDS
     try:
-        cfg = None if args.sections is None else config_mod.load(args.config, sections=args.sections)
+        cfg = (
+            None
+            if args.sections is None
+            else config_mod.load(args.config, sections=args.sections, optional=args.optional)
+        )
         if not team_cmd and _launched_by_mpi():
             return _rank0_only(cfg, args)
         return args.func(cfg, args)

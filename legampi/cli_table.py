@@ -27,13 +27,14 @@ def arg(*flags: str, **options: Any) -> Arg:
 class Command:
     """One row of the command table. SECTIONS: the configuration sections checked before it runs (a
     read-only command names only what it reads, so it runs where the keys or workspaces are absent);
-    None: it needs no configuration at all."""
+    None: it needs no configuration at all. OPTIONAL: sections it uses if the file has them, checked then."""
 
     name: str
     run: Callable[[Any, argparse.Namespace], int]
     help: str
     args: tuple[Arg, ...] = ()
     sections: tuple[str, ...] | None = config_mod.SECTIONS
+    optional: tuple[str, ...] = ()
 
 
 DESCRIPTION = (
@@ -106,6 +107,7 @@ COMMANDS = (
             arg("--brief", action="store_true", help="datasets only, no per-file table"),
         ),
         ("database",),
+        ("workspaces",),  # receiving, for the unregistered files
     ),
     Command(
         "process",
@@ -327,6 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for c in COMMANDS:
         sp = sub.add_parser(c.name, help=c.help, description=c.help, parents=[after], formatter_class=_CommandHelp)
-        sp.set_defaults(func=c.run, sections=c.sections)
+        sp.set_defaults(func=c.run, sections=c.sections, optional=c.optional)
         _add(sp, c.args)
     return p

@@ -233,9 +233,13 @@ def _crypto(r: IniReader) -> CryptoConfig:
 
 
 def load(
-    path: str | os.PathLike | None = None, env: dict[str, str] | None = None, sections: Iterable[str] = SECTIONS
+    path: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+    sections: Iterable[str] = SECTIONS,
+    optional: Iterable[str] = (),
 ) -> Config:
-    """Load the configuration from PATH or $LEGAMPI_CONFIG; the SECTIONS a command needs are validated now.
+    """Load the configuration from PATH or $LEGAMPI_CONFIG; the SECTIONS a command needs are validated now,
+    and the OPTIONAL ones it uses when they are there (if the file has them).
 
     A read-only command (`status`, `report`...) asks only for what it uses, so a host without the crypto
     keys or the workspaces can still run it. The other sections are read too, but a problem in one of them
@@ -255,8 +259,8 @@ def load(
         raise ConfigError(cfg_path, None, None, f"cannot read: {exc.strerror}") from None
     except configparser.Error as exc:
         raise ConfigError(cfg_path, None, None, f"not a valid INI file: {exc.message}") from None
-    needed = set(sections)
-    if unknown := needed - set(SECTIONS):
+    needed = set(sections) | {s for s in optional if parser.has_section(s)}
+    if unknown := (needed | set(optional)) - set(SECTIONS):
         raise ValueError(f"unknown configuration sections {sorted(unknown)}")
     r = IniReader(parser, cfg_path, env)
     for section in ("database", "workspaces", "crypto"):

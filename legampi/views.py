@@ -37,7 +37,8 @@ def human(n: int | None) -> str:
 
 
 def _unregistered(cfg: Config, registered: set[str]) -> list[str] | None:
-    """Files in receiving that no manifest names; None when this host cannot see receiving (noted on stderr)."""
+    """Files in receiving that no manifest names; None when the configuration has no [workspaces] (noted on
+    stderr: a host that only reads the database)."""
     from .monitor import scan
 
     try:
@@ -49,7 +50,7 @@ def _unregistered(cfg: Config, registered: set[str]) -> list[str] | None:
 
 
 def status(cfg: Config, args: argparse.Namespace) -> int:
-    """`legampi status`: datasets and files by status; needs only [database] ([workspaces] if it can)."""
+    """`legampi status`: datasets and files by status; needs only [database] (and [workspaces] if given)."""
     db = open_db(cfg)
     status = ArchiveStatus.read(db, args.dataset)
     unregistered = _unregistered(cfg, {f["file_name"] for f in db.files()})

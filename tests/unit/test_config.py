@@ -382,3 +382,15 @@ def test_res_decryption_without_res_url_is_a_crypto_problem_when_crypto_is_not_n
     with pytest.raises(ConfigError) as info:
         _ = cfg.crypto.decrypt_via
     assert (info.value.section, info.value.key) == ("func_conf", "res_url")
+
+
+def test_an_optional_section_is_checked_when_the_file_has_it(tmp_path: Path) -> None:
+    p = layout(tmp_path)
+    path = write(tmp_path, ini(p, workspaces=f"receiving = {tmp_path / 'absent'}"))
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env={}, sections=("database",), optional=("workspaces",))
+    assert (info.value.section, info.value.key) == ("workspaces", "receiving")
+    path = write(tmp_path, ini(p).replace("[workspaces]", "[elsewhere]"), name="nows.ini")
+    cfg = config.load(path, env={}, sections=("database",), optional=("workspaces",))
+    with pytest.raises(ConfigError, match=r"\[workspaces\]: missing section"):
+        _ = cfg.workspaces.receiving

@@ -100,8 +100,8 @@ def cmd_fetch_metadata(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_monitor(cfg: Config, args: argparse.Namespace) -> int:
     """`legampi monitor`: one pass; exit 1 if a move failed, so a cron or Slurm job shows it."""
-    from .workspace import array_share
     from .monitor import run_pass
+    from .workspace import array_share
 
     db = open_db(cfg)
     branches, branch = array_share(args.branches, args.branch)
@@ -139,8 +139,8 @@ def mpi_team(args: argparse.Namespace) -> Any:
 def cmd_process(cfg: Config, args: argparse.Namespace) -> int:
     """`legampi process`, the batch job on every rank."""
     from .ingest import run_process
-    from .workspace import array_share
     from .parallel import StopFlag
+    from .workspace import array_share
 
     stop = StopFlag()
     stop.install()  # before MPI starts: an early USR1/TERM must not kill the rank

@@ -18,6 +18,7 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+from typing import TextIO
 
 from .testdata import make_dataset, sizes_from_spec
 
@@ -54,7 +55,7 @@ def mpiexec_path() -> str:
     return found
 
 
-def run(folder: Path | None, files: int, ranks: int, out=None) -> int:
+def run(folder: Path | None, files: int, ranks: int, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     root = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="legampi-demo-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -104,17 +105,27 @@ archive_secret_key = {archive_sk}
     steps = [("init-db",), ("register", str(root / "metadata" / "EGAD00000000001.json"))]
     steps += [("monitor",)] * 3
     for step in steps:
-        print(f"$ legampi {' '.join(step)}", file=out, flush=True)
-        subprocess.run([*legampi, *step], check=True)
+        code = _step(legampi, step, out)
+        if code != 0:
+            return code
     print(f"$ mpiexec -n {ranks} legampi process", file=out, flush=True)
     code = subprocess.run([mpiexec_path(), "-n", str(ranks), *legampi, "process"]).returncode
-    print("$ legampi status --brief", file=out, flush=True)
-    subprocess.run([*legampi, "status", "--brief"], check=True)
+    _step(legampi, ("status", "--brief"), out)
     decrypt = f"crypt4gh decrypt --sk {shlex.quote(str(archive_sk))} < FILE.c4gh"
     print(f"\nArchive: {root / 'archive'} (decrypt a file with: {decrypt})", file=out)
     print(f"Config:  {cfg}", file=out)
     for i, line in enumerate(next_steps(cfg, root)):
         print(f"{'Next:' if i == 0 else '':<9}{line}", file=out)
+    return code
+
+
+def _step(legampi: list[str], step: tuple[str, ...], out: TextIO) -> int:
+    """Run one operator command as the demo shows it; a failure is said in one line (the command's own
+    error is above it: a traceback of the demo's would only bury it)."""
+    print(f"$ legampi {' '.join(step)}", file=out, flush=True)
+    code = subprocess.run([*legampi, *step]).returncode
+    if code != 0:
+        print(f"legampi demo: `legampi {step[0]}` failed (exit {code}); stopped", file=sys.stderr)
     return code
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,3 +44,20 @@ def test_next_steps_are_quoted_for_the_shell(tmp_path: Path) -> None:
         ["legampi", "-c", f"{root}/legampi.ini", "report", "-o", f"{root}/report.html"],
         ["legampi", "-c", f"{root}/legampi.ini", "verify-archive", "--decrypt"],
     ]
+
+
+def test_a_failing_step_stops_the_demo_with_its_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """E.g. init-db without its schema (the --user install of issue 17): one line, no traceback."""
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str], *a: object, **kw: object) -> subprocess.CompletedProcess:
+        ran.append(cmd)
+        return subprocess.CompletedProcess(cmd, 2 if "init-db" in cmd else 0)
+
+    monkeypatch.setattr(demo.subprocess, "run", fake_run)
+    assert demo.run(tmp_path / "d", files=2, ranks=2) == 2
+    out, err = capsys.readouterr()
+    assert err == "legampi demo: `legampi init-db` failed (exit 2); stopped\n"
+    assert len(ran) == 1 and "Next:" not in out

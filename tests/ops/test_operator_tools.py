@@ -116,7 +116,8 @@ def test_demo_runs_the_whole_pipeline_in_its_folder(tmp_path: Path):
     )
     assert p.returncode == 0, p.stderr
     assert "8 file(s), 8 available, 0 failed" in p.stdout
-    assert "not encrypted" not in p.stderr and "WARNING" not in p.stderr, p.stderr  # crypt4gh's key notice
+    # crypt4gh's key notice is gone; legampi's own warnings (e.g. a slow start on a loaded machine) may stay
+    assert "The private key is not encrypted" not in p.stderr, p.stderr
     nxt = p.stdout[p.stdout.index("\nNext:") :].replace("Next:", "", 1).split("\n")
     commands = [shlex.split(line) for line in nxt if line.strip()]
     assert [c[3] for c in commands] == ["status", "report", "verify-archive"]

@@ -68,49 +68,14 @@ class ResultsMixin(JobsMixin, FilesMixin):
             ok = [
                 x for x in results if x.file_id in rows and (job_id is None or rows[x.file_id]["claimed_by"] == job_id)
             ]
-            cols = (
-                "file_id",
-                "status",
-                "md5",
-                "sha256",
-                "archive_path",
-                "archive_checksum",
-                "archive_checksum_type",
-                "archive_key",
-                "plain_size",
-                "archive_size",
-                "error",
-            )
-            casts = {"plain_size": "BIGINT", "archive_size": "BIGINT"}
-            sets = ", ".join(
-                f"{c} = CAST(v.column{i + 1} AS {casts.get(c, 'TEXT')})"
-                for i, c in enumerate(cols)
-                if c not in ("file_id", "md5", "sha256")
-            )
             for chunk in chunks(ok, 200):
-                values: list[Any] = []
-                for x in chunk:
-                    done = x.status == "available"
-                    values += [
-                        x.file_id,
-                        x.status,
-                        x.md5 if done else None,
-                        x.sha256 if done else None,
-                        x.archive_path,
-                        x.archive_checksum,
-                        x.archive_checksum_type,
-                        x.archive_key,
-                        x.plain_size,
-                        x.archive_size,
-                        x.error,
-                    ]
-                ph = ",".join(["(" + marks(len(cols)) + ")"] * len(chunk))
+                ph = ",".join(["(" + marks(len(_RESULT_COLUMNS)) + ")"] * len(chunk))
                 self.execute(
-                    f"UPDATE file SET {sets}, md5 = coalesce(file.md5, CAST(v.column3 AS TEXT)), "
+                    f"UPDATE file SET {_RESULT_SETS}, md5 = coalesce(file.md5, CAST(v.column3 AS TEXT)), "
                     f"sha256 = coalesce(file.sha256, CAST(v.column4 AS TEXT)), "
                     f"claimed_by = NULL, claimed_at = NULL, updated_at = ? FROM (VALUES {ph}) AS v "
                     f"WHERE file.file_id = v.column1",
-                    [ts, *values],
+                    [ts, *(v for x in chunk for v in _result_values(x))],
                 )
             self.add_events(
                 [Event(x.file_id, rows[x.file_id]["dataset_id"], x.status, x.status, _result_details(x)) for x in ok],
@@ -148,6 +113,46 @@ class ResultsMixin(JobsMixin, FilesMixin):
                 [Event(r["file_id"], r["dataset_id"], "rekeyed", "available", r["details"]) for r in done], job_id, ts
             )
         return [r["file_id"] for r in done]
+
+
+# What record_results writes, in the order of its VALUES rows (md5 and sha256 only fill a gap).
+_RESULT_COLUMNS = (
+    "file_id",
+    "status",
+    "md5",
+    "sha256",
+    "archive_path",
+    "archive_checksum",
+    "archive_checksum_type",
+    "archive_key",
+    "plain_size",
+    "archive_size",
+    "error",
+)
+_CASTS = {"plain_size": "BIGINT", "archive_size": "BIGINT"}
+_RESULT_SETS = ", ".join(
+    f"{c} = CAST(v.column{i + 1} AS {_CASTS.get(c, 'TEXT')})"
+    for i, c in enumerate(_RESULT_COLUMNS)
+    if c not in ("file_id", "md5", "sha256")
+)
+
+
+def _result_values(x: Result) -> tuple[Any, ...]:
+    """One VALUES row of _RESULT_COLUMNS; a failed file's computed checksums are not recorded."""
+    done = x.status == "available"
+    return (
+        x.file_id,
+        x.status,
+        x.md5 if done else None,
+        x.sha256 if done else None,
+        x.archive_path,
+        x.archive_checksum,
+        x.archive_checksum_type,
+        x.archive_key,
+        x.plain_size,
+        x.archive_size,
+        x.error,
+    )
 
 
 def _result_details(x: Result) -> str:

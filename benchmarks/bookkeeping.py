@@ -301,10 +301,10 @@ def check_archive(conf: Path, spaces: dict[str, Path], entries: list[Entry], key
         problems.append(f"{len(missing)} file(s) not archived with a sidecar, e.g. {missing[:3]}")
     db = Database.connect(cfg.database)
     try:
-        rows = db.files()
+        rows = db.file_rows()
     finally:
         db.close()
-    status = {r["file_name"]: r["status"] for r in rows}
+    status = {r.file_name: r.status for r in rows}
     bad = [f"{e.name}={status.get(e.name)}" for e in entries if status.get(e.name) != "available"]
     if bad:
         problems.append(f"{len(bad)} file(s) not recorded as available, e.g. {bad[:3]}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from legampi.db import SCHEMA_VERSION, _split_sql
+from legampi.db import SCHEMA_VERSION, split_sql
 from tests.conftest import Workspace
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -25,7 +25,7 @@ def make_v1(url: str, dbh: SimpleNamespace) -> None:
     db = dbh.connect(url)
     try:
         with db.transaction():
-            for stmt in _split_sql((FIXTURES / f"schema-v1-{db.backend}.sql").read_text()):
+            for stmt in split_sql((FIXTURES / f"schema-v1-{db.backend}.sql").read_text()):
                 db.execute(stmt)
             db.execute(
                 "INSERT INTO dataset_log (dataset_id, n_files, n_bytes, date_requested) VALUES (?, 5, 50, ?)",

@@ -1,23 +1,24 @@
--- legampi tracking database, SQLite (the embedded default). Timestamps are ISO-8601 UTC text. Schema version 2.
--- Applied by `legampi init-db` to an empty database; every statement is idempotent (IF NOT EXISTS).
--- A version-1 database is upgraded in place by sqlite-002.sql instead (see db.Database.init_schema).
+-- legampi tracking database, PostgreSQL.
+-- Migration 001: the base schema (version 1, as legampi 77a6f9d created it).
+-- `legampi init-db` applies sql/postgresql/NNN_*.sql in order, each step once, from the version recorded in
+-- schema_version up to legampi.db.SCHEMA_VERSION, in one transaction; it records the version reached
+-- itself, so no file inserts into schema_version. A fresh database runs every step from 001.
 -- Keeps the seed's four tables (trackingtable, file, filedataset, dataset_log) with 64-bit sizes and
 -- real timestamps, and adds what the pipeline needs: plaintext sha256, archive location and checksum,
 -- errors, attempts, claims, an append-only event log and a job table for claim recovery.
-
 CREATE TABLE IF NOT EXISTS schema_version (
     version     INTEGER PRIMARY KEY,
-    applied_at  TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
 -- Transfer monitor state: one row per file seen in receiving (path relative to receiving).
 CREATE TABLE IF NOT EXISTS trackingtable (
     name        TEXT PRIMARY KEY,
     size        BIGINT NOT NULL,
-    mtime       REAL NOT NULL,
+    mtime       DOUBLE PRECISION NOT NULL,
     passes      INTEGER NOT NULL DEFAULT 0,
-    first_seen  TEXT NOT NULL,
-    last_seen   TEXT NOT NULL
+    first_seen  TIMESTAMPTZ NOT NULL,
+    last_seen   TIMESTAMPTZ NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS file (
@@ -38,17 +39,12 @@ CREATE TABLE IF NOT EXISTS file (
     error                 TEXT,
     attempts              INTEGER NOT NULL DEFAULT 0,
     claimed_by            TEXT,
-    claimed_at            TEXT,
-    created_at            TEXT NOT NULL,
-    updated_at            TEXT NOT NULL,
-    -- version 2 (added at the end, where ALTER TABLE puts them when a version-1 database is upgraded)
-    archive_name          TEXT,                   -- archive path relative to end_storage (collision checks)
-    transfer_checksum     TEXT,                   -- of the file as transferred (encrypted): EGA `checksum`
-    transfer_checksum_type TEXT CHECK (transfer_checksum_type IN ('md5', 'sha256'))
+    claimed_at            TIMESTAMPTZ,
+    created_at            TIMESTAMPTZ NOT NULL,
+    updated_at            TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX IF NOT EXISTS file_dataset_idx ON file (dataset_id);
 CREATE INDEX IF NOT EXISTS file_status_idx ON file (status);
-CREATE INDEX IF NOT EXISTS file_archive_name_idx ON file (archive_name);
 
 CREATE TABLE IF NOT EXISTS filedataset (
     dataset_id  TEXT NOT NULL,
@@ -60,22 +56,22 @@ CREATE TABLE IF NOT EXISTS dataset_log (
     dataset_id           TEXT PRIMARY KEY,
     n_files              INTEGER NOT NULL DEFAULT 0,
     n_bytes              BIGINT NOT NULL DEFAULT 0,
-    date_requested       TEXT,
-    date_download_start  TEXT,
-    date_download_end    TEXT,
-    date_processing_end  TEXT
+    date_requested       TIMESTAMPTZ,
+    date_download_start  TIMESTAMPTZ,
+    date_download_end    TIMESTAMPTZ,
+    date_processing_end  TIMESTAMPTZ
 );
 
 -- Append-only audit: every status change of every file, and operator events.
 CREATE TABLE IF NOT EXISTS file_event (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          BIGSERIAL PRIMARY KEY,
     file_id     TEXT,
     dataset_id  TEXT,
     event       TEXT NOT NULL,
     status      TEXT,
     details     TEXT,
     job_id      TEXT,
-    at          TEXT NOT NULL
+    at          TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX IF NOT EXISTS file_event_file_idx ON file_event (file_id);
 
@@ -86,12 +82,11 @@ CREATE TABLE IF NOT EXISTS job (
     host          TEXT NOT NULL,
     pid           INTEGER NOT NULL,
     ranks         INTEGER NOT NULL,
-    started_at    TEXT NOT NULL,
-    heartbeat_at  TEXT NOT NULL,
-    ended_at      TEXT,
+    started_at    TIMESTAMPTZ NOT NULL,
+    heartbeat_at  TIMESTAMPTZ NOT NULL,
+    ended_at      TIMESTAMPTZ,
     exit_status   INTEGER,
-    summary       TEXT,
-    state         TEXT NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'ended', 'died'))
+    summary       TEXT
 );
 
 -- Per-rank throughput of each job, for the report.
@@ -101,8 +96,6 @@ CREATE TABLE IF NOT EXISTS job_rank (
     host     TEXT NOT NULL,
     files    INTEGER NOT NULL,
     bytes    BIGINT NOT NULL,
-    seconds  REAL NOT NULL,
+    seconds  DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (job_id, rank)
 );
-
-INSERT INTO schema_version (version) VALUES (2) ON CONFLICT (version) DO NOTHING;

@@ -1,0 +1,67 @@
+"""The transfer monitor's state (table ``trackingtable``) and the write of one monitor pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .connection import chunks, marks, now
+from .files import FilesMixin
+from .rows import Event
+
+
+class TrackingMixin(FilesMixin):
+    """What `monitor` reads and writes."""
+
+    def tracking(self) -> dict[str, dict[str, Any]]:
+        """Every file seen in receiving, by name: size, mtime, stable passes, first and last seen."""
+        return {
+            r["name"]: r
+            for r in self.query("SELECT name, size, mtime, passes, first_seen, last_seen FROM trackingtable")
+        }
+
+    def apply_monitor_pass(
+        self,
+        upserts: Sequence[tuple[str, int, float, int]],
+        forget: Sequence[str],
+        moved: Sequence[dict[str, Any]],
+        sizes: dict[str, int],
+    ) -> None:
+        """Write one monitor pass: tracking rows, files moved to processing, dataset dates."""
+        ts = now()
+        with self.transaction():
+            old = self.tracking()
+            new_rows = [(n, s, m, p, ts, ts) for n, s, m, p in upserts if n not in old]
+            self.insert_many("trackingtable", ("name", "size", "mtime", "passes", "first_seen", "last_seen"), new_rows)
+            for n, s, m, p in upserts:
+                if n in old:
+                    self.execute(
+                        "UPDATE trackingtable SET size = ?, mtime = ?, passes = ?, last_seen = ? WHERE name = ?",
+                        (s, m, p, ts, n),
+                    )
+            for chunk in chunks(list(forget), 500):
+                self.execute(f"DELETE FROM trackingtable WHERE name IN ({marks(len(chunk))})", chunk)
+            moved_names = {f["file_name"] for f in moved}
+            for name, size in sizes.items():
+                # a size from the manifest is kept; the observed size only fills a gap, and only once the
+                # transfer has finished (a growing file's first partial size must not stick)
+                if name in moved_names:
+                    self.execute("UPDATE file SET size = ? WHERE file_name = ? AND size IS NULL", (size, name))
+            seen = self.files(names=[r[0] for r in new_rows], columns=("dataset_id",)) if new_rows else []
+            self.stamp_dataset(
+                {r["dataset_id"] for r in seen} | {f["dataset_id"] for f in moved}, "date_download_start", ts
+            )
+            for f in moved:
+                self.execute(
+                    "UPDATE file SET status = 'received', updated_at = ? WHERE file_id = ? AND status = 'pending'",
+                    (ts, f["file_id"]),
+                )
+            self.add_events(
+                [Event(f["file_id"], f["dataset_id"], "received", "received", "moved to processing") for f in moved],
+                at=ts,
+            )
+            touched = {f["dataset_id"] for f in moved} | {r["dataset_id"] for r in seen}
+            self.refresh_dataset_totals(touched)
+            self.stamp_dataset(
+                {f["dataset_id"] for f in moved}, "date_download_end", ts, when_no_status_in=("pending",)
+            )

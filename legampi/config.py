@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from .s3config import ArchiveConfig, ArchiveConfigError, from_section
+
 ENV_CONFIG = "LEGAMPI_CONFIG"
 
-SECTIONS = ("database", "func_conf", "api", "workspaces", "crypto")
+SECTIONS = ("database", "func_conf", "api", "workspaces", "crypto", "archive")
 
 
 class ConfigError(Exception):
@@ -88,7 +90,7 @@ class ApiConfig:
 class Workspaces:
     receiving: Path
     processing: Path
-    end_storage: Path
+    end_storage: Path | None  # required with [archive] backend = posix (the default); optional with s3
     metadata: Path | None = None
     quarantine: Path | None = None
     keep_processed: bool = False
@@ -124,6 +126,7 @@ class Config:
     api: ApiConfig
     workspaces: Workspaces
     crypto: CryptoConfig
+    archive: ArchiveConfig = ArchiveConfig()  # [archive]: the folder end_storage (posix) or an S3 bucket
 
 
 class _Reader:
@@ -277,7 +280,16 @@ def _api(r: _Reader) -> ApiConfig:
     )
 
 
-def _workspaces(r: _Reader) -> Workspaces:
+def _archive(r: _Reader) -> ArchiveConfig:
+    """[archive] (absent: the folder); every refusal names its key. Credentials are checked by preflight."""
+    values = dict(r.p.items("archive")) if r.p.has_section("archive") else {}
+    try:
+        return from_section(values)
+    except ArchiveConfigError as exc:
+        raise r.err("archive", exc.key, exc.message) from None
+
+
+def _workspaces(r: _Reader, archive_backend: str = "posix") -> Workspaces:
     def folder(key: str, required: bool) -> Path | None:
         p = r.path("workspaces", key, required=required)
         if p is None:
@@ -291,7 +303,7 @@ def _workspaces(r: _Reader) -> Workspaces:
     ws = Workspaces(
         receiving=folder("receiving", True),  # type: ignore[arg-type]
         processing=folder("processing", True),  # type: ignore[arg-type]
-        end_storage=folder("end_storage", True),  # type: ignore[arg-type]
+        end_storage=folder("end_storage", archive_backend == "posix"),
         metadata=folder("metadata", False),
         quarantine=folder("quarantine", False),
         keep_processed=r.bool("workspaces", "keep_processed", False),
@@ -366,10 +378,15 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
         if not parser.has_section(section):
             raise ConfigError(cfg_path, section, None, "missing section")
     r = _Reader(parser, cfg_path, env)
+    arch = _archive(r)
     func = _func(r)
     crypto = _crypto(r)
     if crypto.decrypt_via == "res" and not func.res_url:
         raise r.err("func_conf", "res_url", "required when [crypto] decrypt_via = res")
+    ws = _workspaces(r, arch.backend)
+    from .storage import remember  # a row's s3:// location opens with this [archive] (see storage.store_at)
+
+    remember(arch)
     return Config(
-        path=cfg_path, database=_database(r), func=func, api=_api(r), workspaces=_workspaces(r), crypto=crypto
+        path=cfg_path, database=_database(r), func=func, api=_api(r), workspaces=ws, crypto=crypto, archive=arch
     )

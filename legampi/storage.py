@@ -188,6 +188,12 @@ def s3_store(cfg: ArchiveConfig) -> Any:
     return store
 
 
+def key_problem(cfg: ArchiveConfig, rel: str) -> str | None:
+    """Why archive name REL cannot be an object key under CFG's prefix (S3 keys are at most 1024 bytes)."""
+    n = len((cfg.s3_prefix + rel).encode("utf-8"))
+    return None if n <= 1024 else f"{rel!r}: the S3 key would be {n} bytes, S3 allows 1024"
+
+
 def remember(cfg: ArchiveConfig) -> None:
     """Note the [archive] this process loaded, so a `s3://` location can be opened (see `store_at`)."""
     global _CURRENT

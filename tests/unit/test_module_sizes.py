@@ -14,7 +14,7 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
 # Over a limit when the limits were set (issue 13, being split by other changes).
-LONG_MODULES = {"cli.py", "db.py", "ingest.py", "parallel.py", "rekey.py", "stream.py"}
+LONG_MODULES = {"cli.py", "db.py", "ingest.py", "parallel.py", "rekey.py"}
 LONG_FUNCTIONS = {
     ("cli.py", "build_parser"),
     ("ingest.py", "run_process"),

@@ -371,11 +371,25 @@ def workdir_for(arg: Path | None, prefix: str) -> Path:
     return w
 
 
-def report_end(rows: list[dict], label: str, summary: dict) -> dict:
-    """Print every check that failed (row[label]: problem) and every target missed; return SUMMARY."""
+SMOKE_NOTE = "smoke run: checks only; speed and memory targets are for full runs (docs/benchmarks.md)"
+
+
+def target(a: argparse.Namespace, text: str) -> str:
+    """' (target TEXT)' for a result line, or nothing in a smoke run: a smoke run checks that the benchmark
+    runs and its output is right, on whatever machine CI has; targets are judged on full runs only."""
+    return "" if getattr(a, "smoke", False) else f" (target {text})"
+
+
+def report_end(rows: list[dict], label: str, summary: dict, smoke: bool = False) -> dict:
+    """Print every check that failed (row[label]: problem) and every target missed; return SUMMARY.
+    A smoke run judges no target: they are dropped from SUMMARY (and its JSON), and it says so."""
     for r in rows:
         for p in r["problems"]:
             print(f"FAILED {r[label]}: {p}", file=sys.stderr)
+    if smoke:
+        summary["targets"] = {}
+        print(SMOKE_NOTE)
+        return summary
     missed = [k for k, v in summary["targets"].items() if not v]
     if missed:
         print(f"targets missed: {', '.join(missed)}")
@@ -548,8 +562,8 @@ def _f(x: float | None, fmt: str = "{:.0f}") -> str:
 
 def report(a: argparse.Namespace, rows: list[dict]) -> int:
     print(
-        f"\n== bookkeeping: {a.files} files of {datagen.human(a.size_bytes)}, W={a.workers}; files/s "
-        f"(target >= {TARGET_FILES_PER_S:.0f} overall)"
+        f"\n== bookkeeping: {a.files} files of {datagen.human(a.size_bytes)}, W={a.workers}; files/s"
+        + target(a, f">= {TARGET_FILES_PER_S:.0f} overall")
     )
     table = []
     for r in rows:
@@ -593,7 +607,10 @@ def report(a: argparse.Namespace, rows: list[dict]) -> int:
         for p in r["problems"]:
             print(f"FAILED {r['db']}: {p}", file=sys.stderr)
     missed = [r["db"] for r in rows if not r["problems"] and r["overall_fps"] < TARGET_FILES_PER_S]
-    if missed:
+    if a.smoke:
+        missed = []
+        print(SMOKE_NOTE)
+    elif missed:
         print(f"below target ({TARGET_FILES_PER_S:.0f} files/s end to end) on: {', '.join(missed)}")
     for r in rows:
         for rank, prof in sorted(r.get("profile", {}).items()):

@@ -40,6 +40,7 @@ from bookkeeping import (
     run_process,
     run_step,
     tail,
+    target,
     tool,
     workdir_for,
     write_json,
@@ -270,14 +271,14 @@ def report(a: argparse.Namespace, rows: list[dict], total: int) -> dict:
         summary["targets"]["rank 0 CPU < 2% of the loop wall"] = frac < RANK0_CPU_TARGET
         print(
             f"-n 3 / -n 2 speed-up {summary['speedup_n3_over_n2']:.2f}x (not a target, see --help); rank 0 "
-            f"CPU at most {100 * summary['rank0_frac_loop_max']:.2f}% of the loop wall (target < "
-            f"{100 * RANK0_CPU_TARGET:.0f}%)"
+            f"CPU at most {100 * summary['rank0_frac_loop_max']:.2f}% of the loop wall"
+            + target(a, f"< {100 * RANK0_CPU_TARGET:.0f}%")
         )
     if not n3["problems"] and not ideal["problems"]:
         ratio = summary["legampi_n3_over_ideal"] = ideal["wall"] / n3["wall"]
         summary["targets"][f"-n 3 >= {IDEAL_TARGET}x ideal W=2"] = ratio >= IDEAL_TARGET
-        print(f"legampi -n 3 runs at {ratio:.2f}x the ideal script's speed with W=2 (target >= {IDEAL_TARGET})")
-    return report_end(rows, "contender", summary)
+        print(f"legampi -n 3 runs at {ratio:.2f}x the ideal script's speed with W=2" + target(a, f">= {IDEAL_TARGET}"))
+    return report_end(rows, "contender", summary, a.smoke)
 
 
 if __name__ == "__main__":

@@ -10,49 +10,18 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
+from .config_ini import ConfigError, IniReader, Secret
 from .s3config import ArchiveConfig, ArchiveConfigError, from_section
 
 ENV_CONFIG = "LEGAMPI_CONFIG"
 
 SECTIONS = ("database", "func_conf", "api", "workspaces", "crypto", "archive")
-
-
-class ConfigError(Exception):
-    """Invalid configuration; the CLI prints it and exits with status 2."""
-
-    def __init__(self, path: Path | str | None, section: str | None, key: str | None, message: str):
-        self.path, self.section, self.key = path, section, key
-        where = str(path) if path else "<config>"
-        if section:
-            where += f": [{section}]"
-            if key:
-                where += f" {key}"
-        super().__init__(f"{where}: {message}")
-
-
-class Secret:
-    """A secret string that does not leak through repr, str, logging or exceptions."""
-
-    __slots__ = ("_value", "source")
-
-    def __init__(self, value: str, source: str):
-        self._value = value
-        self.source = source  # e.g. "env LEGAMPI_INBOX_PASSPHRASE" (names the origin, never the value)
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret(<hidden>, from {self.source})"
-
-    __str__ = __repr__
-
-    def __reduce__(self):  # secrets are not pickled to other ranks by accident
-        raise TypeError("Secret values are not picklable; pass them explicitly")
 
 
 @dataclass(frozen=True)
@@ -72,7 +41,7 @@ class FuncConfig:
     pass_limit: int = 3
     extensions: tuple[str, ...] = (".c4gh", ".cip", ".gpg")
     res_url: str | None = None
-    claim_timeout: int = 3600
+    claim_timeout: int = 600
     batch_size: int = 200
     flush_interval: float = 5.0
 
@@ -129,93 +98,7 @@ class Config:
     archive: ArchiveConfig = ArchiveConfig()  # [archive]: the folder end_storage (posix) or an S3 bucket
 
 
-class _Reader:
-    """Typed access to one parsed INI file that turns every problem into a ConfigError."""
-
-    def __init__(self, parser: configparser.ConfigParser, path: Path | None, env: dict[str, str]):
-        self.p, self.file, self.env = parser, path, env
-
-    def err(self, section: str | None, key: str | None, message: str) -> ConfigError:
-        return ConfigError(self.file, section, key, message)
-
-    def has(self, section: str, key: str) -> bool:
-        return self.p.has_option(section, key) and self.p.get(section, key).strip() != ""
-
-    def str(self, section: str, key: str, default: str | None = None, required: bool = False) -> str | None:
-        if self.has(section, key):
-            return self.p.get(section, key).strip()
-        if required:
-            raise self.err(section, key, "missing (required)")
-        return default
-
-    def int(self, section: str, key: str, default: int, minimum: int = 0) -> int:
-        raw = self.str(section, key)
-        if raw is None:
-            return default
-        try:
-            value = int(raw, 0)
-        except ValueError:
-            raise self.err(section, key, f"must be a whole number, got {raw!r}") from None
-        if value < minimum:
-            raise self.err(section, key, f"must be at least {minimum}, got {value}")
-        return value
-
-    def float(self, section: str, key: str, default: float) -> float:
-        raw = self.str(section, key)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise self.err(section, key, f"must be a number, got {raw!r}") from None
-        if value < 0:
-            raise self.err(section, key, f"must not be negative, got {value}")
-        return value
-
-    def bool(self, section: str, key: str, default: bool) -> bool:
-        raw = self.str(section, key)
-        if raw is None:
-            return default
-        if raw.lower() in ("1", "yes", "true", "on"):
-            return True
-        if raw.lower() in ("0", "no", "false", "off"):
-            return False
-        raise self.err(section, key, f"must be yes or no, got {raw!r}")
-
-    def choice(self, section: str, key: str, default: str, choices: tuple[str, ...]) -> str:
-        raw = (self.str(section, key) or default).lower()
-        if raw not in choices:
-            raise self.err(section, key, f"must be one of {', '.join(choices)}, got {raw!r}")
-        return raw
-
-    def path(self, section: str, key: str, required: bool = False) -> Path | None:
-        raw = self.str(section, key, required=required)
-        if raw is None:
-            return None
-        p = Path(os.path.expanduser(raw))
-        if not p.is_absolute():
-            base = self.file.parent if self.file else Path.cwd()
-            p = base / p
-        return Path(os.path.normpath(p))
-
-    def secret(self, section: str, key: str, default_env: str | None = None) -> Secret | None:
-        """A secret from `<key>_env` (an environment variable name), `<key>_file`, or `<key>` in the INI."""
-        env_name = self.str(section, f"{key}_env", default_env)
-        file_name = self.path(section, f"{key}_file")
-        if file_name is not None:
-            try:
-                value = file_name.read_text(encoding="utf-8").rstrip("\r\n")
-            except OSError as exc:
-                raise self.err(section, f"{key}_file", f"cannot read secret file {file_name}: {exc.strerror}") from None
-            return Secret(value, f"file {file_name}")
-        if env_name and env_name in self.env:
-            return Secret(self.env[env_name], f"env {env_name}")
-        if self.p.has_option(section, key):  # seed compatibility: secret written in the INI itself
-            return Secret(self.p.get(section, key), f"[{section}] {key}")
-        return None
-
-
-def _database(r: _Reader) -> DatabaseConfig:
+def _database(r: IniReader) -> DatabaseConfig:
     password = r.secret("database", "passwd", "LEGAMPI_DB_PASSWORD")
     url = r.str("database", "url")
     if url is None:
@@ -249,7 +132,7 @@ def _database(r: _Reader) -> DatabaseConfig:
     return DatabaseConfig(url=url, password=password)
 
 
-def _func(r: _Reader) -> FuncConfig:
+def _func(r: IniReader) -> FuncConfig:
     raw_ext = r.str("func_conf", "extensions", ".c4gh,.cip,.gpg") or ""
     exts = tuple(e.strip() for e in raw_ext.split(",") if e.strip())
     for e in exts:
@@ -267,7 +150,7 @@ def _func(r: _Reader) -> FuncConfig:
     )
 
 
-def _api(r: _Reader) -> ApiConfig:
+def _api(r: IniReader) -> ApiConfig:
     url = r.str("api", "api_url")
     if url is not None and not url.startswith(("http://", "https://")):
         raise r.err("api", "api_url", f"must be an http(s) URL, got {url!r}")
@@ -280,7 +163,7 @@ def _api(r: _Reader) -> ApiConfig:
     )
 
 
-def _archive(r: _Reader) -> ArchiveConfig:
+def _archive(r: IniReader) -> ArchiveConfig:
     """[archive] (absent: the folder); every refusal names its key. Credentials are checked by preflight."""
     values = dict(r.p.items("archive")) if r.p.has_section("archive") else {}
     try:
@@ -289,7 +172,9 @@ def _archive(r: _Reader) -> ArchiveConfig:
         raise r.err("archive", exc.key, exc.message) from None
 
 
-def _workspaces(r: _Reader, archive_backend: str = "posix") -> Workspaces:
+def _workspaces(r: IniReader) -> Workspaces:
+    s3 = (r.str("archive", "backend", "posix") or "posix").lower() == "s3"  # then end_storage is optional
+
     def folder(key: str, required: bool) -> Path | None:
         p = r.path("workspaces", key, required=required)
         if p is None:
@@ -303,7 +188,7 @@ def _workspaces(r: _Reader, archive_backend: str = "posix") -> Workspaces:
     ws = Workspaces(
         receiving=folder("receiving", True),  # type: ignore[arg-type]
         processing=folder("processing", True),  # type: ignore[arg-type]
-        end_storage=folder("end_storage", archive_backend == "posix"),
+        end_storage=folder("end_storage", not s3),
         metadata=folder("metadata", False),
         quarantine=folder("quarantine", False),
         keep_processed=r.bool("workspaces", "keep_processed", False),
@@ -320,7 +205,7 @@ def _workspaces(r: _Reader, archive_backend: str = "posix") -> Workspaces:
     return ws
 
 
-def _crypto(r: _Reader) -> CryptoConfig:
+def _crypto(r: IniReader) -> CryptoConfig:
     def key_file(key: str, required: bool = False) -> Path | None:
         p = r.path("crypto", key, required=required)
         if p is not None and not p.is_file():
@@ -355,11 +240,24 @@ def _crypto(r: _Reader) -> CryptoConfig:
     )
     if c.gnupg_home is not None and not c.gnupg_home.is_dir():
         raise r.err("crypto", "gnupg_home", f"folder does not exist: {c.gnupg_home}")
+    if c.decrypt_via == "res" and not r.str("func_conf", "res_url"):  # FuncConfig.res_url, read the same way
+        raise r.err("func_conf", "res_url", "required when [crypto] decrypt_via = res")
     return c
 
 
-def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
-    """Load and validate the configuration from PATH or $LEGAMPI_CONFIG."""
+def load(
+    path: str | os.PathLike | None = None,
+    env: dict[str, str] | None = None,
+    sections: Iterable[str] = SECTIONS,
+    optional: Iterable[str] = (),
+) -> Config:
+    """Load the configuration from PATH or $LEGAMPI_CONFIG; the SECTIONS a command needs are validated now,
+    and the OPTIONAL ones it uses when they are there (if the file has them).
+
+    A read-only command (`status`, `report`...) asks only for what it uses, so a host without the crypto
+    keys or the workspaces can still run it. The other sections are read too, but a problem in one of them
+    is raised (the same ConfigError) only when the command touches that section, never before.
+    """
     env = dict(os.environ if env is None else env)
     if path is None:
         path = env.get(ENV_CONFIG)
@@ -374,19 +272,59 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
         raise ConfigError(cfg_path, None, None, f"cannot read: {exc.strerror}") from None
     except configparser.Error as exc:
         raise ConfigError(cfg_path, None, None, f"not a valid INI file: {exc.message}") from None
+    needed = set(sections) | {s for s in optional if parser.has_section(s)}
+    if unknown := (needed | set(optional)) - set(SECTIONS):
+        raise ValueError(f"unknown configuration sections {sorted(unknown)}")
+    r = IniReader(parser, cfg_path, env)
     for section in ("database", "workspaces", "crypto"):
-        if not parser.has_section(section):
+        if section in needed and not parser.has_section(section):
             raise ConfigError(cfg_path, section, None, "missing section")
-    r = _Reader(parser, cfg_path, env)
-    arch = _archive(r)
-    func = _func(r)
-    crypto = _crypto(r)
-    if crypto.decrypt_via == "res" and not func.res_url:
-        raise r.err("func_conf", "res_url", "required when [crypto] decrypt_via = res")
-    ws = _workspaces(r, arch.backend)
-    from .storage import remember  # a row's s3:// location opens with this [archive] (see storage.store_at)
+    # checked in this order: func_conf, crypto (with its res_url cross-check), database, api, workspaces
+    func = _section(r, "func_conf", _func, needed)
+    crypto = _section(r, "crypto", _crypto, needed)
+    arch = _section(r, "archive", _archive, needed)
+    if isinstance(arch, ArchiveConfig):
+        from .storage import remember  # a row's s3:// location opens with this [archive] (storage.store_at)
 
-    remember(arch)
+        remember(arch)
     return Config(
-        path=cfg_path, database=_database(r), func=func, api=_api(r), workspaces=ws, crypto=crypto, archive=arch
+        path=cfg_path,
+        database=_section(r, "database", _database, needed),
+        func=func,
+        api=_section(r, "api", _api, needed),
+        workspaces=_section(r, "workspaces", _workspaces, needed),
+        crypto=crypto,
+        archive=arch,
     )
+
+
+class _Unusable:
+    """A section the command did not need and that does not validate: touching it raises its ConfigError."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, error: ConfigError):
+        self._error = error
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_error":  # copy/pickle probing, or not yet initialised
+            raise AttributeError(name)
+        raise ConfigError(self._error.path, self._error.section, self._error.key, self._error.message)
+
+    def __repr__(self) -> str:
+        return f"<unusable: {self._error}>"
+
+
+T = TypeVar("T")
+
+
+def _section(r: IniReader, name: str, read: Callable[[IniReader], T], needed: set[str]) -> T:
+    """The section read by READ; its problem raised now if the command needs it, else kept for first use."""
+    try:
+        if name in ("database", "workspaces", "crypto") and not r.p.has_section(name):
+            raise ConfigError(r.file, name, None, "missing section")
+        return read(r)
+    except ConfigError as exc:
+        if name in needed:
+            raise
+        return cast(T, _Unusable(exc))

@@ -18,13 +18,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
 
+from . import httpretry
 from .checksum import is_hex_digest
 from .jsonpos import list_items
 from .workspace import UnsafeName, check_file_name, forbidden_character, shown
@@ -342,24 +342,24 @@ def fetch_metadata(
     retries: int = 3,
     backoff: float = 0.5,
 ) -> str:
-    """GET the dataset's file list from the EGA API (``DATASETID`` in the URL), retrying 5xx and timeouts."""
+    """GET the dataset's file list from the EGA API (``DATASETID`` in the URL); 429/5xx answers,
+    timeouts and refused connections are retried with backoff (and Retry-After), see httpretry."""
     url = api_url.replace("DATASETID", dataset_id)
+    shown = httpretry.safe_url(url)  # never the URL's user:password@ in an error
     auth = (user, password) if user is not None and password is not None else None
-    last = ""
-    for attempt in range(retries + 1):
+    with httpretry.session(retries, backoff) as http:
         try:
-            with requests.get(
-                url, auth=auth, timeout=timeout, headers={"Accept": "application/json"}, stream=True
-            ) as r:
+            with http.get(url, auth=auth, timeout=timeout, headers={"Accept": "application/json"}, stream=True) as r:
                 if r.status_code == 200:
-                    text = _decode_json(_bounded_body(r, url), url)
-                    parse_ega_json(text, url)  # refuse garbage before anyone writes it anywhere
+                    text = _decode_json(_bounded_body(r, shown), shown)
+                    parse_ega_json(text, shown)  # refuse garbage before anyone writes it anywhere
                     return text
-                if r.status_code < 500:
-                    raise ApiError(f"EGA API {url}: HTTP {r.status_code} {r.reason}")
                 last = f"HTTP {r.status_code} {r.reason}"
+                if r.status_code not in httpretry.RETRY_STATUSES:
+                    raise ApiError(f"EGA API {shown}: {last}")
+                n = httpretry.attempts(r)
         except requests.RequestException as exc:
-            last = f"{type(exc).__name__}"
-        if attempt < retries:
-            time.sleep(backoff * (2**attempt))
-    raise ApiError(f"EGA API {url}: gave up after {retries + 1} attempts, last error: {last}")
+            if not httpretry.gave_up(exc):  # e.g. the body broke off: urllib3 retries no half-read answer
+                raise ApiError(f"EGA API {shown}: {httpretry.reason(exc)}") from None
+            last, n = httpretry.reason(exc), retries + 1
+    raise ApiError(f"EGA API {shown}: gave up after {n} attempts, last error: {last}")

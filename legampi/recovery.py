@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import socket
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -30,6 +33,7 @@ from .workspace import scan
 
 log = logging.getLogger("legampi.recovery")
 
+HEARTBEAT_INTERVAL = 30  # seconds between a job's heartbeats (ingest.Recorder, rekey_job.RekeyRecorder)
 ROW_COLUMNS = ("file_id", "dataset_id", "file_name", "status", "md5", "sha256", "claimed_by")
 # An incomplete S3 upload younger than this is left alone whatever the claims say: it may be a process
 # without a claim (process-file), and the server's clock (which stamps it) may run ahead of ours.
@@ -102,14 +106,24 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     started = datetime.now(timezone.utc)
     uploads = _list_uploads(arch, rep)
     temps = [] if rep.s3 else [rel for rel, _st in scan(ws.end_storage) if archive.is_temp_name(rel)]
-    cutoff = db.cutoff(cfg.func.claim_timeout)
+    cutoff, grace = db.cutoff(cfg.func.claim_timeout), db.cutoff(2 * HEARTBEAT_INTERVAL)
+    asked: dict[str, bool | None] = {}
+
+    def slurm_gone(job_id: str) -> bool | None:
+        if job_id not in asked:
+            asked[job_id] = slurm_job_gone(job_id)
+        return asked[job_id]
+
+    def dead(j: dict[str, Any]) -> bool:
+        return job_is_dead(j, host, pid_alive, cutoff, slurm_gone, grace)
+
     live_jobs = []
     for j in db.running_jobs():
-        if job_is_dead(j, host, pid_alive, cutoff):
+        if dead(j):
             rep.jobs_died += db.mark_jobs_died([j["job_id"]])
         else:
             live_jobs.append(j)
-    stale = db.stale_claims(cfg.func.claim_timeout, lambda j: job_is_dead(j, host, pid_alive, cutoff))
+    stale = db.stale_claims(cfg.func.claim_timeout, dead)
     stale_ids = {r["file_id"] for r in stale}
     # Only rows not yet `available` matter (plus the processing listing for step 4), so recovery costs
     # what is in flight, not the size of the archive.
@@ -144,11 +158,44 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     return rep
 
 
-def job_is_dead(job: dict[str, Any], this_host: str, alive: Callable[[int], bool], cutoff: str) -> bool:
-    """A job that has not ended is dead when its pid is gone (same host) or its heartbeat stopped."""
+def job_is_dead(
+    job: dict[str, Any],
+    this_host: str,
+    alive: Callable[[int], bool],
+    cutoff: str,
+    slurm_gone: Callable[[str], bool | None] | None = None,
+    grace: str = "",
+) -> bool:
+    """A job that has not ended is dead when its pid is gone (same host), when Slurm no longer knows it
+    and it has missed two heartbeats (any host), or when its heartbeat stopped for claim_timeout."""
     if job.get("host") == this_host and not alive(int(job["pid"])):
         return True
-    return (job.get("heartbeat_at") or "") < cutoff
+    beat = job.get("heartbeat_at") or ""
+    job_id = str(job.get("job_id") or job.get("claimed_by"))  # a job row, or a claim joined with its job
+    if slurm_gone is not None and beat < grace and slurm_gone(job_id):
+        return True
+    return beat < cutoff
+
+
+_SLURM_ID = re.compile(r"^slurm-(\d+(?:_\d+)?)-\d+$")
+
+
+def slurm_job_gone(job_id: str) -> bool | None:
+    """Does Slurm say this job (workspace.make_job_id's slurm-ID-TIME) is no longer queued or running?
+    None when it cannot tell (not a Slurm job, no squeue, squeue failing): then only the heartbeat counts."""
+    m = _SLURM_ID.match(job_id)
+    if m is None or shutil.which("squeue") is None:
+        return None
+    try:
+        p = subprocess.run(
+            ["squeue", "-h", "-o", "%T", "-j", m.group(1)], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("cannot ask Slurm about job %s: %s", job_id, exc)
+        return None
+    if p.returncode == 0:
+        return not p.stdout.strip()  # known jobs print a state (PENDING, RUNNING, COMPLETING...)
+    return "invalid job id" in p.stderr.lower() or None
 
 
 def _archive_names(rows: list[dict[str, Any]], cfg: Config, rep: RecoveryReport) -> dict[str, str]:

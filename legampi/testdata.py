@@ -94,7 +94,7 @@ def write_file(
 
         if inbox_pk is None:
             raise ValueError("c4gh test files need [crypto] inbox_secret_key (its public key is derived)")
-        out: Iterator[bytes] = encrypt_stream(hashed(), inbox_pk)
+        out: Iterator[bytes | memoryview] = encrypt_stream(hashed(), inbox_pk)
     elif fmt == "cip":
         from .formats.legacy_aes import encrypt_stream as cip_encrypt
 
@@ -132,17 +132,17 @@ def write_file(
             if proc.wait() != 0:
                 tmp.unlink(missing_ok=True)
                 raise RuntimeError(f"gpg failed to encrypt {path}: {err.decode(errors='replace').strip()}")
-        with open(tmp, "rb") as fh:  # gpg wrote it: hash what is on disk
-            for block in iter(lambda: fh.read(1 << 20), b""):
+        with open(tmp, "rb") as back:  # gpg wrote it: hash what is on disk
+            for block in iter(lambda: back.read(1 << 20), b""):
                 written.update(block)
         os.replace(tmp, path)
         return md5.hexdigest(), sha.hexdigest(), written.hexdigest()
     else:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(EXTENSION)}")
     with open(tmp, "wb") as fh:
-        for chunk in out:
-            fh.write(chunk)
-            written.update(chunk)
+        for piece in out:
+            fh.write(piece)
+            written.update(piece)
     os.replace(tmp, path)
     return md5.hexdigest(), sha.hexdigest(), written.hexdigest()
 

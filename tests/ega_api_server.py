@@ -5,7 +5,8 @@ shape and meaning the real API uses: a list of objects with fileId, datasetId, d
 fileName, fileSize, checksum, checksumType, unencryptedChecksum, unencryptedChecksumType and
 fileStatus, where fileSize and checksum/checksumType describe the ENCRYPTED file as transferred and
 unencryptedChecksum/unencryptedChecksumType the plaintext. Switches make it answer
-5xx a given number of times before succeeding, always 401, or hang until the client times out.
+5xx (or 429) a given number of times before succeeding, optionally with a Retry-After header,
+always 401, or hang until the client times out.
 Bound to 127.0.0.1 on a free port (port 0), served from a background thread.
 """
 
@@ -15,6 +16,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,8 @@ class EgaApiServer:
     """Threaded HTTP server in the background; use as a context manager.
 
     datasets: dataset id -> list of file objects (see ega_file) served as JSON.
-    fail_first: answer `fail_status` (a 5xx) to this many requests before answering normally.
+    fail_first: answer `fail_status` (a 5xx or 429) to this many requests before answering normally.
+    retry_after: the Retry-After header sent with those answers (seconds or an HTTP date), if any.
     always_status: answer every request with this status (e.g. 401) regardless of credentials.
     hang: never answer (until the server stops), so the client's timeout fires.
     body: serve these raw bytes instead of the JSON (for garbage answers).
@@ -79,12 +82,15 @@ class EgaApiServer:
         always_status: int | None = None,
         hang: bool = False,
         body: bytes | None = None,
+        retry_after: str | None = None,
     ) -> None:
         self.datasets = datasets
         self.user, self.password = user, password
         self.fail_first, self.fail_status = fail_first, fail_status
         self.always_status, self.hang, self.body = always_status, hang, body
+        self.retry_after = retry_after
         self.requests: list[dict[str, Any]] = []  # path, user, password_ok, status answered
+        self.times: list[float] = []  # time.monotonic() of each request, in order
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -117,6 +123,7 @@ class EgaApiServer:
                     n = len(server.requests)
                     rec = {"path": self.path, "user": user, "password_ok": pw_ok, "status": None}
                     server.requests.append(rec)
+                    server.times.append(time.monotonic())
                 if server.hang:
                     server._release.wait(30)
                     return
@@ -137,6 +144,8 @@ class EgaApiServer:
                 self.send_response(status)
                 if status == 401:
                     self.send_header("WWW-Authenticate", 'Basic realm="ega"')
+                if status == server.fail_status and server.retry_after is not None:
+                    self.send_header("Retry-After", server.retry_after)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -3,7 +3,8 @@
 `GET /?filePath=<abs>&sourceFormat=aes128|aes256&sourceKey=<password>&destinationFormat=plain`
 answers with the plaintext of a legacy `.cip` file, streamed. Switches let tests cut the stream
 short (with a Content-Length that promises more, or a chunked body without its final chunk) to check
-that a short download never becomes a short archived file. Bound to 127.0.0.1 on a free port.
+that a short download never becomes a short archived file, or answer 503/429 (with an optional
+Retry-After) to the first requests, to check the client's retries. Bound to 127.0.0.1 on a free port.
 The AES scheme is implemented here independently of legampi.formats.legacy_aes on purpose.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -26,13 +28,24 @@ class ResServer:
     """Threaded HTTP server in the background; use as a context manager."""
 
     def __init__(
-        self, root: Path | None = None, chunked: bool = False, cut_after: int | None = None, block: int = 65536
+        self,
+        root: Path | None = None,
+        chunked: bool = False,
+        cut_after: int | None = None,
+        block: int = 65536,
+        fail_first: int = 0,
+        fail_status: int = 503,
+        retry_after: str | None = None,
     ) -> None:
         self.root = Path(root).resolve() if root is not None else None
         self.chunked = chunked  # chunked transfer encoding instead of Content-Length
         self.cut_after = cut_after  # close the connection after this many plaintext bytes
         self.block = block
+        self.fail_first, self.fail_status = fail_first, fail_status  # busy for the first N requests
+        self.retry_after = retry_after  # Retry-After header sent with those answers
         self.requests: list[dict[str, str]] = []
+        self.statuses: list[int] = []  # status answered to each request, in order
+        self.times: list[float] = []  # time.monotonic() of each request
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -55,6 +68,9 @@ class ResServer:
             def do_GET(self) -> None:
                 q = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
                 server.requests.append(q)
+                server.times.append(time.monotonic())
+                if len(server.requests) <= server.fail_first:
+                    return self._fail(server.fail_status, "busy, try again later")
                 path = q.get("filePath", "")
                 fmt = q.get("sourceFormat", "")
                 if q.get("destinationFormat") != "plain" or fmt not in KEY_BYTES or "sourceKey" not in q:
@@ -69,6 +85,7 @@ class ResServer:
                 if size < 16:
                     return self._fail(422, "file shorter than its IV")
                 key = hashlib.pbkdf2_hmac("sha1", q["sourceKey"].encode(), SALT, 1024, KEY_BYTES[fmt])
+                server.statuses.append(200)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 if server.chunked:
@@ -106,7 +123,10 @@ class ResServer:
 
             def _fail(self, code: int, msg: str) -> None:
                 body = msg.encode()
+                server.statuses.append(code)
                 self.send_response(code)
+                if code == server.fail_status and server.retry_after is not None:
+                    self.send_header("Retry-After", server.retry_after)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

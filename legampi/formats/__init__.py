@@ -61,13 +61,15 @@ def detect_format(rel: str, extensions: tuple[str, ...] | list[str]) -> str:
     return "plain"
 
 
-def open_plaintext(src: BinaryIO | str | os.PathLike, fmt: str, ctx: Any, label: str | None = None) -> Iterator[bytes]:
+def open_plaintext(
+    src: BinaryIO | str | os.PathLike[str], fmt: str, ctx: Any, label: str | None = None
+) -> Iterator[bytes | memoryview]:
     """Iterate over the plaintext of `src` (an open binary file or a path) decrypted as `fmt`.
 
     Chunks may be views into reused buffers: use each before asking for the next. `ctx` is a
     PipelineContext (duck-typed so formats stay independent of the pipeline module).
     """
-    label = label or (str(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<stream>"))
+    label = label or (str(src) if isinstance(src, (str, os.PathLike)) else str(getattr(src, "name", "<stream>")))
     chunk_size = getattr(ctx, "chunk_size", 4 * 1024 * 1024)
     if fmt in ("legacy_aes", "openpgp") and getattr(ctx, "decrypt_via", "local") == "res":
         from legampi.formats import res
@@ -115,13 +117,13 @@ def open_plaintext(src: BinaryIO | str | os.PathLike, fmt: str, ctx: Any, label:
     raise IngestError("format", f"{label}: unsupported format {fmt!r}")
 
 
-def _as_stream(src: BinaryIO | str | os.PathLike) -> tuple[BinaryIO, bool]:
+def _as_stream(src: BinaryIO | str | os.PathLike[str]) -> tuple[BinaryIO, bool]:
     if isinstance(src, (str, os.PathLike)):
         return open(Path(src), "rb", buffering=0), True
     return src, False
 
 
-def _closing(it: Iterator[bytes], stream: BinaryIO | None) -> Iterator[bytes]:
+def _closing(it: Iterator[bytes | memoryview], stream: BinaryIO | None) -> Iterator[bytes | memoryview]:
     try:
         yield from it
     finally:

@@ -7,7 +7,8 @@ read_exact_into for the rest of legampi.
 
 from __future__ import annotations
 
-from typing import BinaryIO
+import io
+from typing import IO
 
 ERROR_KINDS = (
     "checksum",
@@ -37,7 +38,12 @@ class IngestError(Exception):
         self.message = message
 
 
-def read_exact_into(stream: BinaryIO, buf: bytearray | memoryview) -> int:
+# What every decryptor reads from: a file, a pipe, an HTTP body, or a RawIOBase wrapper that hashes
+# what passes through it (checksum.HashingReader, transfer checksums).
+ByteSource = IO[bytes] | io.RawIOBase
+
+
+def read_exact_into(stream: ByteSource, buf: bytearray | memoryview) -> int:
     """Fill `buf` unless EOF comes first; return the byte count.
 
     Pipes, sockets and network streams return short reads; formats with fixed-size records (Crypt4GH

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from crypt4gh import header as c4gh_header
 from crypt4gh import sodium
 
-from legampi.formats.base import IngestError, read_exact_into
+from legampi.formats.base import ByteSource, IngestError, read_exact_into
 
 MAGIC = b"crypt4gh"
 VERSION = 1
@@ -58,7 +57,7 @@ def _decrypt_packet(packet: bytes, secret_key: bytes, public_key: bytes) -> byte
     return bytes(out[:n])
 
 
-def read_header(stream: BinaryIO, secret_key: bytes, label: str = "<stream>") -> Header:
+def read_header(stream: ByteSource, secret_key: bytes, label: str = "<stream>") -> Header:
     """Parse and open the header, leaving `stream` at the first data segment."""
     first = bytearray(16)
     n = read_exact_into(stream, first)
@@ -184,7 +183,7 @@ def _segment_failure(label: str, index: int, seg_len: int, last: bool) -> Ingest
 
 
 def iter_segments(
-    stream: BinaryIO, session_keys: list[bytes], chunk_size: int = 4 << 20, label: str = "<stream>"
+    stream: ByteSource, session_keys: list[bytes], chunk_size: int = 4 << 20, label: str = "<stream>"
 ) -> Iterator[tuple[memoryview, memoryview]]:
     """Yield (ciphertext, plaintext) views for batches of whole segments after the header.
 
@@ -233,7 +232,7 @@ def iter_segments(
 
 
 def decrypt_stream(
-    stream: BinaryIO, secret_key: bytes, chunk_size: int = 4 << 20, label: str = "<stream>"
+    stream: ByteSource, secret_key: bytes, chunk_size: int = 4 << 20, label: str = "<stream>"
 ) -> Iterator[memoryview]:
     """Plaintext chunks of a Crypt4GH stream (views valid until the next chunk is requested)."""
     hdr = read_header(stream, secret_key, label)
@@ -298,7 +297,7 @@ def encrypt_stream(
 
 
 def reencrypt_header_stream(
-    stream: BinaryIO,
+    stream: ByteSource,
     secret_key: bytes,
     recipient_pk: bytes,
     plain_sink: Callable[[memoryview], None],

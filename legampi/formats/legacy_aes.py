@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from legampi.formats.base import IngestError, read_exact_into
+from legampi.formats.base import ByteSource, IngestError, read_exact_into
 
 SALT = bytes.fromhex("f42201009edf4e15")
 ITERATIONS = 1024
@@ -39,7 +38,7 @@ def _ctr(key: bytes, iv: bytes) -> Cipher:
 
 
 def decrypt_stream(
-    stream: BinaryIO, password: str, cipher: str = "aes128", chunk_size: int = 4 << 20, label: str = "<stream>"
+    stream: ByteSource, password: str, cipher: str = "aes128", chunk_size: int = 4 << 20, label: str = "<stream>"
 ) -> Iterator[bytes]:
     """Plaintext chunks of a `.cip` stream; reads are whole 64 KiB multiples to suit the encryptor."""
     key = derive_key(password, cipher)

@@ -294,7 +294,7 @@ def decrypt_stream(
         )
     home = private_home(gnupg_home, label)
     own = isinstance(src, (str, os.PathLike))
-    source = open(src, "rb", buffering=0) if own else src
+    source: BinaryIO = open(src, "rb", buffering=0) if isinstance(src, (str, os.PathLike)) else src
     # no --quiet: with it gpg 2.2 omits the `ERROR pkdecrypt_failed` status that names a bad passphrase
     args = [GPG, "--batch", "--no-tty", "--no-auto-check-trustdb", "--pinentry-mode", "loopback"]
     args += ["--no-symkey-cache", "--homedir", str(home.path)]
@@ -336,6 +336,7 @@ def decrypt_stream(
     if pw_r is not None:
         os.close(pw_r)
     os.close(status_w)
+    assert proc.stdout is not None and proc.stderr is not None  # both are PIPEs
     status_thread = _Drain(status_r)
     stderr_thread = _Drain(os.dup(proc.stderr.fileno()))
     proc.stderr.close()
@@ -346,7 +347,7 @@ def decrypt_stream(
 
 
 def _run(
-    proc: subprocess.Popen,
+    proc: subprocess.Popen[bytes],
     status_thread: _Drain,
     stderr_thread: _Drain,
     own_source: BinaryIO | None,
@@ -355,6 +356,8 @@ def _run(
     home: PrivateHome,
     secrets: list[str],
 ) -> Iterator[memoryview]:
+    assert proc.stdout is not None
+    stdout = proc.stdout
     size = max(65536, chunk_size - chunk_size % 65536)
     buf = bytearray(size)
     view = memoryview(buf)
@@ -362,7 +365,7 @@ def _run(
     finished = False
     try:
         while True:
-            n = read_exact_into(proc.stdout, buf)
+            n = read_exact_into(stdout, buf)
             if n == 0:
                 break
             produced += n
@@ -382,7 +385,7 @@ def _run(
         if not finished and proc.poll() is None:
             proc.kill()
         proc.wait()
-        proc.stdout.close()
+        stdout.close()
         status_thread.join()
         stderr_thread.join()
         if own_source is not None:

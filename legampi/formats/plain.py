@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
 
-from legampi.formats.base import IngestError, read_exact_into
+from legampi.formats.base import ByteSource, IngestError, read_exact_into
 
 _C4GH_MAGIC = b"crypt4gh"
 
 
-def read_stream(stream: BinaryIO, chunk_size: int = 4 << 20, label: str = "<stream>") -> Iterator[memoryview]:
+def read_stream(stream: ByteSource, chunk_size: int = 4 << 20, label: str = "<stream>") -> Iterator[memoryview]:
     """Yield the file in whole 64 KiB multiples (views into a reused buffer).
 
     A "plain" file that starts with the Crypt4GH magic was misnamed: archiving it would wrap

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from legampi import manifest
+from legampi import httpretry, manifest
 from legampi.manifest import ApiError, ManifestError, fetch_metadata
 from tests.conftest import Workspace, load_stand_in
 
@@ -255,3 +255,49 @@ def test_an_answer_over_the_size_bound_is_refused(
     with pytest.raises(ManifestError, match=r"^EGA API u: answer larger than 100 bytes; refused$"):
         manifest._bounded_body(answer, "u")
     assert len(pulled) == 2  # stopped at the chunk that passed the bound
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_retry_after_is_honoured(ega_api: SimpleNamespace, files: list[dict], status: int) -> None:
+    """With no backoff urllib3 retries at once: the 1 s between the requests is the server's Retry-After."""
+    with ega_api.Server(
+        {DATASET: files}, user=API_USER, password=API_PASSWORD, fail_first=1, fail_status=status, retry_after="1"
+    ) as server:
+        text = fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=2, backoff=0)
+        assert json.loads(text) == files
+        assert [q["status"] for q in server.requests] == [status, 200]
+        assert server.times[1] - server.times[0] >= 0.9
+
+
+def test_a_huge_retry_after_is_capped(
+    ega_api: SimpleNamespace, files: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server asking for a day's wait does not hold the command (or a batch job) for a day."""
+    monkeypatch.setattr(httpretry, "RETRY_AFTER_MAX", 0.5)
+    with ega_api.Server(
+        {DATASET: files}, user=API_USER, password=API_PASSWORD, fail_first=1, fail_status=503, retry_after="86400"
+    ) as server:
+        fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=1, backoff=0)
+        assert [q["status"] for q in server.requests] == [503, 200]
+        assert 0.4 <= server.times[1] - server.times[0] < 5
+
+
+def test_too_many_5xx_name_the_url_without_credentials(ega_api: SimpleNamespace, files: list[dict]) -> None:
+    """Credentials in the URL (user:password@, or a key in the query) never reach the error."""
+    with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD, fail_first=100, fail_status=502) as s:
+        url = s.api_url.replace("http://", f"http://{API_USER}:{API_PASSWORD}@") + "?apikey=Query-Secret-77"
+        with pytest.raises(ApiError) as info:
+            fetch_metadata(url, DATASET, None, None, timeout=5, retries=2, backoff=0)
+        msg = str(info.value)
+        path = f"/elixir/data/metadata/datasets/{DATASET}/files"
+        assert msg == f"EGA API {s.base}{path}: gave up after 3 attempts, last error: HTTP 502 Bad Gateway"
+        assert API_PASSWORD not in msg and API_USER not in msg and "Query-Secret-77" not in msg
+        assert [q["status"] for q in s.requests] == [502, 502, 502]
+        assert all(q["user"] == API_USER and q["password_ok"] for q in s.requests)  # auth from the URL still used
+
+
+def test_a_final_status_is_not_retried(ega_api: SimpleNamespace, files: list[dict]) -> None:
+    with ega_api.Server({DATASET: files}, user=API_USER, password=API_PASSWORD, always_status=501) as server:
+        with pytest.raises(ApiError, match=r"HTTP 501 Not Implemented$"):
+            fetch_metadata(server.api_url, DATASET, API_USER, API_PASSWORD, timeout=5, retries=3, backoff=0)
+        assert len(server.requests) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,16 @@ def test_demo_runs_the_whole_pipeline_in_its_folder(tmp_path: Path):
     )
     assert p.returncode == 0, p.stderr
     assert "8 file(s), 8 available, 0 failed" in p.stdout
+    # crypt4gh's key notice is gone; legampi's own warnings (e.g. a slow start on a loaded machine) may stay
+    assert "The private key is not encrypted" not in p.stderr, p.stderr
+    nxt = p.stdout[p.stdout.index("\nNext:") :].replace("Next:", "", 1).split("\n")
+    commands = [shlex.split(line) for line in nxt if line.strip()]
+    assert [c[3] for c in commands] == ["status", "report", "verify-archive"]
+    for cmd in commands:  # every suggested next step works as printed
+        assert cmd[0] == "legampi"
+        r = subprocess.run([sys.executable, "-m", "legampi", *cmd[1:]], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+    assert "8 ok, 0 mismatch" in r.stdout and (folder / "report.html").is_file()
     archived = list((folder / "archive").rglob("*.c4gh"))
     assert len(archived) == 8
     assert not list((folder / "processing").rglob("*.c4gh")), "sources removed once recorded"

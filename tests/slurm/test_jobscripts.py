@@ -244,6 +244,26 @@ def test_ingest_fails_when_a_rank_crashes(slurm_cluster: SlurmCluster, workspace
     assert _temp_files(workspace) == []
 
 
+@sqlite_only
+def test_ingest_mpi_plugin_is_a_switch(slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path) -> None:
+    """LEGAMPI_SRUN_MPI reaches srun: a plugin the PyPI mpich does not speak (none) gives N singletons,
+    which legampi refuses before touching anything; the log is named %x-%j after a custom job name."""
+    entries = _dataset(workspace, 2, 1000)
+    env = _env(slurm_cluster, LEGAMPI_SRUN_MPI="none")
+    rc, job_id, _ = _sbatch(
+        slurm_cluster,
+        "ingest.sbatch",
+        [str(workspace.config)],
+        tmp_path,
+        env,
+        options=("-n", "2", "--job-name=ingest-switch"),
+    )
+    out = _output(tmp_path, f"ingest-switch-{job_id}.out")
+    assert rc != 0, out
+    assert "srun --mpi=none," in out and "MPI sees a communicator of size 1" in out, out
+    assert _by_status(workspace) == {"pending": {e["name"] for e in entries}}
+
+
 # ---------------------------------------------------------------------- walltime warning
 @sqlite_only
 def test_usr1_stops_cleanly_and_rerun_finishes(
@@ -316,7 +336,7 @@ def test_array_tasks_take_their_shares(slurm_cluster: SlurmCluster, workspace: W
         _env(slurm_cluster, LEGAMPI_VENV=VENV),
         options=("--array=1-2", "-n", "2"),
     )
-    out = _output(tmp_path, f"legampi-ingest-{array_id}_*.out")
+    out = _output(tmp_path, f"legampi-ingest-array-{array_id}_*.out")
     assert rc == 0, out
     assert "share 1 of 2" in out and "share 2 of 2" in out, out
     assert _by_status(workspace) == {"available": set(names)}
@@ -342,7 +362,7 @@ def test_array_shares_stay_put_when_sources_are_removed(
         _env(slurm_cluster),
         options=("--array=1-2%1", "-n", "2"),
     )
-    out = _output(tmp_path, f"legampi-ingest-{array_id}_*.out")
+    out = _output(tmp_path, f"legampi-ingest-array-{array_id}_*.out")
     assert rc == 0, out
     assert _by_status(workspace) == {"available": {e["name"] for e in entries}}
 
@@ -358,7 +378,7 @@ def test_array_refuses_irregular_ids(slurm_cluster: SlurmCluster, workspace: Wor
         _env(slurm_cluster),
         options=("--array=1,5", "-n", "1"),
     )
-    out = _output(tmp_path, f"legampi-ingest-{array_id}_*.out")
+    out = _output(tmp_path, f"legampi-ingest-array-{array_id}_*.out")
     assert rc == 2, out
     assert out.count("not a regular range") == 2, out
     assert _by_status(workspace) == {"pending": {e["name"] for e in entries}}
@@ -376,7 +396,7 @@ def test_monitor_moves_finished_transfers(slurm_cluster: SlurmCluster, workspace
         rc, job_id, _ = _sbatch(
             slurm_cluster, "monitor.sbatch", [str(workspace.config)], tmp_path, env, options=(f"--job-name={name}",)
         )
-        out = _output(tmp_path, f"legampi-monitor-{job_id}.out")
+        out = _output(tmp_path, f"{name}-{job_id}.out")
         assert rc == 0, out
         assert "one pass, no next run" in out
         assert slurm_cluster.run(["squeue", "-h", f"--name={name}"]).stdout == "", "nothing resubmitted"
@@ -395,7 +415,7 @@ def test_monitor_queues_its_next_run(slurm_cluster: SlurmCluster, workspace: Wor
     rc, job_id, _ = _sbatch(
         slurm_cluster, "monitor.sbatch", [str(workspace.config)], tmp_path, env, options=(f"--job-name={name}",)
     )
-    out = _output(tmp_path, f"legampi-monitor-{job_id}.out")
+    out = _output(tmp_path, f"{name}-{job_id}.out")
     queued = slurm_cluster.run(["squeue", "-h", f"--name={name}", "-o", "%i %T %r"]).stdout.split()
     try:
         assert rc == 0, out
@@ -443,7 +463,7 @@ def test_monitor_stop_file_ends_the_chain(slurm_cluster: SlurmCluster, workspace
         _env(slurm_cluster, LEGAMPI_MONITOR_STOP=str(stop)),
         options=(f"--job-name={name}",),
     )
-    out = _output(tmp_path, f"legampi-monitor-{job_id}.out")
+    out = _output(tmp_path, f"{name}-{job_id}.out")
     assert rc == 0, out
     assert f"stop file {stop} exists" in out
     assert slurm_cluster.run(["squeue", "-h", f"--name={name}"]).stdout == ""

@@ -336,3 +336,61 @@ def test_cli_refuses_a_workspace_that_is_not_writable(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert f"{path}: [workspaces] processing: folder is not writable: {target}" in proc.stderr
     assert not p["db"].exists()
+
+
+def test_a_command_can_load_only_the_sections_it_needs(tmp_path: Path) -> None:
+    """`status` on a host without the keys or folders: what it does not need is not checked up front."""
+    p = layout(tmp_path)
+    text = ini(p, crypto="archive_public_key = /nowhere/archive.pub").replace("[workspaces]", "[elsewhere]")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError):
+        config.load(path, env={})  # every section, as before
+    cfg = config.load(path, env={}, sections=("database",))
+    assert cfg.database.url == f"sqlite:///{p['db']}" and cfg.func.age_limit == 300
+    # touching a section it did not need raises that section's own error, naming file, section and key
+    with pytest.raises(ConfigError) as info:
+        _ = cfg.crypto.archive_public_key
+    assert str(info.value) == f"{path}: [crypto] archive_public_key: key file does not exist: /nowhere/archive.pub"
+    with pytest.raises(ConfigError) as info:
+        _ = cfg.workspaces.receiving
+    assert (info.value.section, info.value.key, str(info.value)) == (
+        "workspaces",
+        None,
+        f"{path}: [workspaces]: missing section",
+    )
+
+
+def test_needed_sections_are_still_checked_first(tmp_path: Path) -> None:
+    p = layout(tmp_path)
+    path = write(tmp_path, ini(p, database="url = sqlite:///relative.db").replace("[crypto]", "[other]"))
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env={}, sections=("database",))
+    assert (info.value.section, info.value.key) == ("database", "url")
+    path = write(tmp_path, ini(p).replace("[database]", "[other]"), name="nodb.ini")
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env={}, sections=("database",))
+    assert str(info.value) == f"{path}: [database]: missing section"
+    with pytest.raises(ValueError):
+        config.load(path, env={}, sections=("databse",))  # a typo in a command's table row
+
+
+def test_res_decryption_without_res_url_is_a_crypto_problem_when_crypto_is_not_needed(tmp_path: Path) -> None:
+    p = layout(tmp_path)
+    path = write(tmp_path, ini(p, crypto=f"archive_public_key = {p['pub']}\ndecrypt_via = res"))
+    assert refused(path).key == "res_url"
+    cfg = config.load(path, env={}, sections=("database", "func_conf"))
+    with pytest.raises(ConfigError) as info:
+        _ = cfg.crypto.decrypt_via
+    assert (info.value.section, info.value.key) == ("func_conf", "res_url")
+
+
+def test_an_optional_section_is_checked_when_the_file_has_it(tmp_path: Path) -> None:
+    p = layout(tmp_path)
+    path = write(tmp_path, ini(p, workspaces=f"receiving = {tmp_path / 'absent'}"))
+    with pytest.raises(ConfigError) as info:
+        config.load(path, env={}, sections=("database",), optional=("workspaces",))
+    assert (info.value.section, info.value.key) == ("workspaces", "receiving")
+    path = write(tmp_path, ini(p).replace("[workspaces]", "[elsewhere]"), name="nows.ini")
+    cfg = config.load(path, env={}, sections=("database",), optional=("workspaces",))
+    with pytest.raises(ConfigError, match=r"\[workspaces\]: missing section"):
+        _ = cfg.workspaces.receiving

@@ -415,11 +415,39 @@ def test_res_http_error_and_unreachable(res_server_cls, tmp_path: Path, h) -> No
         with pytest.raises(IngestError) as e:
             joined(res.fetch_plaintext(url, str(tmp_path / "missing.cip"), "aes128", h.LEGACY_PASSWORD))
     assert e.value.kind == "io" and "404" in str(e.value)
-    # the server is stopped now: nothing listens on that port
+    assert len(srv.requests) == 1  # a 404 is final: not retried
+    # the server is stopped now: nothing listens on that port (refused connections are retried)
     with pytest.raises(IngestError) as e:
-        joined(res.fetch_plaintext(url, "/x.cip", "aes128", h.LEGACY_PASSWORD, timeout=(2, 2)))
+        joined(res.fetch_plaintext(url, "/x.cip", "aes128", h.LEGACY_PASSWORD, timeout=(2, 2), backoff=0))
     assert e.value.kind == "io" and h.LEGACY_PASSWORD not in str(e.value)
+    assert f"cannot reach the re-encryption service {url}, gave up after retrying" in str(e.value)
     assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_res_busy_service_is_retried_after_its_retry_after(
+    status: int, res_server_cls, plaintexts, tmp_path: Path, h
+) -> None:
+    """urllib3 retries at once when backoff is 0; the 1 s wait can only come from Retry-After."""
+    enc, data = _cip(plaintexts, tmp_path, h)
+    with res_server_cls(root=tmp_path, fail_first=2, fail_status=status, retry_after="1") as srv:
+        got = joined(res.fetch_plaintext(srv.url, str(enc), "aes128", h.LEGACY_PASSWORD, backoff=0))
+        assert srv.statuses == [status, status, 200]
+        assert all(b - a >= 0.9 for a, b in zip(srv.times, srv.times[1:], strict=False))
+    assert got == data
+
+
+def test_res_that_stays_busy_fails_naming_the_service_not_the_key(
+    res_server_cls, plaintexts, tmp_path: Path, h
+) -> None:
+    enc, _ = _cip(plaintexts, tmp_path, h)
+    with res_server_cls(root=tmp_path, fail_first=100, fail_status=502) as srv, pytest.raises(IngestError) as e:
+        url = srv.url
+        joined(res.fetch_plaintext(url, str(enc), "aes128", h.LEGACY_PASSWORD, label="x.cip", retries=2, backoff=0))
+    msg = str(e.value)
+    assert e.value.kind == "io" and srv.statuses == [502, 502, 502]
+    assert msg.startswith(f"x.cip: re-encryption service {url} answered HTTP 502") and "after 3 attempts" in msg
+    assert h.LEGACY_PASSWORD not in msg and "sourceKey" not in msg
 
 
 def test_open_plaintext_dispatch(keys, plaintexts, tmp_path: Path, h) -> None:

@@ -14,12 +14,10 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
 # Over a limit when the limits were set (issue 13, being split by other changes).
-LONG_MODULES = {"cli.py", "db.py", "ingest.py", "parallel.py", "rekey.py"}
+LONG_MODULES = {"db.py", "ingest.py", "parallel.py"}
 LONG_FUNCTIONS = {
-    ("cli.py", "build_parser"),
     ("ingest.py", "run_process"),
     ("parallel.py", "_coordinate"),
-    ("rekey.py", "run_export"),
     ("stream.py", "_steps"),
     ("verify.py", "run_verify"),
 }

@@ -176,5 +176,5 @@ def test_an_archive_refusal_names_the_key_and_exits_2(tmp_path: Path) -> None:
     import sys
 
     path = _ini(tmp_path, "[archive]\nbackend = s3\ns3_endpoint = ftp://x\ns3_bucket = arch\n")
-    p = subprocess.run([sys.executable, "-m", "legampi", "-c", str(path), "status"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "legampi", "-c", str(path), "recover"], capture_output=True, text=True)
     assert p.returncode == 2 and "[archive] s3_endpoint: must be an http:// or https:// URL" in p.stderr, p.stderr

@@ -17,10 +17,11 @@ from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 from .config_ini import ConfigError, IniReader, Secret
+from .s3config import ArchiveConfig, ArchiveConfigError, from_section
 
 ENV_CONFIG = "LEGAMPI_CONFIG"
 
-SECTIONS = ("database", "func_conf", "api", "workspaces", "crypto")
+SECTIONS = ("database", "func_conf", "api", "workspaces", "crypto", "archive")
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class ApiConfig:
 class Workspaces:
     receiving: Path
     processing: Path
-    end_storage: Path
+    end_storage: Path | None  # required with [archive] backend = posix (the default); optional with s3
     metadata: Path | None = None
     quarantine: Path | None = None
     keep_processed: bool = False
@@ -94,6 +95,7 @@ class Config:
     api: ApiConfig
     workspaces: Workspaces
     crypto: CryptoConfig
+    archive: ArchiveConfig = ArchiveConfig()  # [archive]: the folder end_storage (posix) or an S3 bucket
 
 
 def _database(r: IniReader) -> DatabaseConfig:
@@ -161,7 +163,18 @@ def _api(r: IniReader) -> ApiConfig:
     )
 
 
+def _archive(r: IniReader) -> ArchiveConfig:
+    """[archive] (absent: the folder); every refusal names its key. Credentials are checked by preflight."""
+    values = dict(r.p.items("archive")) if r.p.has_section("archive") else {}
+    try:
+        return from_section(values)
+    except ArchiveConfigError as exc:
+        raise r.err("archive", exc.key, exc.message) from None
+
+
 def _workspaces(r: IniReader) -> Workspaces:
+    s3 = (r.str("archive", "backend", "posix") or "posix").lower() == "s3"  # then end_storage is optional
+
     def folder(key: str, required: bool) -> Path | None:
         p = r.path("workspaces", key, required=required)
         if p is None:
@@ -175,7 +188,7 @@ def _workspaces(r: IniReader) -> Workspaces:
     ws = Workspaces(
         receiving=folder("receiving", True),  # type: ignore[arg-type]
         processing=folder("processing", True),  # type: ignore[arg-type]
-        end_storage=folder("end_storage", True),  # type: ignore[arg-type]
+        end_storage=folder("end_storage", not s3),
         metadata=folder("metadata", False),
         quarantine=folder("quarantine", False),
         keep_processed=r.bool("workspaces", "keep_processed", False),
@@ -269,6 +282,11 @@ def load(
     # checked in this order: func_conf, crypto (with its res_url cross-check), database, api, workspaces
     func = _section(r, "func_conf", _func, needed)
     crypto = _section(r, "crypto", _crypto, needed)
+    arch = _section(r, "archive", _archive, needed)
+    if isinstance(arch, ArchiveConfig):
+        from .storage import remember  # a row's s3:// location opens with this [archive] (storage.store_at)
+
+        remember(arch)
     return Config(
         path=cfg_path,
         database=_section(r, "database", _database, needed),
@@ -276,6 +294,7 @@ def load(
         api=_section(r, "api", _api, needed),
         workspaces=_section(r, "workspaces", _workspaces, needed),
         crypto=crypto,
+        archive=arch,
     )
 
 

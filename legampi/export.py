@@ -3,7 +3,8 @@
 Like `rekey`, only the Crypt4GH header is rewritten (`formats.crypt4gh.build_header`, the one header
 seal) and the payload bytes are copied unchanged, so no plaintext is ever written. The export folder
 gets, besides the files, a sha256 manifest (`<dataset>.sha256`, checked with `sha256sum -c`) and a file
-list (`<dataset>.tab`) with the plaintext checksums. Nothing existing is ever overwritten.
+list (`<dataset>.tab`) with the plaintext checksums. Nothing existing is ever overwritten. Files archived
+in S3 are read from their objects (one GET each, legampi.s3read); the export folder is always local.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import archive, checksum
+from . import archive, checksum, storage
 from .db import Database, Event
 from .formats import IngestError
 from .formats.crypt4gh import build_header, iter_segments
@@ -33,8 +34,8 @@ class ExportError(ValueError):
 class ExportItem:
     file_id: str
     file_name: str
-    rel: str  # path inside the export folder (= inside end_storage)
-    source: Path
+    rel: str  # path inside the export folder (= the archive name, inside end_storage or the S3 prefix)
+    source: Path | str  # the archived file, or its s3://bucket/key
     dest: Path
     archive_checksum: str | None
     archive_checksum_type: str | None
@@ -68,7 +69,13 @@ def export_file(
     the payload is also decrypted in memory (MACs and plaintext md5/sha256 against the record).
     """
     algo = item.archive_checksum_type or "sha256"
-    src, reader, hdr = checksum.open_archived(item.source, archive_sk, "the archive secret key", algo)
+    reader: Any
+    if storage.is_s3(item.source):
+        from .s3read import open_archived
+
+        src, reader, hdr, _info = open_archived(str(item.source), archive_sk, "the archive secret key", algo)
+    else:
+        src, reader, hdr = checksum.open_archived(Path(item.source), archive_sk, "the archive secret key", algo)
     writer: archive.TempArchiveFile | None = None
     try:
         header = build_header(hdr.packets, recipient_pk)
@@ -111,16 +118,17 @@ def export_file(
             writer.abort()
 
 
-def export_plan(rows: Iterable[dict[str, Any]], end_storage: Path, to: Path) -> tuple[list[ExportItem], list[str]]:
+def export_plan(
+    rows: Iterable[dict[str, Any]], end_storage: Path | None, to: Path
+) -> tuple[list[ExportItem], list[str]]:
     """Where each available file goes in the export folder, and why any cannot go (outside the archive)."""
     items, problems = [], []
-    root = Path(end_storage).absolute()
+    root = Path(end_storage).absolute() if end_storage is not None else None
     for r in rows:
-        src = Path(r["archive_path"] or "")
         try:
-            rel = src.absolute().relative_to(root)
-        except ValueError:
-            problems.append(f"file {r['file_id']}: archive path {src} is not inside end_storage {root}")
+            src, rel = _archived_at(r["archive_path"] or "", root)
+        except (ValueError, IngestError) as exc:
+            problems.append(f"file {r['file_id']}: {exc.message if isinstance(exc, IngestError) else exc}")
             continue
         try:
             archive.check_rel(rel.as_posix())
@@ -143,6 +151,20 @@ def export_plan(rows: Iterable[dict[str, Any]], end_storage: Path, to: Path) -> 
             )
         )
     return items, problems
+
+
+def _archived_at(location: str, root: Path | None) -> tuple[Path | str, PurePosixPath]:
+    """(source, archive name) of a recorded archive_path: an s3:// object of the configured [archive],
+    or a file inside end_storage ROOT (ValueError otherwise)."""
+    if storage.is_s3(location):
+        return location, PurePosixPath(storage.store_at(location)[1])
+    src = Path(location)
+    if root is None:
+        raise ValueError(f"archive path {src} is a file, but no end_storage is configured")
+    try:
+        return src, PurePosixPath(src.absolute().relative_to(root))
+    except ValueError:
+        raise ValueError(f"archive path {src} is not inside end_storage {root}") from None
 
 
 def run_export(

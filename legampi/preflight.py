@@ -5,7 +5,9 @@ it were found file by file, every file would fail (and be quarantined) for it. R
 the files the job is about to process, asks `missing` what their formats need that the configuration
 lacks, and refuses to start, naming it, before any file changes status or folder. What can only be
 seen at run time (a wrong passphrase) comes back as failure kind `config` and stops the job the same
-way (legampi.ingest).
+way (legampi.ingest). With an S3 archive the server is asked first (`archive_problems`): credentials
+that are missing or refused, a bucket that does not exist or an endpoint that does not answer stop the
+job the same way, before anything is claimed.
 """
 
 from __future__ import annotations
@@ -91,6 +93,24 @@ def check(names: Iterable[str], cfg: Any) -> list[str]:
     return missing(found, cfg.crypto, keys, source)
 
 
+def archive_problems(cfg: Any) -> list[str]:
+    """What stops an S3 archive from taking files (credentials, bucket, endpoint), one sentence each; []
+    for the folder archive. Never shows a secret: refusals name the access key and where it came from."""
+    arch = getattr(cfg, "archive", None)
+    if arch is None or arch.backend != "s3":
+        return []
+    from legampi.s3config import ArchiveConfigError
+    from legampi.storage import s3_store
+
+    try:
+        s3_store(arch).check()
+    except ArchiveConfigError as exc:
+        return [f"[archive] backend = s3: {exc.message}"]
+    except IngestError as exc:
+        return [f"[archive] backend = s3: {exc.message}"]
+    return []
+
+
 def job_problems(db: Any, cfg: Any, retry_failed: bool = False, dataset: str | None = None) -> list[str]:
     """`check` for the files in processing that a `process` job would claim, without claiming any.
 
@@ -103,6 +123,8 @@ def job_problems(db: Any, cfg: Any, retry_failed: bool = False, dataset: str | N
     from legampi.db import chunks
     from legampi.workspace import scan
 
+    if problems := archive_problems(cfg):
+        return problems
     names = [n for n, _st in scan(cfg.workspaces.processing) if not is_temp_name(n)]
     if not check(names, cfg):
         return []

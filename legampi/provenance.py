@@ -23,9 +23,16 @@ from legampi.formats import IngestError
 
 
 def record(
-    file_id: str, file_name: str, dataset_id: str, md5: str, sha256: str, plain_size: int, archive_key: str
+    file_id: str,
+    file_name: str,
+    dataset_id: str,
+    md5: str | None,
+    sha256: str | None,
+    plain_size: int | None,
+    archive_key: str,
 ) -> dict[str, Any]:
-    """The provenance of one archived copy (what the sidecar's comment line holds)."""
+    """The provenance of one archived copy (what the sidecar's comment line holds; with the registered
+    checksums and no size, the claim an S3 upload carries from its start)."""
     return {
         "file_id": file_id,
         "file_name": file_name,

@@ -4,6 +4,10 @@ Recovery only ever finishes what legampi itself started. It removes legampi's ow
 no live job can still be writing them, records an archived copy that has no row only when the copy's
 provenance proves it was written for that row (see `provenance`), and never deletes or adopts anything
 else: a foreign file at an archive path is reported, its row's source stays where it is.
+
+With an S3 archive the same holds for objects (legampi.storage): an object without its row is adopted
+only with the proof `s3store.examine` checks (its provenance metadata and the server's checksum), and the
+incomplete multipart uploads of dead jobs (invisible, but stored and billed) are aborted.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import socket
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import archive, checksum, provenance
+from . import archive, checksum, provenance, storage
 from .config import Config
 from .db import Database
 from .formats import IngestError
@@ -30,6 +35,9 @@ log = logging.getLogger("legampi.recovery")
 
 HEARTBEAT_INTERVAL = 30  # seconds between a job's heartbeats (ingest.Recorder, rekey_job.RekeyRecorder)
 ROW_COLUMNS = ("file_id", "dataset_id", "file_name", "status", "md5", "sha256", "claimed_by")
+# An incomplete S3 upload younger than this is left alone whatever the claims say: it may be a process
+# without a claim (process-file), and the server's clock (which stamps it) may run ahead of ours.
+UPLOAD_MARGIN = timedelta(seconds=10)
 
 
 def pid_alive(pid: int) -> bool:
@@ -57,7 +65,9 @@ class RecoveryReport:
     temp_removed: list[str] = field(default_factory=list)
     sources_removed: list[str] = field(default_factory=list)
     jobs_died: list[str] = field(default_factory=list)
+    uploads_aborted: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    s3: bool = False  # the archive is an S3 bucket: say how many incomplete uploads were aborted
 
     def lines(self) -> list[str]:
         out = [
@@ -67,26 +77,35 @@ class RecoveryReport:
             f"removed {len(self.sources_removed)} processed source(s)",
             f"marked {len(self.jobs_died)} job(s) whose processes are gone as died",
         ]
+        if self.s3 or self.uploads_aborted:
+            out.append(f"aborted {len(self.uploads_aborted)} incomplete S3 upload(s) of dead jobs")
         out += [f"  released: {x}" for x in self.released] + [f"  recorded: {x}" for x in self.recorded]
         out += [f"  temp removed: {x}" for x in self.temp_removed]
         out += [f"  source removed: {x}" for x in self.sources_removed]
         out += [f"  job died: {x}" for x in self.jobs_died]
+        out += [f"  upload aborted: {x}" for x in self.uploads_aborted]
         out += [f"  PROBLEM: {x}" for x in self.problems]
         return out
 
 
 def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryReport:
     """1. jobs whose processes are gone are marked died and their claims released;
-    2. temporary files in end_storage are removed unless a live job may still be writing them;
+    2. temporary files in end_storage (incomplete uploads to S3) are removed unless a live job may
+       still be writing them;
     3. an archived copy without its row (a crash between link and commit) is recorded, with proof only;
     4. sources of `available` files still in processing are removed (unless keep_processed).
     One row's problem is reported and never stops the others."""
     rep = RecoveryReport()
     ws = cfg.workspaces
     host = socket.gethostname()
-    # List temp files BEFORE reading the database: a live job commits its claim before it creates a temp
-    # file, so every temp seen here has its claim in the snapshot below and is not mistaken for debris.
-    temps = [rel for rel, _st in scan(ws.end_storage) if archive.is_temp_name(rel)]
+    arch = storage.from_config(cfg)
+    rep.s3 = arch.backend == "s3"
+    # List temp files (S3: incomplete uploads) BEFORE reading the database: a live job commits its claim
+    # before it creates a temp file or starts an upload, so every one seen here has its claim in the
+    # snapshot below and is not mistaken for debris.
+    started = datetime.now(timezone.utc)
+    uploads = _list_uploads(arch, rep)
+    temps = [] if rep.s3 else [rel for rel, _st in scan(ws.end_storage) if archive.is_temp_name(rel)]
     cutoff, grace = db.cutoff(cfg.func.claim_timeout), db.cutoff(2 * HEARTBEAT_INTERVAL)
     asked: dict[str, bool | None] = {}
 
@@ -113,8 +132,9 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     finals = _archive_names(rows, cfg, rep)
     rekey_running = any(j["command"] == "rekey" for j in live_jobs)
     _remove_temps(temps, finals, live, rekey_running, cfg, rep)
+    _abort_uploads(arch, uploads, finals, live, rekey_running, started - UPLOAD_MARGIN, rep)
 
-    results = [r for f in rows if f["file_id"] not in live and (r := _adoptable(f, finals, cfg, host, rep))]
+    results = [r for f in rows if f["file_id"] not in live and (r := _adoptable(f, finals, cfg, arch, host, rep))]
     adopted = _record(db, results, stale_ids, job_id or f"recover-{host}-{os.getpid()}", cfg, rep)
     release = [r["file_id"] for r in stale if r["file_id"] not in adopted]
     if release:
@@ -208,22 +228,79 @@ def _remove_temps(
             rep.problems.append(f"cannot remove temporary file {cfg.workspaces.end_storage / rel}: {exc}")
 
 
+def _list_uploads(arch: Any, rep: RecoveryReport) -> list[Any]:
+    """Incomplete uploads under the archive's prefix (S3 only); a server that cannot list is reported."""
+    if arch.backend != "s3":
+        return []
+    try:
+        return list(arch.store.list_uploads())
+    except Exception as exc:  # noqa: BLE001 - reported; the rest of recovery still runs
+        err = exc if isinstance(exc, IngestError) else arch.store.error("s3://", "listing incomplete uploads", exc)
+        rep.problems.append(f"cannot list incomplete S3 uploads: {err.message}")
+        return []
+
+
+def _abort_uploads(
+    arch: Any,
+    uploads: list[Any],
+    finals: dict[str, str],
+    live: set[str],
+    rekey_running: bool,
+    before: datetime,
+    rep: RecoveryReport,
+) -> None:
+    """Abort legampi's uploads whose file no live job holds; while a rekey job is alive, uploads to the
+    keys of archived files (not in flight for `process`) are its own and stay (as its temps do)."""
+    if not uploads:
+        return
+    from .s3store import select_orphans
+
+    live_rels = {rel for fid, rel in finals.items() if fid in live}
+    if rekey_running:
+        owned = set(finals.values())
+        live_rels |= {u.rel for u in uploads if u.rel is not None and u.rel not in owned}
+    for u in select_orphans(uploads, live_rels, before):
+        try:
+            arch.store.abort_upload(u)
+            rep.uploads_aborted.append(f"{arch.location(u.rel)} (upload {u.upload_id}, started {u.initiated})")
+        except IngestError as exc:
+            rep.problems.append(
+                f"cannot abort incomplete upload {u.upload_id} to {arch.location(u.rel)}: {exc.message}"
+            )
+
+
+def _examine(f: dict[str, Any], rel: str, cfg: Config, arch: Any, rep: RecoveryReport) -> tuple[Any, int] | None:
+    """(verdict, size) of what stands at REL's place in the archive; None when nothing does."""
+    if arch.backend == "s3":
+        from .s3store import examine
+
+        info = arch.store.head(rel)
+        return None if info is None else (examine(arch.store, rel, f, cfg.crypto.archive_checksum), info.size)
+    final = cfg.workspaces.end_storage / rel
+    if not os.path.lexists(final):
+        _drop_orphan_sidecars(final, f["file_id"], rep)
+        return None
+    verdict = provenance.examine(final, f)
+    return verdict, final.stat().st_size if verdict.adopt else 0
+
+
 def _adoptable(
-    f: dict[str, Any], finals: dict[str, str], cfg: Config, host: str, rep: RecoveryReport
+    f: dict[str, Any], finals: dict[str, str], cfg: Config, arch: Any, host: str, rep: RecoveryReport
 ) -> FileResult | None:
     """The row's archived copy as a result to record when provenance proves it; else None (reported)."""
     rel = finals.get(f["file_id"])
     if rel is None:
         return None
-    final = cfg.workspaces.end_storage / rel
+    where = arch.location(rel)
     try:
-        if not os.path.lexists(final):
-            _drop_orphan_sidecars(final, f["file_id"], rep)
-            return None
-        verdict = provenance.examine(final, f)
-    except OSError as exc:
-        rep.problems.append(f"{f['file_name']} (file {f['file_id']}): cannot examine {final}: {exc}")
+        found = _examine(f, rel, cfg, arch, rep)
+    except (OSError, IngestError) as exc:
+        why = exc.message if isinstance(exc, IngestError) else str(exc)
+        rep.problems.append(f"{f['file_name']} (file {f['file_id']}): cannot examine {where}: {why}")
         return None
+    if found is None:
+        return None
+    verdict, size = found
     if not verdict.adopt:
         rep.problems.append(
             f"archive_conflict: {f['file_name']} (file {f['file_id']}): not adopted: {verdict.reason}; "
@@ -236,14 +313,14 @@ def _adoptable(
         file_id=f["file_id"],
         rel=f["file_name"],
         status="available",
-        archive_path=str(final.absolute()),
+        archive_path=where,
         md5=prov.get("md5"),
         sha256=prov.get("sha256"),
         archive_checksum=verdict.digest,
         archive_checksum_type=verdict.algo,
         archive_key=prov.get("archive_key"),
         plain_size=prov.get("plain_size"),
-        archive_size=final.stat().st_size,
+        archive_size=size,
         host=host,
     )
 

@@ -3,14 +3,15 @@
 A file that can never be archived is refused at registration, with its manifest line, instead of
 failing (or stopping a node) at every `process` run: two names that map to one archive path, names
 longer than the file systems of processing/end_storage/quarantine allow (with everything legampi derives
-from them), and transfer checksums that are not what their type says.
+from them; with an S3 archive, object keys longer than S3's 1024 bytes), and transfer checksums that are
+not what their type says.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import archive
+from . import archive, storage
 from .checksum import is_hex_digest
 from .config import Config
 from .formats.base import IngestError
@@ -20,7 +21,10 @@ from .manifest import ManifestError
 def prepare(entries: list[dict[str, Any]], cfg: Config, source: str) -> list[dict[str, Any]]:
     """Add each entry's archive_name and refuse (ManifestError naming the line) what cannot be archived."""
     ws, exts = cfg.workspaces, tuple(cfg.func.extensions)
-    processing, end_storage = archive.fs_limits(ws.processing), archive.fs_limits(ws.end_storage)
+    s3 = cfg.archive if cfg.archive.backend == "s3" else None
+    processing = archive.fs_limits(ws.processing)
+    # an S3 archive has no file system limits, only its key length (checked below)
+    end_storage = archive.FsLimits(f"s3://{s3.s3_bucket}", None, None) if s3 else archive.fs_limits(ws.end_storage)
     quarantine = archive.fs_limits(ws.quarantine) if ws.quarantine is not None else None
     seen: dict[str, dict[str, Any]] = {}
     for e in entries:
@@ -28,6 +32,7 @@ def prepare(entries: list[dict[str, Any]], cfg: Config, source: str) -> list[dic
         try:
             arch = archive.archive_name(e["file_name"], exts)
             problem = archive.name_limits_problem(e["file_name"], exts, processing, end_storage, quarantine)
+            problem = problem or (storage.key_problem(s3, arch) if s3 else None)
         except IngestError as exc:
             raise ManifestError(f"{where}: {exc.message}") from None
         if problem is not None:

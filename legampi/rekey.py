@@ -11,6 +11,9 @@ rename. A rerun that finds a marker tells a finished-but-unrecorded rotation (th
 marker's new checksum) from one that never replaced the file (it still hashes to the recorded checksum);
 the marker is removed only after the database row points at the new copy (by `rekey_job`, which lists,
 records and reports the run; this module never touches the database).
+
+An object in an S3 archive (`archive_path` s3://...) cannot have its header rewritten in place; it is
+rotated by legampi.rekey_s3 (a new object at the same key, replacing only the copy that was read).
 """
 
 from __future__ import annotations
@@ -24,17 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import archive, checksum
+from . import archive, checksum, storage
 from .formats import IngestError, read_exact_into
 from .formats.crypt4gh import build_header, iter_segments, read_header
 from .keys import fingerprint, load_public_key, load_secret_key, public_from_secret
+from .rekey_common import CHUNK, RekeyError, preconditions
 
 NEW_PASSPHRASE_ENV = "LEGAMPI_NEW_ARCHIVE_PASSPHRASE"
-CHUNK = 4 << 20
-
-
-class RekeyError(ValueError):
-    """A per-file problem that leaves the archived copy and its row exactly as they were."""
 
 
 @dataclass
@@ -118,6 +117,16 @@ def pending_path(path: Path) -> Path:
     return path.with_name(path.name + archive.PENDING_SUFFIX)
 
 
+def clear_pending(archive_path: str) -> None:
+    """Drop the pending marker of a rotation now recorded (folder archive; an S3 object needs none: its
+    own metadata says what it was rotated from, see rekey_s3)."""
+    if storage.is_s3(archive_path):
+        return
+    marker = pending_path(Path(archive_path))
+    marker.unlink(missing_ok=True)
+    archive.fsync_dir(marker.parent)
+
+
 def _write_json_durably(path: Path, obj: dict[str, Any], mode: int) -> None:
     archive.write_durably(path, json.dumps(obj, sort_keys=True).encode("utf-8"), mode)
 
@@ -166,7 +175,12 @@ def rekey_file(task: RekeyTask, keys: RekeyKeys) -> RekeyResult:
         new_key=keys.new_fp,
     )
     try:
-        _rekey(task, keys, path, res)
+        if storage.is_s3(task.archive_path):
+            from .rekey_s3 import rekey_object
+
+            rekey_object(task, keys, res)
+        else:
+            _rekey(task, keys, path, res)
     except RekeyError as exc:
         res.result, res.details = "failed", str(exc)
     except IngestError as exc:
@@ -178,15 +192,7 @@ def rekey_file(task: RekeyTask, keys: RekeyKeys) -> RekeyResult:
 
 
 def _rekey(task: RekeyTask, keys: RekeyKeys, path: Path, res: RekeyResult) -> None:
-    algo = task.archive_checksum_type or "sha256"
-    if algo not in checksum.ALGOS:
-        raise RekeyError(f"{path}: unknown archive checksum type {algo!r}")
-    if not task.archive_checksum:
-        raise RekeyError(f"{path}: no archive checksum recorded; run `legampi verify-archive` first")
-    if task.archive_key not in (None, keys.old_fp):
-        raise RekeyError(
-            f"{path}: archived for key {task.archive_key}, but the configured archive secret key is for {keys.old_fp}"
-        )
+    algo = preconditions(task, keys, str(path))
     marker = pending_path(path)
     if marker.exists() and _resume_pending(task, keys, path, marker, algo, res):
         return

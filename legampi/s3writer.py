@@ -11,6 +11,10 @@ metadata when it starts, before the plaintext checks: it carries the *claim* (fi
 and checksums, archive key, job, part size). That is proof enough, because legampi completes the upload
 only after the plaintext matched those registered checksums, and the server keeps the composite sha256
 of the parts that legampi computed as it streamed (`s3store.examine` recomputes it).
+
+Key rotation (legampi.rekey_s3) writes the rotated copy through the same writer with `replace_etag`:
+the commit then replaces the object only while it is still the copy that was read (`If-Match: ETAG`)
+instead of never replacing one (`If-None-Match: *`).
 """
 
 from __future__ import annotations
@@ -88,8 +92,11 @@ class S3ArchiveWriter:
         job_id: str | None = None,
         part_size: int | None = None,
         concurrency: int = 0,
+        replace_etag: str | None = None,
     ) -> None:
         self.store, self.rel, self.claim, self.job_id = store, rel, dict(claim), job_id
+        # the commit's precondition: replace exactly this object (rekey), or never replace any
+        self.condition = {"IfMatch": replace_etag} if replace_etag else {"IfNoneMatch": "*"}
         self.key = store.key(rel)
         self.location = store.location(rel)
         self.final = self.location  # what TempArchiveFile calls the final name
@@ -260,8 +267,8 @@ class S3ArchiveWriter:
                 Body=body,
                 ContentLength=self._fill,
                 ChecksumSHA256=expected,
-                IfNoneMatch="*",
                 Metadata=encode_provenance(record),
+                **self.condition,
             )
         except Exception as exc:  # noqa: BLE001
             self._raise_unless_ours(exc, expected, "storing the object")
@@ -278,7 +285,7 @@ class S3ArchiveWriter:
                 Key=self.key,
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
-                IfNoneMatch="*",
+                **self.condition,
             )
         except Exception as exc:  # noqa: BLE001
             try:

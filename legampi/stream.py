@@ -1,14 +1,14 @@
 """The single-pass file pipeline: read, decrypt, checksum, re-encrypt, checksum, write, verify, commit.
 
 One pass over the source with bounded buffers (a few MB whatever the file size): the plaintext only
-ever lives in memory, and a file reaches its final name in end_storage only after every check passed.
+ever lives in memory, and a file reaches its final name in the archive (end_storage, or an S3 bucket
+through legampi.storage) only after every check passed.
 `process_file` never raises for a per-file problem; it returns a FileResult that rank 0 records.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import logging
 import os
@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from legampi import archive, checksum, provenance, transfer
+from legampi import archive, checksum, provenance, storage, transfer
 from legampi.formats import IngestError, detect_format, open_plaintext
 from legampi.formats import crypt4gh as c4gh
 from legampi.keys import fingerprint, load_public_key, load_secret_key
 from legampi.redact import redact
+from legampi.s3config import ArchiveConfig
+from legampi.storage import io_error as _io_error
 
 LOG = logging.getLogger(__name__)
 HOST = socket.gethostname()
@@ -58,7 +60,7 @@ class FileResult:
     file_id: str
     rel: str
     status: str  # 'available' or 'failed'
-    archive_path: str | None = None  # absolute path of the archived file
+    archive_path: str | None = None  # absolute path of the archived file, or s3://bucket/key
     md5: str | None = None  # computed plaintext md5
     sha256: str | None = None  # computed plaintext sha256
     archive_checksum: str | None = None
@@ -80,7 +82,7 @@ class PipelineContext:
     """Everything a worker needs to process files; secrets are kept out of repr()."""
 
     processing: Path
-    end_storage: Path
+    end_storage: Path | None  # None with an S3 archive and no folder configured
     quarantine: Path | None
     extensions: tuple[str, ...]  # e.g. ('.c4gh', '.cip', '.gpg')
     inbox_secret_key: bytes | None = field(repr=False)  # raw 32-byte X25519 secret
@@ -97,6 +99,8 @@ class PipelineContext:
     res_source_key: str | None = field(default=None, repr=False)
     file_mode: int = 0o640
     chunk_size: int = 4 * 1024 * 1024  # bytes read per I/O call (rounded to whole segments)
+    archive: ArchiveConfig | None = None  # [archive]; None or backend posix: end_storage
+    job_id: str | None = None  # named in an S3 upload's claim, when the worker knows it
 
     def __post_init__(self) -> None:
         checks = [
@@ -134,7 +138,7 @@ class PipelineContext:
             inbox = load_secret_key(crypto.inbox_secret_key, reveal(crypto.inbox_passphrase))
         return cls(
             processing=Path(ws.processing),
-            end_storage=Path(ws.end_storage),
+            end_storage=Path(ws.end_storage) if ws.end_storage is not None else None,
             quarantine=Path(ws.quarantine) if ws.quarantine is not None else None,
             extensions=tuple(func.extensions),
             inbox_secret_key=inbox,
@@ -151,19 +155,12 @@ class PipelineContext:
             res_source_key=reveal(crypto.res_source_key),
             file_mode=crypto.file_mode,
             chunk_size=func.chunk_size,
+            archive=getattr(cfg, "archive", None),
         )
 
     def secrets(self) -> list[str]:
         """Secret strings to scrub from any message that leaves the worker."""
         return [s for s in (self.legacy_password, self.gpg_passphrase, self.res_source_key) if s]
-
-
-def _io_error(rel: str, stage: str, e: OSError) -> IngestError:
-    kind = "nospace" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "io"
-    reason = e.strerror or str(e)
-    if kind == "nospace":
-        reason = "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
-    return IngestError(kind, f"{rel}: {stage}: {reason}")
 
 
 def _scrub(text: str, ctx: PipelineContext) -> str:
@@ -283,19 +280,21 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
     expected_sha = _valid_hex(task.sha256, 64, "sha256", rel)
     expected_transfer = transfer.expected(task.transfer_checksum, task.transfer_checksum_type, rel)
     fmt = detect_format(rel, ctx.extensions)
-    final = archive.final_path(ctx.end_storage, rel, ctx.extensions)
-    if os.path.lexists(final):
+    arch_rel = archive.archive_name(rel, ctx.extensions)
+    store = storage.open_archive(ctx.archive, ctx.end_storage, ctx.file_mode, ctx.archive_checksum)
+    if store.exists(arch_rel):
         raise IngestError(
             "archive_conflict",
-            f"{rel}: {final} already exists and is not this file's recorded copy (a foreign file, or another "
-            f"registered name's); not overwritten, the source {src} is kept",
+            f"{rel}: {store.location(arch_rel)} already exists and is not this file's recorded copy (a foreign "
+            f"file, or another registered name's); not overwritten, the source {src} is kept",
         )
+    fp = fingerprint(ctx.archive_public_key)
     try:
         fd = archive.open_source(src, rel)
     except OSError as e:
         raise _io_error(rel, "cannot open source", e) from None
     source = open(fd, "rb", buffering=0)
-    writer: archive.TempArchiveFile | None = None
+    writer: storage.ArchiveWriter | None = None
     feeder: transfer.Feeder | None = None
     stages: list[Any] = []  # generators to close on failure (a gpg child must not outlive its file)
     try:
@@ -304,11 +303,9 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
         chunk = max(c4gh.CIPHER_SEGMENT_SIZE, min(ctx.chunk_size, st0.st_size + c4gh.CIPHER_SEGMENT_SIZE))
         if chunk != ctx.chunk_size:
             ctx = dataclasses.replace(ctx, chunk_size=chunk)
-        try:
-            archive.make_dirs(final.parent, ctx.end_storage)
-            writer = archive.TempArchiveFile(final, ctx.file_mode, ctx.archive_checksum)
-        except OSError as e:
-            raise _io_error(rel, f"cannot create the archive temp file in {final.parent}", e) from None
+        # the claim: what the copy is for, known before the pass (an S3 upload carries it from its start)
+        claim = provenance.record(task.file_id, rel, task.dataset_id, expected_md5, expected_sha, None, fp)
+        writer = store.open_writer(arch_rel, claim, st0.st_size, ctx.job_id)
         md5, sha = hashlib.md5(), hashlib.sha256()
         count = [0]
         # With a transfer checksum registered the decryptor reads the source through its hash (no second read)
@@ -355,17 +352,11 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
                 break
             except OSError as e:
                 raise _io_error(rel, "reading or decrypting the source", e) from None
-            try:
-                writer.write(block)
-            except OSError as e:
-                raise _io_error(rel, f"writing the archive temp file in {final.parent}", e) from None
+            writer.write(block)
         for gen in reversed(stages):
             gen.close()  # done with the source: a gpg child ends now, not after the fsync
         yield
-        try:
-            archive_hex = writer.finish()
-        except OSError as e:
-            raise _io_error(rel, f"flushing the archive temp file in {final.parent}", e) from None
+        archive_hex = writer.finish()
         st1 = os.stat(src, follow_symlinks=False)
         if (st1.st_ino, st1.st_size, st1.st_mtime_ns) != (st0.st_ino, st0.st_size, st0.st_mtime_ns):
             raise IngestError(
@@ -388,10 +379,8 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
                 "checksum",
                 f"{rel}: plaintext sha256 mismatch: manifest expects {expected_sha}, computed {sha_hex}{hint}",
             )
-        fp = fingerprint(ctx.archive_public_key)
         prov = provenance.record(task.file_id, rel, task.dataset_id, md5_hex, sha_hex, count[0], fp)
-        provenance.commit(writer, archive_hex, ctx.archive_checksum, ctx.file_mode, prov, rel)
-        res.archive_path = str(final.absolute())
+        res.archive_path = writer.commit(prov)
         res.md5, res.sha256 = md5_hex, sha_hex
         res.archive_checksum, res.archive_checksum_type = archive_hex, ctx.archive_checksum
         res.archive_key = fp

@@ -3,6 +3,10 @@
 One read per file: the archived bytes are hashed as they stream past and, with ``--decrypt`` (needs the
 archive secret key), decrypted in the same pass so the plaintext md5/sha256 are compared with the manifest.
 The work function is plain Python; `parallel.Team` spreads it over the ranks like `process`.
+
+An object in an S3 archive (`archive_path` s3://bucket/key) is read the same way, once, through the
+process's store (legampi.storage): its bytes are compared with the recorded checksum and with the sha256
+the server stored when it accepted them, and its provenance metadata stands in for the sidecar.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import archive, checksum
+from . import archive, checksum, storage
 from .formats import IngestError
 from .workspace import scan
 
@@ -41,8 +45,13 @@ class AuditResult:
     bytes_read: int = 0
 
 
-def audit_file(task: AuditTask, archive_secret_key: bytes | None = None) -> AuditResult:
-    """Check one archived file against its recorded checksum, its sidecar and (optionally) the manifest."""
+def audit_file(task: AuditTask, archive_secret_key: bytes | None = None, store: Any = None) -> AuditResult:
+    """Check one archived file against its recorded checksum, its sidecar and (optionally) the manifest.
+    An s3:// location is read through STORE (default: this process's store for the configured [archive])."""
+    if storage.is_s3(task.archive_path):
+        from .s3read import audit_object
+
+        return AuditResult(task.file_id, task.dataset_id, *audit_object(task, archive_secret_key, store))
     path = Path(task.archive_path)
     algo = task.archive_checksum_type or "sha256"
     if not path.is_file():
@@ -97,8 +106,13 @@ def audit_file(task: AuditTask, archive_secret_key: bytes | None = None) -> Audi
     )
 
 
-def unexpected_files(end_storage: Path, rows: list[dict[str, Any]], extensions: tuple[str, ...]) -> list[str]:
-    """Files in end_storage that no `available` row accounts for (nor its sidecar)."""
+def unexpected_files(
+    end_storage: Path | None, rows: list[dict[str, Any]], extensions: tuple[str, ...], arch: Any = None
+) -> list[str]:
+    """Files in end_storage (objects in the S3 archive ARCH, default the configured [archive]) that no
+    `available` row accounts for (nor its sidecar), as archive names."""
+    if arch is None and (conf := storage.configured()) is not None and conf.backend == "s3":
+        arch = storage.open_archive(conf, None)
     known = set()
     for r in rows:
         if r["status"] != "available":
@@ -106,7 +120,8 @@ def unexpected_files(end_storage: Path, rows: list[dict[str, Any]], extensions: 
         final = archive.archive_name(r["file_name"], extensions)
         # a rotation's pending marker belongs to its file (`rekey` clears it), not an unexpected file
         known |= {final, f"{final}.sha256", f"{final}.md5", final + archive.PENDING_SUFFIX}
-    return sorted(rel for rel, _ in scan(end_storage) if rel not in known)
+    listing = arch.store.iter_objects() if arch is not None and arch.backend == "s3" else scan(end_storage)
+    return sorted(rel for rel, _ in listing if rel not in known)
 
 
 def run_verify(

@@ -14,7 +14,7 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
 # Over a limit when the limits were set (issue 13, being split by other changes).
-LONG_MODULES = {"ingest.py", "parallel.py", "stream.py"}
+LONG_MODULES = {"ingest.py", "parallel.py"}
 LONG_FUNCTIONS = {
     ("ingest.py", "run_process"),
     ("parallel.py", "_coordinate"),

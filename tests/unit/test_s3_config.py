@@ -139,3 +139,42 @@ def test_keys_longer_than_s3_allows_are_named() -> None:
     fake = SimpleNamespace(key=lambda rel: "legampi/" + rel)
     assert S3Store.key_problem(fake, "a/b.c4gh") is None  # type: ignore[arg-type]
     assert "1024" in (S3Store.key_problem(fake, "é" * 510 + ".c4gh") or "")  # type: ignore[arg-type]
+
+
+def _ini(tmp_path: Path, archive: str, end_storage: bool = True) -> Path:
+    from tests.conftest import make_workspace
+
+    ws = make_workspace(tmp_path, f"sqlite:///{tmp_path / 't.db'}")
+    text = ws.config.read_text(encoding="utf-8")
+    if not end_storage:
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("end_storage"))
+    ws.config.write_text(text + "\n" + archive, encoding="utf-8")
+    return ws.config
+
+
+def test_config_reads_archive_and_end_storage_is_optional_with_s3(tmp_path: Path) -> None:
+    from legampi import config, storage
+
+    path = _ini(tmp_path, "[archive]\nbackend = s3\ns3_endpoint = http://127.0.0.1:9\ns3_bucket = arch\n", False)
+    cfg = config.load(path, env={})
+    assert cfg.archive == ArchiveConfig("s3", "http://127.0.0.1:9", "arch", "", "us-east-1")
+    assert cfg.workspaces.end_storage is None
+    assert storage.configured() == cfg.archive  # s3:// locations of this process open with it
+    arch = storage.from_config(cfg)
+    assert (arch.backend, arch.location("d/x.c4gh")) == ("s3", "s3://arch/d/x.c4gh")
+
+
+def test_config_without_end_storage_is_refused_for_the_folder_archive(tmp_path: Path) -> None:
+    from legampi import config
+
+    with pytest.raises(config.ConfigError, match=r"\[workspaces\] end_storage: missing"):
+        config.load(_ini(tmp_path, "", False), env={})
+
+
+def test_an_archive_refusal_names_the_key_and_exits_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = _ini(tmp_path, "[archive]\nbackend = s3\ns3_endpoint = ftp://x\ns3_bucket = arch\n")
+    p = subprocess.run([sys.executable, "-m", "legampi", "-c", str(path), "recover"], capture_output=True, text=True)
+    assert p.returncode == 2 and "[archive] s3_endpoint: must be an http:// or https:// URL" in p.stderr, p.stderr

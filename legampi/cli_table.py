@@ -210,6 +210,12 @@ COMMANDS = (
             arg("folder", nargs="?", help="an empty or new folder (default: a new temporary folder)"),
             arg("--files", type=int, default=36),
             arg("--ranks", type=int, default=3, help="MPI ranks for process (default 3: 2 workers)"),
+            arg(
+                "--archive",
+                choices=("posix", "s3"),
+                default="posix",
+                help="archive into a folder (default), or into an S3 bucket on a local SeaweedFS started for the demo",
+            ),
         ),
         None,
     ),

@@ -257,7 +257,7 @@ def cmd_demo(cfg: Config | None, args: argparse.Namespace) -> int:
     """`legampi demo`: the whole pipeline in a throwaway folder, no configuration needed."""
     from .demo import run
 
-    return run(Path(args.folder) if args.folder else None, args.files, args.ranks)
+    return run(Path(args.folder) if args.folder else None, args.files, args.ranks, archive=args.archive)
 
 
 def cmd_testdata(cfg: Config, args: argparse.Namespace) -> int:

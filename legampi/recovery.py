@@ -105,7 +105,7 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
     # snapshot below and is not mistaken for debris.
     started = datetime.now(timezone.utc)
     uploads = _list_uploads(arch, rep)
-    temps = [] if rep.s3 else [rel for rel, _st in scan(ws.end_storage) if archive.is_temp_name(rel)]
+    temps = [] if rep.s3 else [rel for rel, _st in scan(archive_root(cfg)) if archive.is_temp_name(rel)]
     cutoff, grace = db.cutoff(cfg.func.claim_timeout), db.cutoff(2 * HEARTBEAT_INTERVAL)
     asked: dict[str, bool | None] = {}
 
@@ -221,11 +221,18 @@ def _remove_temps(
         owner = owner_of.get(final)
         if owner in live or (owner is None and rekey_running):
             continue
+        path = archive_root(cfg) / rel
         try:
-            (cfg.workspaces.end_storage / rel).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             rep.temp_removed.append(rel)
         except OSError as exc:
-            rep.problems.append(f"cannot remove temporary file {cfg.workspaces.end_storage / rel}: {exc}")
+            rep.problems.append(f"cannot remove temporary file {path}: {exc}")
+
+
+def archive_root(cfg: Config) -> Path:
+    """end_storage, on the paths that only the folder backend takes (config requires it there)."""
+    assert cfg.workspaces.end_storage is not None, "end_storage is required with [archive] backend = posix"
+    return cfg.workspaces.end_storage
 
 
 def _list_uploads(arch: Any, rep: RecoveryReport) -> list[Any]:
@@ -276,7 +283,7 @@ def _examine(f: dict[str, Any], rel: str, cfg: Config, arch: Any, rep: RecoveryR
 
         info = arch.store.head(rel)
         return None if info is None else (examine(arch.store, rel, f, cfg.crypto.archive_checksum), info.size)
-    final = cfg.workspaces.end_storage / rel
+    final = archive_root(cfg) / rel
     if not os.path.lexists(final):
         _drop_orphan_sidecars(final, f["file_id"], rep)
         return None

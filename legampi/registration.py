@@ -24,7 +24,11 @@ def prepare(entries: list[dict[str, Any]], cfg: Config, source: str) -> list[dic
     s3 = cfg.archive if cfg.archive.backend == "s3" else None
     processing = archive.fs_limits(ws.processing)
     # an S3 archive has no file system limits, only its key length (checked below)
-    end_storage = archive.FsLimits(f"s3://{s3.s3_bucket}", None, None) if s3 else archive.fs_limits(ws.end_storage)
+    if s3 is not None:
+        end_storage = archive.FsLimits(f"s3://{s3.s3_bucket}", None, None)
+    else:
+        assert ws.end_storage is not None  # config requires it for the folder backend
+        end_storage = archive.fs_limits(ws.end_storage)
     quarantine = archive.fs_limits(ws.quarantine) if ws.quarantine is not None else None
     seen: dict[str, dict[str, Any]] = {}
     for e in entries:

@@ -136,7 +136,7 @@ def _record_problems(task: Any, info: ObjectInfo, reader: ObjectReader, found: s
     pending = (prov or {}).get("rekeyed_from") or {}
     if task.archive_checksum and found != task.archive_checksum:
         if pending.get("checksum") == task.archive_checksum:
-            out.append(f"a key rotation is pending (to key {prov.get('archive_key')}): rerun `legampi rekey`")
+            out.append(f"a key rotation is pending (to key {(prov or {}).get('archive_key')}): rerun `legampi rekey`")
         else:
             out.append(f"archive {algo} {found} != recorded {task.archive_checksum}")
     ok = reader.server_checksum_ok(info)

@@ -308,7 +308,7 @@ class _PartHasher:
         self.part_size, self.cur, self.fill = part_size, hashlib.sha256(), 0
         self.done: list[bytes] = []
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if not self.part_size:
             return
         view = memoryview(data)

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ def track(cfg: Config, args: argparse.Namespace) -> int:
     if args.action == "start":
         data = {"receiving": sorted(n for n, _ in scan(cfg.workspaces.receiving))}
     elif args.action == "end":
-        data["end_storage"] = sorted(n for n, _ in scan(cfg.workspaces.end_storage))
+        data["end_storage"] = sorted(n for n, _ in _archived_listing(cfg))
     if args.action in ("start", "end"):
         state.write_text(json.dumps(data, indent=1), encoding="utf-8")
         key = "receiving" if args.action == "start" else "end_storage"
@@ -142,3 +142,16 @@ def track(cfg: Config, args: argparse.Namespace) -> int:
     for n in arrivals.lost:
         print(f"  LOST {n}")
     return EXIT_FAILED if arrivals.lost else EXIT_OK
+
+
+def _archived_listing(cfg: Config) -> Iterable[tuple[str, Any]]:
+    """What is in the archive: the end_storage folder, or the S3 bucket's objects under the prefix."""
+    from . import storage
+
+    arch = storage.from_config(cfg)
+    if isinstance(arch, storage.S3Archive):
+        return arch.store.iter_objects()
+    assert cfg.workspaces.end_storage is not None  # config requires it for the folder backend
+    from .workspace import scan
+
+    return scan(cfg.workspaces.end_storage)

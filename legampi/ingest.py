@@ -148,7 +148,17 @@ class Recorder:
         self.summary.add(result)
         self.done.add(result.file_id)
         ds = self.datasets.get(result.file_id, "")
-        extra = {"file_id": result.file_id, "dataset_id": ds}
+        extra = {  # structured fields of JSON logs (logs.FIELDS); rank and host: the worker's
+            "job": self.job_id,
+            "rank": result.rank,
+            "host": result.host,
+            "dataset_id": ds,
+            "file_id": result.file_id,
+            "file_name": result.rel,
+            "kind": result.error_kind,
+            "bytes": result.bytes_read,
+            "seconds": round(result.seconds, 3),
+        }
         if result.status == "failed":
             log.error("FAILED %s (dataset %s, file %s): %s", result.rel, ds, result.file_id, result.error, extra=extra)
         else:
@@ -169,7 +179,13 @@ class Recorder:
         self.done.add(result.file_id)
         reason = f"configuration problem, not the file's: {result.error}"
         self._with_retry(lambda: self.db.release([result.file_id], self.job_id, reason))
-        log.error("CONFIG %s (file %s) released: %s", result.rel, result.file_id, result.error)
+        log.error(
+            "CONFIG %s (file %s) released: %s",
+            result.rel,
+            result.file_id,
+            result.error,
+            extra={"job": self.job_id, "file_id": result.file_id, "file_name": result.rel, "kind": "config"},
+        )
         if self.config_problem is None:
             self.config_problem = result.error or "configuration problem"
 
@@ -312,7 +328,7 @@ class Progress:
             self.stream.flush()
             self.last = now
         elif not self.tty and (force or now - self.last >= self.interval):
-            log.info("progress: %s", self.line())
+            log.info("progress: %s", self.line(), extra={"bytes": self.bytes, "seconds": round(now - self.start, 3)})
             self.last = now
 
     def close(self) -> None:

@@ -67,7 +67,13 @@ class RecoveryReport:
     jobs_died: list[str] = field(default_factory=list)
     uploads_aborted: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    problem_fields: list[dict[str, Any]] = field(default_factory=list)  # per problem: its logs.FIELDS
     s3: bool = False  # the archive is an S3 bucket: say how many incomplete uploads were aborted
+
+    def problem(self, text: str, **fields: Any) -> None:
+        """One problem: its text for the report, its structured fields (file_id, file_name, kind) for logs."""
+        self.problems.append(text)
+        self.problem_fields.append({k: v for k, v in fields.items() if v is not None})
 
     def lines(self) -> list[str]:
         out = [
@@ -147,14 +153,17 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
             if f["file_id"] in adopted:
                 continue
             if f["size"] is not None and int(f["size"]) != sizes[f["file_name"]]:
-                rep.problems.append(
+                rep.problem(
                     f"{ws.processing / f['file_name']}: {sizes[f['file_name']]} bytes, but file {f['file_id']} was "
-                    f"archived from {f['size']} bytes: not the archived file, left alone"
+                    f"archived from {f['size']} bytes: not the archived file, left alone",
+                    file_id=f["file_id"],
+                    file_name=f["file_name"],
+                    bytes=sizes[f["file_name"]],
                 )
                 continue
             _remove_source(cfg, f["file_name"], rep)
-    for line in rep.problems:
-        log.error("recover: %s", line)
+    for line, extra in zip(rep.problems, rep.problem_fields, strict=True):
+        log.error("recover: %s", line, extra={"job": job_id, **extra} if job_id else extra)
     return rep
 
 
@@ -205,7 +214,9 @@ def _archive_names(rows: list[dict[str, Any]], cfg: Config, rep: RecoveryReport)
         try:
             out[f["file_id"]] = archive.archive_name(f["file_name"], cfg.func.extensions)
         except IngestError as exc:
-            rep.problems.append(f"file {f['file_id']}: {exc.message}")
+            rep.problem(
+                f"file {f['file_id']}: {exc.message}", file_id=f["file_id"], file_name=f["file_name"], kind=exc.kind
+            )
     return out
 
 
@@ -226,7 +237,7 @@ def _remove_temps(
             path.unlink(missing_ok=True)
             rep.temp_removed.append(rel)
         except OSError as exc:
-            rep.problems.append(f"cannot remove temporary file {path}: {exc}")
+            rep.problem(f"cannot remove temporary file {path}: {exc}", kind="io")
 
 
 def archive_root(cfg: Config) -> Path:
@@ -243,7 +254,7 @@ def _list_uploads(arch: Any, rep: RecoveryReport) -> list[Any]:
         return list(arch.store.list_uploads())
     except Exception as exc:  # noqa: BLE001 - reported; the rest of recovery still runs
         err = exc if isinstance(exc, IngestError) else arch.store.error("s3://", "listing incomplete uploads", exc)
-        rep.problems.append(f"cannot list incomplete S3 uploads: {err.message}")
+        rep.problem(f"cannot list incomplete S3 uploads: {err.message}", kind=err.kind)
         return []
 
 
@@ -271,8 +282,8 @@ def _abort_uploads(
             arch.store.abort_upload(u)
             rep.uploads_aborted.append(f"{arch.location(u.rel)} (upload {u.upload_id}, started {u.initiated})")
         except IngestError as exc:
-            rep.problems.append(
-                f"cannot abort incomplete upload {u.upload_id} to {arch.location(u.rel)}: {exc.message}"
+            rep.problem(
+                f"cannot abort incomplete upload {u.upload_id} to {arch.location(u.rel)}: {exc.message}", kind=exc.kind
             )
 
 
@@ -303,16 +314,24 @@ def _adoptable(
         found = _examine(f, rel, cfg, arch, rep)
     except (OSError, IngestError) as exc:
         why = exc.message if isinstance(exc, IngestError) else str(exc)
-        rep.problems.append(f"{f['file_name']} (file {f['file_id']}): cannot examine {where}: {why}")
+        rep.problem(
+            f"{f['file_name']} (file {f['file_id']}): cannot examine {where}: {why}",
+            file_id=f["file_id"],
+            file_name=f["file_name"],
+            kind=exc.kind if isinstance(exc, IngestError) else "io",
+        )
         return None
     if found is None:
         return None
     verdict, size = found
     if not verdict.adopt:
-        rep.problems.append(
+        rep.problem(
             f"archive_conflict: {f['file_name']} (file {f['file_id']}): not adopted: {verdict.reason}; "
             f"the source {cfg.workspaces.processing / f['file_name']} is kept; move the file at the "
-            "archive path away (or prove it) and rerun"
+            "archive path away (or prove it) and rerun",
+            file_id=f["file_id"],
+            file_name=f["file_name"],
+            kind="archive_conflict",
         )
         return None
     prov = verdict.record or {}
@@ -374,4 +393,4 @@ def _remove_source(cfg: Config, rel: str, rep: RecoveryReport) -> None:
             archive.remove_source(src)
             rep.sources_removed.append(rel)
     except OSError as exc:
-        rep.problems.append(f"cannot remove processed source {src}: {exc}")
+        rep.problem(f"cannot remove processed source {src}: {exc}", file_name=rel, kind="io")

@@ -95,12 +95,14 @@ sys.exit(code)
 
 @dataclass
 class Entry:
-    """One generated input: the name in processing and the plaintext facts of the manifest."""
+    """One generated input: the name in processing, the plaintext facts of the manifest and the
+    transferred size (bytes of the encrypted file, the manifest's size column)."""
 
     name: str
-    size: int
+    size: int  # plaintext bytes (checked against the archived copy)
     md5: str
     sha256: str
+    transferred_size: int = 0
 
 
 def encrypt_to(path: Path, chunks: Iterator[bytes], pk: bytes) -> tuple[int, str, str]:
@@ -130,14 +132,14 @@ def make_small_files(folder: Path, n: int, size: int, pk: bytes) -> list[Entry]:
     for i in range(1, n + 1):
         name = f"f{i:06d}.dat.c4gh"
         got, md5, sha = encrypt_to(folder / name, iter([os.urandom(size)]), pk)
-        out.append(Entry(name, got, md5, sha))
+        out.append(Entry(name, got, md5, sha, (folder / name).stat().st_size))
     return out
 
 
 def write_manifest(path: Path, entries: list[Entry]) -> None:
-    """Tab manifest: name, plaintext md5, size, sha256."""
+    """Tab manifest: name, plaintext md5, transferred size (of the encrypted file), plaintext sha256."""
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(f"{e.name}\t{e.md5}\t{e.size}\t{e.sha256}\n" for e in entries)
+        f.writelines(f"{e.name}\t{e.md5}\t{e.transferred_size}\t{e.sha256}\n" for e in entries)
 
 
 def link_all(src: Path, dst: Path, entries: list[Entry]) -> None:

@@ -215,9 +215,10 @@ def generate(inbox: Path, plan: list[tuple[str, int]], keys: KeySet, workers: in
 
 
 def write_manifest(path: Path, files: list[DataFile]) -> None:
-    """Tab manifest, one file a line: name, plaintext md5, plaintext size, plaintext sha256."""
+    """Tab manifest, one file a line: name, plaintext md5, transferred size (the Crypt4GH inbox file's
+    bytes, as legampi's tab manifests and EGA's fileSize mean it), plaintext sha256."""
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(f"{d.name}\t{d.md5}\t{d.size}\t{d.sha256}\n" for d in files)
+        f.writelines(f"{d.name}\t{d.md5}\t{d.enc_size}\t{d.sha256}\n" for d in files)
 
 
 def decrypt_digest(path: str, secret_key: bytes) -> tuple[str, str, int]:

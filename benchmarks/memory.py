@@ -120,7 +120,7 @@ def make_large(folder: Path, size: int, pk: bytes, seed: int) -> Entry:
     folder.mkdir(parents=True, exist_ok=True)
     name = f"large-{size}.dat.c4gh"
     got, md5, sha = encrypt_to(folder / name, _plain_chunks(size, seed), pk)
-    return Entry(name, got, md5, sha)
+    return Entry(name, got, md5, sha, (folder / name).stat().st_size)
 
 
 def one_run(

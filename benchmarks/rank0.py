@@ -115,7 +115,7 @@ def legampi_once(
     """One verified legampi run with RANKS ranks; the row with rank 0's CPU."""
     base = work / f"run-n{ranks}"
     row: dict = {"contender": f"legampi -n {ranks}", "workers": ranks - 1, "problems": []}
-    entries = [Entry(d.name, d.size, d.md5, d.sha256) for d in files]
+    entries = [Entry(d.name, d.size, d.md5, d.sha256, d.enc_size) for d in files]
     with database(a.db, base, a.pg_dsn) as url:
         conf, spaces = prepare(base, keys, url, a.mode)
         link_all(work / "inbox", spaces["processing"], entries)

@@ -297,7 +297,7 @@ def write_lists(done: list[tuple[ExportItem, str]], manifest: Path, listing: Pat
         "".join(checksum.format_line(d, i.rel) for i, d in done).encode("utf-8", "surrogateescape"),
         mode,
     )
-    tab = "#file_id\tname\tmd5\tsha256\tsize\n" + "".join(
+    tab = "#file_id\tname\tmd5\tsha256\tplaintext_size\n" + "".join(  # the exported files are plaintext
         f"{i.file_id}\t{i.rel}\t{i.md5 or ''}\t{i.sha256 or ''}\t{'' if i.plain_size is None else i.plain_size}\n"
         for i, _d in done
     )

@@ -10,7 +10,9 @@ A UTF-8 byte order mark and CRLF line ends are accepted in every format.
 EGA semantics (the EGA data API's file objects, as EGA's pyega3 client reads them): ``checksum`` /
 ``checksumType`` describe the ENCRYPTED file as transferred, ``unencryptedChecksum`` /
 ``unencryptedChecksumType`` (MD5 unless stated) the plaintext, ``fileSize`` the size as transferred.
-Entries carry ``md5``/``sha256`` (plaintext) and ``transfer_checksum``/``transfer_checksum_type``.
+Entries carry ``md5``/``sha256`` (plaintext), ``transfer_checksum``/``transfer_checksum_type`` and ``size``:
+the transferred size (bytes of the file as received, encrypted; the file table's ``size``), in both
+formats. The plaintext size is never taken from a manifest: the pipeline records it (``plain_size``).
 """
 
 from __future__ import annotations
@@ -174,7 +176,8 @@ def _parse_tab_stream(fh: BinaryIO, source: str) -> list[dict[str, Any]]:
 
 
 def parse_tab(text: str, source: str) -> list[dict[str, Any]]:
-    """The seed's tab manifest: ``name<TAB>md5[<TAB>size[<TAB>sha256]]`` (all of the plaintext);
+    """The seed's tab manifest: ``name<TAB>md5[<TAB>size[<TAB>sha256]]``: md5 and sha256 of the plaintext,
+    size the transferred size (bytes of the encrypted file as received, like EGA's ``fileSize``);
     ``#`` comments, blank lines, a BOM and CRLF line ends allowed."""
     return _parse_tab_stream(io.BytesIO(text.encode("utf-8", "surrogatepass")), source)
 

@@ -133,7 +133,9 @@ def _dataset(ds: Mapping[str, Any], where: str) -> DatasetStatus:
     for status, counts in by_status_raw.items():
         w = f"{where}.by_status[{status!r}]"
         by_status[str(status)] = Count(
-            _int(_get(counts, "files", w), f"{w}.files"), _int(_get(counts, "bytes", w), f"{w}.bytes")
+            _int(_get(counts, "files", w), f"{w}.files"),
+            _int(_get(counts, "bytes", w), f"{w}.bytes"),
+            _int(counts.get("plaintext_bytes", 0), f"{w}.plaintext_bytes"),  # optional: data saved before it
         )
     dataset_id = str(_get(ds, "dataset_id", where))
     n_files = _int(_get(ds, "n_files", where), f"{where}.n_files")

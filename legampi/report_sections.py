@@ -43,12 +43,18 @@ def summary_cards(data: ReportData) -> str:
     n_bytes = sum(d.n_bytes for d in dsets)
     avail_files = sum(d.count("available").files for d in dsets)
     avail_bytes = sum(d.count("available").bytes for d in dsets)
+    avail_plain = sum(d.count("available").plain_bytes for d in dsets)
     pct = f"{100.0 * avail_files / n_files:.0f}% of {n_files} files" if n_files else "no files registered"
     problems = sum(n for r, n in audit_counts.items() if r != "ok")
     cards = [
         ("Datasets", str(len(dsets)), "", ""),
         ("Files archived", f"{avail_files}", pct, "good" if n_files and avail_files == n_files else ""),
-        ("Data archived", human_bytes(avail_bytes), f"of {human_bytes(n_bytes)}", ""),
+        (
+            "Data archived",
+            human_bytes(avail_bytes),
+            f"of {human_bytes(n_bytes)} transferred; {human_bytes(avail_plain)} plaintext",
+            "",
+        ),
         ("Failed files", str(n_failed), "need attention" if n_failed else "none", "bad" if n_failed else "good"),
         (
             "Audit problems",
@@ -75,11 +81,16 @@ def summary_cards(data: ReportData) -> str:
 
 
 def _status_table(dsets: list[DatasetStatus], statuses: tuple[str, ...]) -> str:
-    head = [("Dataset", ""), ("Files", "num"), ("Size", "num")] + [(s, "num") for s in statuses]
+    # Transferred: the files as received (encrypted); Plaintext: what the archived ones decrypt to.
+    head = [("Dataset", ""), ("Files", "num"), ("Transferred", "num"), ("Plaintext", "num")]
+    head += [(s, "num") for s in statuses]
     head.append(("Bytes archived", "num"))
     body = []
     for d in dsets:
         cells = [td(d.dataset_id), td(str(d.n_files), "num"), td(human_bytes(d.n_bytes), "num", f"{d.n_bytes} bytes")]
+        plain = d.plain_bytes
+        known = d.count("available").files
+        cells.append(td(human_bytes(plain), "num", f"{plain} bytes") if known else td("—", "num"))
         for s in statuses:
             c = d.count(s)
             cls = "num" if c.files or c.bytes else "num zero"

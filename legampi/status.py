@@ -47,13 +47,21 @@ def parse_time(value: str | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class Count:
-    """Files and bytes: one dataset's share in one status."""
+    """Files and bytes: one dataset's share in one status. BYTES is the transferred size (the files as
+    received, encrypted); PLAIN_BYTES the plaintext size, known once a file is archived (0 before)."""
 
     files: int = 0
     bytes: int = 0
+    plain_bytes: int = 0
 
     def to_json(self) -> dict[str, int]:
-        return {"files": self.files, "bytes": self.bytes}
+        """ "bytes" as before; "transferred_bytes" (the same) and "plaintext_bytes" name both sizes."""
+        return {
+            "files": self.files,
+            "bytes": self.bytes,
+            "transferred_bytes": self.bytes,
+            "plaintext_bytes": self.plain_bytes,
+        }
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,15 @@ class DatasetStatus:
     def count(self, status: str) -> Count:
         return self.by_status.get(status, Count())
 
+    @property
+    def plain_bytes(self) -> int:
+        """Plaintext size of the dataset's files whose plaintext size is known (the archived ones)."""
+        return sum(c.plain_bytes for c in self.by_status.values())
+
     def to_json(self) -> dict[str, Any]:
+        """ "n_bytes" (the transferred size) as before, then "transferred_bytes" and "plaintext_bytes"."""
         out: dict[str, Any] = {"dataset_id": self.dataset_id, "n_files": self.n_files, "n_bytes": self.n_bytes}
+        out.update(transferred_bytes=self.n_bytes, plaintext_bytes=self.plain_bytes)
         out.update(zip(DATASET_DATES, self.dates, strict=True))
         out["by_status"] = {s: c.to_json() for s, c in self.by_status.items()}
         return out
@@ -97,7 +112,8 @@ class FileStatus:
     dataset_id: str
     file_name: str
     status: str
-    size: int | None
+    size: int | None  # the transferred size: bytes of the file as received (encrypted)
+    plain_size: int | None  # the plaintext size, known once archived
     archive_path: str | None
     md5: str | None
     sha256: str | None
@@ -108,10 +124,25 @@ class FileStatus:
     updated_at: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The former keys ("size" is the transferred size), with "transferred_bytes" and "plaintext_bytes"
+        after "size"."""
+        out: dict[str, Any] = {}
+        for k, v in dataclasses.asdict(self).items():
+            if k == "plain_size":
+                continue
+            out[k] = v
+            if k == "size":
+                out.update(transferred_bytes=self.size, plaintext_bytes=self.plain_size)
+        return out
 
 
 FILE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FileStatus))
+
+
+def _file_status(row: Mapping[str, Any]) -> FileStatus:
+    """A file row as FileStatus; a row without plain_size (an older caller's) has it unknown."""
+    values: dict[str, Any] = {k: row.get(k) if k == "plain_size" else row[k] for k in FILE_FIELDS}
+    return FileStatus(**values)
 
 
 class StatusRows(Protocol):
@@ -138,11 +169,14 @@ class ArchiveStatus:
         counts: Iterable[Mapping[str, Any]],
         files: Iterable[Mapping[str, Any]] = (),
     ) -> ArchiveStatus:
-        """DATASETS: dataset_log rows; COUNTS: (dataset_id, status, files, bytes) rows, one per dataset and
-        status that has files; FILES: file rows (extra columns are ignored). A status without files counts 0."""
+        """DATASETS: dataset_log rows; COUNTS: (dataset_id, status, files, bytes[, plain_bytes]) rows, one per
+        dataset and status that has files; FILES: file rows (extra columns are ignored; a missing plain_size
+        is unknown). A status without files counts 0."""
         by_dataset: dict[str, dict[str, Count]] = {}
         for r in counts:
-            by_dataset.setdefault(r["dataset_id"], {})[r["status"]] = Count(int(r["files"]), int(r["bytes"]))
+            by_dataset.setdefault(r["dataset_id"], {})[r["status"]] = Count(
+                int(r["files"]), int(r["bytes"]), int(r.get("plain_bytes") or 0)
+            )
         return cls(
             [
                 DatasetStatus(
@@ -154,7 +188,7 @@ class ArchiveStatus:
                 )
                 for d in datasets
             ],
-            [FileStatus(**{k: f[k] for k in FILE_FIELDS}) for f in files],
+            [_file_status(f) for f in files],
         )
 
     @classmethod

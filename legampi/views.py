@@ -50,7 +50,10 @@ def _unregistered(cfg: Config, registered: set[str]) -> list[str] | None:
 
 
 def status(cfg: Config, args: argparse.Namespace) -> int:
-    """`legampi status`: datasets and files by status; needs only [database] (and [workspaces] if given)."""
+    """`legampi status`: datasets and files by status; needs only [database] (and [workspaces] if given).
+
+    Sizes: "transferred" is the files as received (encrypted), "plaintext" what they decrypt to (known once
+    archived; "-" before)."""
     db = open_db(cfg)
     status = ArchiveStatus.read(db, args.dataset)
     unregistered = _unregistered(cfg, {f["file_name"] for f in db.files()})
@@ -59,22 +62,25 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
         print()
         return EXIT_OK
     rows = [
-        [d.dataset_id, d.n_files, human(d.n_bytes)]
+        [d.dataset_id, d.n_files, human(d.n_bytes), human(d.plain_bytes if d.count("available").files else None)]
         + [d.count(s).files for s in STATUSES]
         + [date or "-" for date in d.dates]
         for d in status.datasets
     ]
     print_table(
-        rows, ["dataset", "files", "bytes", *STATUSES, "requested", "download start", "download end", "processing end"]
+        rows,
+        ["dataset", "files", "transferred", "plaintext", *STATUSES]
+        + ["requested", "download start", "download end", "processing end"],
     )
     if not args.brief:
         print()
         print_table(
             [
-                [f.dataset_id, f.file_id, f.file_name, f.status, human(f.size), f.archive_path or "", f.error or ""]
+                [f.dataset_id, f.file_id, f.file_name, f.status, human(f.size), human(f.plain_size)]
+                + [f.archive_path or "", f.error or ""]
                 for f in status.files
             ],
-            ["dataset", "file", "name", "status", "size", "archive", "error"],
+            ["dataset", "file", "name", "status", "transferred", "plaintext", "archive", "error"],
         )
     if unregistered:
         print(f"\n{len(unregistered)} unregistered file(s) in receiving (not in any manifest, never moved):")

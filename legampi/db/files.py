@@ -86,9 +86,11 @@ class FilesMixin(Connection):
         return [DatasetRow.from_dict(r) for r in self.datasets(dataset_id)]
 
     def status_counts(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
-        """Files and bytes per (dataset, status): the status read model's counts."""
+        """Files and bytes per (dataset, status): the status read model's counts (bytes: the transferred
+        size; plain_bytes: the plaintext size of those whose plaintext size is known)."""
         sql = (
-            "SELECT dataset_id, status, count(*) AS files, coalesce(sum(size), 0) AS bytes FROM file"
+            "SELECT dataset_id, status, count(*) AS files, coalesce(sum(size), 0) AS bytes, "
+            "coalesce(sum(plain_size), 0) AS plain_bytes FROM file"
             + (" WHERE dataset_id = ?" if dataset_id else "")
             + " GROUP BY dataset_id, status"
         )

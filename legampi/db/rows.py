@@ -19,7 +19,7 @@ class FileRow:
     file_id: str
     dataset_id: str
     file_name: str  # relative to receiving / processing
-    size: int | None  # bytes of the received (encrypted) file
+    size: int | None  # the transferred size: bytes of the file as received (encrypted)
     md5: str | None  # plaintext, from the manifest or computed
     sha256: str | None
     status: str  # one of legampi.status.STATUSES
@@ -27,7 +27,7 @@ class FileRow:
     archive_checksum: str | None
     archive_checksum_type: str | None
     archive_key: str | None  # fingerprint of the archive public key used
-    plain_size: int | None
+    plain_size: int | None  # the plaintext size, recorded when archived
     archive_size: int | None
     error: str | None
     attempts: int

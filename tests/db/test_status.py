@@ -84,7 +84,7 @@ def test_status_table_is_readable(workspace: Workspace, dbh: SimpleNamespace) ->
     dbh.ok(ws, "register", str(ws.metadata / "EGAD1.tab"))
     out = dbh.ok(ws, "status").stdout
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["dataset", "files", "bytes"] and "pending" in lines[0]
+    assert lines[0].split()[:4] == ["dataset", "files", "transferred", "plaintext"] and "pending" in lines[0]
     assert lines[2].startswith("EGAD1") and "2.8 GiB" in lines[2]
     assert any("dir/name with space.c4gh" in x and "pending" in x for x in lines)
     brief = dbh.ok(ws, "status", "--brief").stdout
@@ -114,8 +114,20 @@ def test_every_status_change_has_an_event_and_status_shows_the_archive(
     assert ok["md5"] == good["md5"] and ok["sha256"] == good["sha256"]
     assert ok["archive_path"] and ok["archive_path"].endswith("s/ok.c4gh")
     assert ok["archive_checksum"] and len(ok["archive_checksum"]) == 64
+    # issue 17: both sizes, named: transferred (the encrypted file as received, filled in by monitor)
+    # and plaintext (what it decrypts to, recorded when archived)
+    assert (ok["size"], ok["transferred_bytes"], ok["plaintext_bytes"]) == (good["size"], good["size"], 3000)
+    assert good["size"] != 3000
     assert failed["status"] == "failed" and failed["error"] and failed["archive_path"] is None
     [ds] = data["datasets"]
+    assert ds["by_status"]["available"]["transferred_bytes"] == good["size"]
+    assert ds["by_status"]["available"]["plaintext_bytes"] == 3000 and ds["plaintext_bytes"] == 3000
+    table = dbh.ok(ws, "status").stdout.splitlines()
+    assert table[0].split()[:4] == ["dataset", "files", "transferred", "plaintext"]
+    row = next(x for x in table if "s/ok.c4gh" in x)
+    from legampi.views import human
+
+    assert row.index(human(int(good["size"]))) < row.index(human(3000))  # transferred, then plaintext
     assert ds["date_download_start"] and ds["date_download_end"] and ds["date_processing_end"] is None
     dbh.ok(ws, "update", "s/bad.c4gh", "received", "--reason", "manifest fixed")
     dbh.ok(ws, "update", "s/bad.c4gh", "failed", "--reason", "still wrong")

@@ -202,7 +202,7 @@ def test_document_is_self_contained_and_well_formed() -> None:
 def test_dataset_table_counts_bytes_and_progress() -> None:
     root, _ = parse(render_report(base_data()))
     table = root.find("table", data_testid="table-datasets")
-    assert header(table)[:3] == ["Dataset", "Files", "Size"]
+    assert header(table)[:4] == ["Dataset", "Files", "Transferred", "Plaintext"]
     body = rows(table)
     assert [r[0] for r in body] == ["DS-A", "DS-B"]
     assert body[0][1:3] == ["3", "3.0 GiB"]
@@ -504,3 +504,16 @@ def test_axis_helpers() -> None:
 
 def test_the_status_chart_has_one_colour_per_status() -> None:
     assert sorted(STATUS_COLOURS) == sorted(STATUSES)
+
+
+def test_dataset_table_and_summary_show_transferred_and_plaintext_sizes() -> None:
+    """Issue 17: both sizes, named; data saved before plaintext_bytes existed still renders."""
+    data = base_data()
+    data["datasets"][0]["by_status"]["available"] = {"files": 2, "bytes": 2 * GIB, "plaintext_bytes": GIB}
+    root, _ = parse(render_report(data))
+    table = root.find("table", data_testid="table-datasets")
+    body = rows(table)
+    assert body[0][2:4] == ["3.0 GiB", "1.0 GiB"]  # transferred, plaintext
+    assert body[1][2:4] == ["3.0 MiB", "0 B"]  # archived, plaintext size not in the saved data
+    summary = root.find("div", data_testid="summary").text()
+    assert "transferred" in summary and "plaintext" in summary

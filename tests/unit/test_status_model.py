@@ -109,13 +109,26 @@ def test_json_is_the_status_command_document() -> None:
     doc = status.to_json()
     assert list(doc) == ["datasets", "files"]
     d1 = doc["datasets"][0]
-    assert list(d1) == ["dataset_id", "n_files", "n_bytes", *DATASET_DATES, "by_status"]
+    assert list(d1) == [
+        "dataset_id",
+        "n_files",
+        "n_bytes",
+        "transferred_bytes",
+        "plaintext_bytes",
+        *DATASET_DATES,
+        "by_status",
+    ]
     assert d1["by_status"] == {
-        "pending": {"files": 0, "bytes": 0},
-        "received": {"files": 0, "bytes": 0},
-        "processing": {"files": 0, "bytes": 0},
-        "available": {"files": 2, "bytes": 5_000_000_000_000},
-        "failed": {"files": 1, "bytes": 7},
+        "pending": {"files": 0, "bytes": 0, "transferred_bytes": 0, "plaintext_bytes": 0},
+        "received": {"files": 0, "bytes": 0, "transferred_bytes": 0, "plaintext_bytes": 0},
+        "processing": {"files": 0, "bytes": 0, "transferred_bytes": 0, "plaintext_bytes": 0},
+        "available": {
+            "files": 2,
+            "bytes": 5_000_000_000_000,
+            "transferred_bytes": 5_000_000_000_000,
+            "plaintext_bytes": 0,
+        },
+        "failed": {"files": 1, "bytes": 7, "transferred_bytes": 7, "plaintext_bytes": 0},
     }
     f = doc["files"][0]
     assert list(f) == [
@@ -124,6 +137,8 @@ def test_json_is_the_status_command_document() -> None:
         "file_name",
         "status",
         "size",
+        "transferred_bytes",
+        "plaintext_bytes",
         "archive_path",
         "md5",
         "sha256",
@@ -145,9 +160,19 @@ def test_json_matches_the_former_hand_built_document() -> None:
     datasets = [dict(d) for d in DATASETS]
     for d in datasets:
         d["by_status"] = {s: counts.get(d["dataset_id"], {}).get(s, {"files": 0, "bytes": 0}) for s in STATUSES}
-    files = [{k: f[k] for k in FILE_FIELDS} for f in FILES]
-    former = json.dumps({"datasets": datasets, "files": files}, indent=2, default=str)
-    assert json.dumps(ArchiveStatus.from_rows(DATASETS, COUNTS, FILES).to_json(), indent=2, default=str) == former
+    files = [{k: f[k] for k in FILE_FIELDS if k != "plain_size"} for f in FILES]
+    former = json.loads(json.dumps({"datasets": datasets, "files": files}, default=str))
+    added = ("transferred_bytes", "plaintext_bytes")  # issue 17: both sizes named; nothing else changed
+
+    def without_added(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: without_added(v) for k, v in obj.items() if k not in added}
+        if isinstance(obj, list):
+            return [without_added(v) for v in obj]
+        return obj
+
+    doc = json.loads(json.dumps(ArchiveStatus.from_rows(DATASETS, COUNTS, FILES).to_json(), default=str))
+    assert json.dumps(without_added(doc), indent=2) == json.dumps(former, indent=2)
 
 
 def test_files_with_a_status() -> None:
@@ -195,3 +220,32 @@ def test_arrivals_compare_by_archive_name() -> None:
     assert arrivals.lost == ["b.bam.gpg"] and arrivals.arrived == 2 and len(arrivals.received) == 3
     nothing = Arrivals.compare([], ["x"], str)
     assert (nothing.arrived, nothing.lost) == (0, [])
+
+
+def test_both_sizes_are_named_transferred_and_plaintext() -> None:
+    """Issue 17: `size` is the transferred size (encrypted, as received), `plain_size` the plaintext size;
+    the JSON names both next to the former keys."""
+    counts = [{"dataset_id": "EGAD1", "status": "available", "files": 1, "bytes": 1100, "plain_bytes": 1000}]
+    files = [file_row("a.c4gh", "EGAD1", "available", 1100, plain_size=1000)]
+    status = ArchiveStatus.from_rows([dataset_row("EGAD1", 1, 1100)], counts, files)
+    d = status.datasets[0]
+    assert d.count("available") == Count(1, 1100, 1000) and d.plain_bytes == 1000
+    doc = status.to_json()
+    assert (doc["datasets"][0]["n_bytes"], doc["datasets"][0]["transferred_bytes"]) == (1100, 1100)
+    assert doc["datasets"][0]["plaintext_bytes"] == 1000
+    assert doc["datasets"][0]["by_status"]["available"] == {
+        "files": 1,
+        "bytes": 1100,
+        "transferred_bytes": 1100,
+        "plaintext_bytes": 1000,
+    }
+    f = doc["files"][0]
+    assert (f["size"], f["transferred_bytes"], f["plaintext_bytes"]) == (1100, 1100, 1000)
+    assert "plain_size" not in f
+
+
+def test_rows_without_plain_size_still_read() -> None:
+    """Rows from an older caller (no plain_size column, no plain_bytes count) read as unknown / 0."""
+    row = {k: v for k, v in file_row("a.c4gh", "EGAD1", "pending").items() if k != "plain_size"}
+    status = ArchiveStatus.from_rows([dataset_row("EGAD1", 1, 10)], COUNTS[:1], [row])
+    assert status.files[0].plain_size is None and status.datasets[0].count("available").plain_bytes == 0

@@ -311,6 +311,22 @@ class Bed:
             raise BedError(f"forward did not start: {line!r} {(self.state / f'{name}.log').read_text()}")
         return int(line)
 
+    def ps(self) -> str:
+        """Every process on the bed's hosts: host, pid, state, kernel wait channel, command (for failure
+        messages: where a hung job waits)."""
+        inodes = {i: h.name for h in self.hosts if (i := netns_inode(h.name)) is not None}
+        out = []
+        for pid in sorted(pids_in_netns(set(inodes))):
+            try:
+                inode = int(os.readlink(f"/proc/{pid}/ns/net")[5:-1])
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = Path(f"/proc/{pid}/wchan").read_text()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, ValueError):
+                continue
+            out.append(f"{inodes.get(inode, '?')} {pid} {state} {wchan or '-'} {cmd[:160]}")
+        return "\n".join(out)
+
     # ------------------------------------------------------------------ remove
     def down(self) -> list[str]:
         """Remove everything this bed created; returns the problems met (empty when clean)."""

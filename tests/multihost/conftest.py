@@ -129,3 +129,14 @@ def netns_host(pid: int, b: Bed) -> str | None:
 
 def elapsed(t0: float) -> float:
     return time.monotonic() - t0
+
+
+@pytest.fixture
+def mh_slurm(bed: Bed):  # -> MultiSlurm (imported lazily: needs nothing of Slurm until used)
+    """A Slurm cluster with one slurmd per bed host; stopped with the bed."""
+    from tests.multihost.slurm import MultiSlurm, why_not
+
+    problem = why_not()
+    if problem:
+        pytest.skip(problem)
+    return MultiSlurm.up(bed)

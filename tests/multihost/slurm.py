@@ -63,8 +63,8 @@ class MultiSlurm:
         if not _munge_ok():
             raise BedError("munged is not running (tests/slurm/slurm-up.sh starts it; .ci/run does)")
         root = bed.state / "slurm"
-        for d in ("ctld", "spool", "log"):
-            (root / d).mkdir(parents=True, exist_ok=True)
+        for d in ("ctld", "spool", "log", *(f"spool/{h.name}" for h in bed.hosts)):
+            (root / d).mkdir(parents=True, exist_ok=True)  # slurmd makes no spool folder of its own
         conf = root / "slurm.conf"
         controller = socket.gethostname().split(".")[0]
         nodes = "\n".join(
@@ -172,3 +172,25 @@ PartitionName=mh Nodes={",".join(bed.names)} Default=YES MaxTime=INFINITE State=
             if sep and key == name:
                 return value
         raise AssertionError(f"scontrol show job {job_id} has no field {name}: {out!r}")
+
+    def wait_job_final(self, job_id: str, timeout: float = 120.0) -> str:
+        """Poll (every 0.1 s: `sbatch --wait` polls every few seconds) until the job has ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.job_field(job_id, "JobState")
+            if state in FINAL_STATES:
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"job {job_id} still {state} after {timeout}s\n{self.logs()}\n----- processes\n{self.bed.ps()}"
+                )
+            time.sleep(0.1)
+
+    def sbatch(self, script: Path, args: Sequence[str], cwd: Path, options: Sequence[str] = (), **env: str) -> str:
+        """Submit SCRIPT from CWD (its environment exported to the job, as at a site); returns the job id."""
+        cmd = ["sbatch", "--parsable", f"--chdir={cwd}", *options, str(script), *args]
+        p = subprocess.run(cmd, env=dict(self.env, **env), cwd=cwd, capture_output=True, text=True, timeout=60)
+        job_id = p.stdout.strip().split(";")[0]
+        if p.returncode != 0 or not job_id.isdigit():
+            raise AssertionError(f"{' '.join(cmd)} exited {p.returncode}: {p.stdout} {p.stderr}")
+        return job_id

@@ -91,7 +91,7 @@ def run_mpi(
     n: int,
     *args: str,
     hosts: Sequence[str | int] | None = None,
-    timeout: float = 120,
+    timeout: float = 60,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run a job across the bed's hosts (mpiexec itself in the root namespace) and wait for it."""

@@ -282,11 +282,12 @@ class Bed:
         kw.setdefault("check", False)
         return subprocess.run([*self.enter(host), *cmd], **kw)  # type: ignore[call-overload,no-any-return]
 
-    def mpiexec_args(self, hosts: Sequence[str | int] | None = None) -> list[str]:
-        """mpiexec options that start the ranks on HOSTS (default all), one slot per host round-robin:
-        rank r runs on HOSTS[r % len(HOSTS)]. mpiexec itself runs in the root namespace."""
+    def mpiexec_args(self, hosts: Sequence[str | int] | None = None, slots: int = 1) -> list[str]:
+        """mpiexec options that start the ranks on HOSTS (default all), SLOTS per host: rank r runs on
+        HOSTS[(r // SLOTS) % len(HOSTS)]. mpiexec itself runs in the root namespace."""
         names = [self.host(h).name for h in hosts] if hosts is not None else self.names
-        return ["-launcher", "ssh", "-launcher-exec", str(ENTER), "-localhost", self.gateway, "-hosts", ",".join(names)]
+        listing = ",".join(f"{n}:{slots}" if slots > 1 else n for n in names)
+        return ["-launcher", "ssh", "-launcher-exec", str(ENTER), "-localhost", self.gateway, "-hosts", listing]
 
     def keep_pid(self, pid: int, what: str) -> None:
         """Record a root-side process of this bed (a forward, slurmctld) so teardown stops it."""

@@ -34,6 +34,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -42,6 +43,9 @@ BIN = Path(sys.executable).parent
 MPIEXEC = str(BIN / "mpiexec")
 LEGAMPI = str(BIN / "legampi")
 LAYOUTS = ("one host", "across hosts")
+
+if TYPE_CHECKING:
+    from tests.multihost.bed import Bed
 
 
 # ---------------------------------------------------------------------- the MPI side (runs as the ranks)
@@ -94,7 +98,7 @@ def ms(values: list[float], q: float) -> float:
     return 1000 * s[min(len(s) - 1, int(q * len(s)))]
 
 
-def run_pingpong(bed, layout: str, rounds: int, gap: float, idle: float) -> dict:
+def run_pingpong(bed: Bed, layout: str, rounds: int, gap: float, idle: float) -> dict[str, Any]:
     hosts, slots = ([1], 2) if layout == "one host" else ([1, 2], 1)
     cmd = [MPIEXEC, *bed.mpiexec_args(hosts, slots), "-n", "2", sys.executable, __file__, "_pingpong"]
     cmd += [str(rounds), str(gap), str(idle)]
@@ -151,7 +155,7 @@ class Dataset:
         ws.legampi("init-db")
         ws.legampi("register", str(ws.metadata / "BENCH.tab"))
 
-    def process(self, bed, layout: str) -> tuple[float, float]:
+    def process(self, bed: Bed, layout: str) -> tuple[float, float]:
         """One `legampi process` with 3 ranks; returns (processing phase, wall time of mpiexec)."""
         self.reset()
         hosts, slots = ([1], 3) if layout == "one host" else ([1, 2, 3], 1)
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"crosshost: cannot run: {problem}", file=sys.stderr)
         return 2
-    out: dict = {"rounds": a.rounds, "gap_s": a.gap, "files": a.files, "size": a.size, "repeat": a.repeat}
+    out: dict[str, Any] = {"rounds": a.rounds, "gap_s": a.gap, "files": a.files, "size": a.size, "repeat": a.repeat}
     with tempfile.TemporaryDirectory(prefix="legampi-crosshost-") as tmp, bedlib.bed(3) as bed:
         print(f"bed {bed.index}: hosts {', '.join(bed.names)}; one host = every rank on {bed.names[0]}")
         print(f"\nround trip through Team messaging ({a.rounds} rounds, {a.gap * 1000:.0f} ms idle between):")

@@ -42,6 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ENTER = HERE / "enter.sh"
@@ -224,7 +225,7 @@ class Bed:
             for i in range(1, n_hosts + 1)
         ]
         bed = cls(index, hosts, state)
-        record = {"index": index, "owner": owner, "owner_start": start_time(owner) if owner else None}
+        record: dict[str, Any] = {"index": index, "owner": owner, "owner_start": start_time(owner) if owner else None}
         record.update(hosts=[h.name for h in hosts], pids=[])
         bed._write(record)
         try:
@@ -333,16 +334,16 @@ class Bed:
         """Remove everything this bed created; returns the problems met (empty when clean)."""
         return teardown(self.index)
 
-    def _read(self) -> dict:
+    def _read(self) -> dict[str, Any]:
         return json.loads((self.state / "state.json").read_text())
 
-    def _write(self, record: dict) -> None:
+    def _write(self, record: dict[str, Any]) -> None:
         tmp = self.state / "state.json.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, self.state / "state.json")
 
 
-def _route_in_use(net: ipaddress.IPv4Network) -> bool:
+def _route_in_use(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     """Does the root namespace already have an address or route overlapping NET (not ours to take)?"""
     p = _run(["ip", "-4", "-o", "addr", "show"], check=False).stdout + _run(["ip", "-4", "route"], check=False).stdout
     for token in p.split():
@@ -376,7 +377,7 @@ def teardown(index: int) -> list[str]:
     prefix = f"{BASE}{index}"
     state = STATE_ROOT / prefix
     problems: list[str] = []
-    record: dict = {}
+    record: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         record = json.loads((state / "state.json").read_text())
     names = set(record.get("hosts", []))

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -20,6 +21,9 @@ import pytest
 from tests.conftest import LEGAMPI, MPIEXEC, PG_DSN, Workspace, make_workspace
 from tests.multihost import bed as bedlib
 from tests.multihost.bed import Bed
+
+if TYPE_CHECKING:
+    from tests.multihost.slurm import MultiSlurm
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,7 +136,7 @@ def elapsed(t0: float) -> float:
 
 
 @pytest.fixture
-def mh_slurm(bed: Bed):  # -> MultiSlurm (imported lazily: needs nothing of Slurm until used)
+def mh_slurm(bed: Bed) -> MultiSlurm:
     """A Slurm cluster with one slurmd per bed host; stopped with the bed."""
     from tests.multihost.slurm import MultiSlurm, why_not
 

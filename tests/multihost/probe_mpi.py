@@ -38,4 +38,5 @@ for peer in range(1, size):
         comm.send(b"pong", dest=0)
 lines = comm.gather(" ".join([str(rank), socket.gethostname(), *established_peers()]), root=0)
 if rank == 0:
+    assert lines is not None
     print("\n".join(lines), flush=True)

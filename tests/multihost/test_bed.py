@@ -44,8 +44,9 @@ def test_a_crashed_owners_bed_is_removed_by_the_next_one() -> None:
 
 
 def test_benchmark_smoke() -> None:
-    if bedlib.why_not():
-        pytest.skip(bedlib.why_not())
+    problem = bedlib.why_not()
+    if problem:
+        pytest.skip(problem)
     p = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "crosshost.py"), "--smoke"],
         capture_output=True,

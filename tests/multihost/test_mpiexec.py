@@ -11,10 +11,12 @@ import os
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from legampi.formats.legacy_aes import encrypt_stream as cip_encrypt
+from tests.conftest import Workspace
 from tests.faults.conftest import assert_safe, connect, register
 from tests.multihost.bed import Bed
 from tests.multihost.conftest import run_mpi
@@ -24,14 +26,14 @@ pytestmark = pytest.mark.multihost
 PASSWORD = "multihost legacy password"
 
 
-def mixed_dataset(ws, dataset: str = "MIX") -> list[dict]:
+def mixed_dataset(ws: Workspace, dataset: str = "MIX") -> list[dict[str, Any]]:
     """Crypt4GH, legacy AES (.cip) and plain files of mixed sizes (empty, one segment +-1, a few MB)."""
     import hashlib
 
     (ws.root / "keys" / "legacy.pw").write_text(PASSWORD + "\n", encoding="utf-8")
     with open(ws.config, "a", encoding="utf-8") as fh:  # [crypto] is the config's last section
         fh.write(f"legacy_password_file = {ws.root / 'keys' / 'legacy.pw'}\n")
-    entries = []
+    entries: list[dict[str, Any]] = []
     sizes = [0, 1, 65535, 65536, 65537, 300_000, 1_500_000, 3_000_000, 123_456, 777]
     for i, size in enumerate(sizes):
         entries.append(ws.add_file(f"{dataset}/c4gh/f{i:02d}.bam.c4gh", size))
@@ -76,7 +78,7 @@ def test_hosts_are_hosts(bed: Bed) -> None:
 
 
 @pytest.mark.parametrize("n", [4])
-def test_mixed_dataset_across_hosts(bed: Bed, mh_workspace, n: int) -> None:
+def test_mixed_dataset_across_hosts(bed: Bed, mh_workspace: Workspace, n: int) -> None:
     ws = mh_workspace
     entries = mixed_dataset(ws)
     p = run_mpi(bed, ws, n, "process")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Workspace
 from tests.faults.conftest import add_files, assert_safe, connect
 from tests.multihost.bed import Bed
+from tests.multihost.slurm import MultiSlurm
 
 pytestmark = [pytest.mark.multihost, pytest.mark.slurm]
 REPO = Path(__file__).resolve().parents[2]
@@ -17,7 +19,7 @@ LEGAMPI = str(Path(sys.executable).parent / "legampi")
 
 
 @pytest.mark.parametrize("mh_workspace", ["postgresql"], indirect=True)
-def test_sbatch_three_nodes_archives_a_dataset(bed: Bed, mh_slurm, mh_workspace) -> None:
+def test_sbatch_three_nodes_archives_a_dataset(bed: Bed, mh_slurm: MultiSlurm, mh_workspace: Workspace) -> None:
     ws = mh_workspace
     entries = add_files(ws, "node", 9, 700_000) + add_files(ws, "big", 2, 3_000_000, dataset="DS2")
     env = {"LEGAMPI": LEGAMPI}

@@ -7,7 +7,8 @@ namespace host h1) and across hosts (rank r on host r+1), in the same run:
 
 1. round trip: rank 0 sends a message to rank 1 through legampi's Team messaging (the `_send`/`_recv`
    that carry every hand-out and result, with the doorbell and the backoff), rank 1 answers, rank 0
-   times it; between round trips both sides sit idle for --gap seconds, as between files, so each side
+   times it; between round trips both sides sit idle for 0.5-1.5 x --gap seconds (random, so the
+   arrival does not line up with a step of the receiver's backoff), as between files, so each side
    is in its idle wait when the message comes. p50/p95/max in ms. Also the CPU rank 0 and rank 1 use
    while waiting idle for --idle seconds (the issue's goal: <= 2 % of a core).
 2. processing phase: `legampi process` of --files x --size Crypt4GH files with 3 ranks (2 workers),
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -57,12 +59,13 @@ def pingpong(rounds: int, gap: float, idle: float) -> None:
     if os.environ.get("CROSSHOST_MAX_WAIT"):  # experiments only: the polling backoff's ceiling
         parallel.MAX_WAIT = float(os.environ["CROSSHOST_MAX_WAIT"])
     team = parallel.Team()
+    rng = random.Random(14)
     team.agree(True)  # the start-up handshake: exchanges the doorbell addresses, as in a real job
     peer = 1 - team.rank
     times: list[float] = []
     for i in range(rounds + 1):
         if team.rank == 0:
-            time.sleep(gap)
+            time.sleep(gap * rng.uniform(0.5, 1.5))  # random: no alignment with the receiver's backoff steps
             t0 = time.perf_counter()
             team._send(i, peer, parallel.TASKS)
             team._recv(peer)

@@ -176,7 +176,7 @@ def run_export(
     DB: the database, or (with a TEAM of several ranks) a function that opens it on rank 0."""
     job: Job[Database] = Job(
         open=(lambda: db) if isinstance(db, Database) else db,
-        load=lambda _rank: _exporter(cfg, recipient_pk_path, verify),
+        load=lambda _rank: load_exporter(cfg, recipient_pk_path, verify),
         coordinate=lambda d, ex: export_dataset(
             d, ex, cfg, dataset_id, fingerprint(load_public_key(recipient_pk_path)), to, partial, verify, out
         ),
@@ -184,7 +184,7 @@ def run_export(
     return execute(job, team, log)
 
 
-def _exporter(cfg: Any, recipient_pk_path: str | os.PathLike, verify: bool) -> Callable[[ExportItem], ExportResult]:
+def load_exporter(cfg: Any, recipient_pk_path: str | os.PathLike, verify: bool) -> Callable[[ExportItem], ExportResult]:
     """A working rank's work function: the archive secret key opens each header, resealed for the recipient."""
     if cfg.crypto.archive_secret_key is None:
         raise NotReady("export needs [crypto] archive_secret_key to open the archived headers")

@@ -166,7 +166,7 @@ def run_rekey(
 
     job: Job[tuple[Database, RekeyKeys]] = Job(
         open=open_,
-        load=lambda rank: functools.partial(_rotate, keys=keys(), rank=rank),
+        load=lambda rank: load_rotator(keys(), rank),
         coordinate=lambda opened, ex: rotate_archive(opened[0], ex, cfg, opened[1], dataset, limit, out),
     )
     return execute(job, team, log)
@@ -179,10 +179,15 @@ def _keys(cfg: Any, new_public_key: str | os.PathLike, new_secret_key: str | os.
         raise NotReady(str(exc)) from None
 
 
-def _rotate(task: RekeyTask, keys: RekeyKeys, rank: int) -> RekeyResult:
-    r = rekey_file(task, keys)
-    r.rank = rank
-    return r
+def load_rotator(keys: RekeyKeys, rank: int = 0) -> Callable[[RekeyTask], RekeyResult]:
+    """A working rank's work function: rotate one file, the result labelled with RANK."""
+
+    def rotate(task: RekeyTask) -> RekeyResult:
+        r = rekey_file(task, keys)
+        r.rank = rank
+        return r
+
+    return rotate
 
 
 def rotate_archive(

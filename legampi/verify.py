@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -119,7 +120,7 @@ def run_verify(
     missing, altered or unexpected, 2 if the audit could not start."""
     job: Job[Any] = Job(
         open=lambda: _open_database(connect),
-        load=lambda _rank: partial(audit_file, archive_secret_key=_archive_key(cfg) if decrypt else None),
+        load=lambda _rank: load_auditor(cfg, decrypt),
         coordinate=lambda db, ex: verify_archive(db, ex, cfg, dataset, decrypt, out),
     )
     return execute(job, team, log)
@@ -132,6 +133,11 @@ def _open_database(connect: Any) -> Any:
     except Exception as exc:  # noqa: BLE001 - reported to every rank as text, then exit 2
         raise NotReady(str(exc)) from None
     return db
+
+
+def load_auditor(cfg: Any, decrypt: bool = False) -> Callable[[AuditTask], AuditResult]:
+    """A working rank's work function: audit one file (with --decrypt, with the archive secret key)."""
+    return partial(audit_file, archive_secret_key=_archive_key(cfg) if decrypt else None)
 
 
 def _archive_key(cfg: Any) -> bytes:

@@ -261,7 +261,7 @@ class Team:
         quiet_transport_defaults()
         from mpi4py import MPI
 
-        self.MPI = MPI
+        self.MPI: Any = MPI
         self.comm: Any = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.bell = Doorbell(enabled=self.size > 1)

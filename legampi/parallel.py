@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .dispatch import AGREE, RESULT_OF_JOB, coordinate, is_future, order, serve
 from .transport import Doorbell, quiet_transport_defaults
@@ -218,8 +218,11 @@ class Session(Generic[S]):
                 self.log.error("not starting: %s", p)
             return None
         self.agreed = True
-        if self.rank == 0:
-            self.executor = InProcess(work) if self.size == 1 else _Coordinator(self.team)  # type: ignore[arg-type]
+        if self.rank == 0 and self.team is not None and self.size > 1:
+            self.executor = _Coordinator(self.team)
+        elif self.rank == 0:
+            assert work is not None
+            self.executor = InProcess(work)
         return work
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -249,7 +252,7 @@ def execute(job: Job[S], team: Team | None = None, logger: logging.Logger = log)
     """Run JOB over TEAM's ranks (None: in this process, no MPI); every rank returns the exit status."""
     with Session(job, team, logger) as session:
         if session.executor is not None:  # rank 0, once every rank is ready (the others have served)
-            session.status = job.coordinate(session.state, session.executor)  # type: ignore[arg-type]
+            session.status = job.coordinate(cast(S, session.state), session.executor)
     return session.status
 
 

@@ -14,7 +14,7 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 
 # Over a limit when the limits were set (issue 13, being split by other changes).
-LONG_MODULES = {"db.py", "ingest.py", "stream.py"}
+LONG_MODULES = {"db.py", "stream.py"}
 LONG_FUNCTIONS = {
     ("stream.py", "_steps"),
 }

@@ -10,9 +10,10 @@ in S3 are read from their objects (one GET each, legampi.s3read); the export fol
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,8 +23,10 @@ from .db import Database, Event
 from .formats import IngestError
 from .formats.crypt4gh import build_header, iter_segments
 from .keys import fingerprint, load_public_key, load_secret_key
+from .parallel import Executor, Job, NotReady, execute
 
 CHUNK = 4 << 20
+log = logging.getLogger("legampi.export")
 
 
 class ExportError(ValueError):
@@ -43,6 +46,16 @@ class ExportItem:
     md5: str | None
     sha256: str | None
     plain_size: int | None
+    top: Path  # the export folder: directories are made below it only
+
+
+@dataclass
+class ExportResult:
+    """What a rank sends back for one item: the exported file's sha256, or why it was not exported."""
+
+    file_id: str
+    digest: str | None = None
+    error: str | None = None
 
 
 def _new_file(path: Path, data: bytes, mode: int) -> None:
@@ -148,6 +161,7 @@ def export_plan(
                 r["md5"],
                 r["sha256"],
                 r["plain_size"],
+                to,
             )
         )
     return items, problems
@@ -169,32 +183,69 @@ def _archived_at(location: str, root: Path | None) -> tuple[Path | str, PurePosi
 
 def run_export(
     cfg: Any,
-    db: Database,
+    db: Database | Callable[[], Database],
     dataset_id: str,
     recipient_pk_path: str | os.PathLike,
     to: str | os.PathLike,
     partial: bool = False,
     verify: bool = False,
     out: Any = None,
+    *,
+    team: Any = None,
 ) -> int:
     """`legampi export`: the dataset's archived files for one researcher's key, a sha256 manifest and a
-    file list. Refuses (writing nothing) when a file is not archived (unless PARTIAL) or a target exists."""
+    file list. Refuses (writing nothing) when a file is not archived (unless PARTIAL) or a target exists.
+    DB: the database, or (with a TEAM of several ranks) a function that opens it on rank 0."""
+    job: Job[Database] = Job(
+        open=(lambda: db) if isinstance(db, Database) else db,
+        load=lambda _rank: load_exporter(cfg, recipient_pk_path, verify),
+        coordinate=lambda d, ex: export_dataset(
+            d, ex, cfg, dataset_id, fingerprint(load_public_key(recipient_pk_path)), to, partial, verify, out
+        ),
+    )
+    return execute(job, team, log)
+
+
+def load_exporter(cfg: Any, recipient_pk_path: str | os.PathLike, verify: bool) -> Callable[[ExportItem], ExportResult]:
+    """A working rank's work function: the archive secret key opens each header, resealed for the recipient."""
+    if cfg.crypto.archive_secret_key is None:
+        raise NotReady("export needs [crypto] archive_secret_key to open the archived headers")
+    pw = cfg.crypto.archive_passphrase.reveal() if cfg.crypto.archive_passphrase else None
+    archive_sk = load_secret_key(cfg.crypto.archive_secret_key, pw)
+    recipient_pk = load_public_key(recipient_pk_path)
+
+    def work(item: ExportItem) -> ExportResult:
+        try:
+            digest = export_file(item, archive_sk, recipient_pk, item.top, verify, cfg.crypto.file_mode)
+        except (ExportError, IngestError, OSError) as exc:
+            return ExportResult(item.file_id, error=exc.message if isinstance(exc, IngestError) else str(exc))
+        return ExportResult(item.file_id, digest=digest)
+
+    return work
+
+
+def export_dataset(
+    db: Database,
+    ex: Executor,
+    cfg: Any,
+    dataset_id: str,
+    rfp: str,
+    to: str | os.PathLike,
+    partial: bool = False,
+    verify: bool = False,
+    out: Any = None,
+) -> int:
+    """Rank 0's `export` for the recipient key RFP: check, plan, export every item through EX, record
+    one event each, then the manifest and file list. Exit 1 when anything was refused or failed."""
     out = out or sys.stdout
     err = sys.stderr if out is sys.stdout else out
     rows = db.files(dataset_id)
     missing = [r for r in rows if r["status"] != "available"]
     if not _may_export(rows, missing, dataset_id, partial, err):
         return 1
-    if cfg.crypto.archive_secret_key is None:
-        print("export: needs [crypto] archive_secret_key to open the archived headers", file=err)
-        return 2
-    pw = cfg.crypto.archive_passphrase.reveal() if cfg.crypto.archive_passphrase else None
-    archive_sk = load_secret_key(cfg.crypto.archive_secret_key, pw)
-    recipient_pk = load_public_key(recipient_pk_path)
-    rfp = fingerprint(recipient_pk)
     top = Path(to).absolute()
-    store = Path(cfg.workspaces.end_storage).absolute()
-    if top == store or store in top.parents:
+    store = Path(cfg.workspaces.end_storage).absolute() if cfg.workspaces.end_storage is not None else None
+    if store is not None and (top == store or store in top.parents):
         print(f"export: {top} is inside the archive {store}; export somewhere else", file=err)
         return 1
     items, problems = export_plan([r for r in rows if r["status"] == "available"], cfg.workspaces.end_storage, top)
@@ -210,7 +261,7 @@ def run_export(
             print(f"  {p}", file=err)
         return 1
     top.mkdir(mode=archive.DIR_MODE, parents=True, exist_ok=True)
-    done, failed = _export_items(cfg, db, dataset_id, items, archive_sk, recipient_pk, rfp, top, verify, out)
+    done, failed = _export_items(ex, db, dataset_id, items, rfp, top, verify, cfg.func.batch_size, out)
     if failed:
         print(
             f"export of {dataset_id} INCOMPLETE: {len(done)} exported, {len(failed)} failed; no manifest written. "
@@ -218,7 +269,7 @@ def run_export(
             file=out,
         )
         return 1
-    write_lists(done, manifest, listing, cfg.crypto.file_mode)
+    write_lists(sorted(done, key=lambda d: d[0].rel), manifest, listing, cfg.crypto.file_mode)
     print(
         f"exported dataset {dataset_id}: {len(done)} file(s) for recipient key {rfp} into {top}"
         + (f" ({len(missing)} not available, skipped)" if missing else "")
@@ -248,44 +299,41 @@ def _may_export(
 
 
 def _export_items(
-    cfg: Any,
+    ex: Executor,
     db: Database,
     dataset_id: str,
     items: list[ExportItem],
-    archive_sk: bytes,
-    recipient_pk: bytes,
     rfp: str,
     top: Path,
     verify: bool,
+    batch_size: int,
     out: Any,
 ) -> tuple[list[tuple[ExportItem, str]], list[str]]:
-    """Export every item in path order, one event each (recorded in batches): (exported with sha256, failures)."""
+    """Export every item (in path order on one rank), one event each, recorded in batches: (exported with
+    sha256, failures)."""
+    by_id = {i.file_id: i for i in items}
     done: list[tuple[ExportItem, str]] = []
     failed: list[str] = []
     events: list[Event] = []
-    for item in sorted(items, key=lambda i: i.rel):
-        try:
-            digest = export_file(item, archive_sk, recipient_pk, top, verify, cfg.crypto.file_mode)
-        except (ExportError, IngestError, OSError) as exc:
-            text = exc.message if isinstance(exc, IngestError) else str(exc)
-            failed.append(f"{item.rel}: {text}")
-            events.append(Event(item.file_id, dataset_id, "export-failed", None, f"to {top}: {text}"))
-            print(f"  FAILED {item.rel}: {text}", file=out)
+
+    def on_result(r: ExportResult) -> None:
+        item = by_id[r.file_id]
+        if r.digest is None:
+            failed.append(f"{item.rel}: {r.error}")
+            events.append(Event(item.file_id, dataset_id, "export-failed", None, f"to {top}: {r.error}"))
+            print(f"  FAILED {item.rel}: {r.error}", file=out)
         else:
-            done.append((item, digest))
-            events.append(
-                Event(
-                    item.file_id,
-                    dataset_id,
-                    "exported",
-                    "available",
-                    f"{item.dest} for recipient key {rfp}, sha256 {digest}" + (", payload verified" if verify else ""),
-                )
+            done.append((item, r.digest))
+            details = f"{item.dest} for recipient key {rfp}, sha256 {r.digest}" + (
+                ", payload verified" if verify else ""
             )
-            print(f"  EXPORTED {item.rel} sha256 {digest}", file=out)
-        if len(events) >= cfg.func.batch_size:
+            events.append(Event(item.file_id, dataset_id, "exported", "available", details))
+            print(f"  EXPORTED {item.rel} sha256 {r.digest}", file=out)
+        if len(events) >= batch_size:
             db.add_events(events)
-            events = []
+            events.clear()
+
+    ex.run(items, on_result, schedule="static", key=lambda i: i.plain_size or 0, name=lambda i: i.rel)
     db.add_events(events)
     return done, failed
 

@@ -16,6 +16,8 @@ from typing import Any
 from . import archive
 from .config import Config
 from .db import Database, DatabaseError, Event, chunks
+from .parallel import Executor, Job, NotReady, execute
+from .progress import Progress, Summary
 from .recovery import recover
 from .stream import FileResult, FileTask
 from .workspace import branch_file_names, make_job_id, scan
@@ -241,100 +243,18 @@ class Recorder:
 
 
 @dataclass
-class Summary:
-    job_id: str
-    files: int = 0
-    available: int = 0
-    failed: int = 0
-    bytes: int = 0
-    bytes_available: int = 0
-    seconds: float = 0.0
-    ranks: dict[int, list[float]] = field(default_factory=dict)  # rank -> [files, bytes, seconds]
-    hosts: dict[int, str] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    released: int = 0
-    stopped: bool = False
+class ProcessOptions:
+    """What `legampi process` was asked to do, beyond the configuration (see the CLI's options)."""
 
-    def add(self, r: FileResult) -> None:
-        """Fold one result in (rank 0 keeps these totals, not every result: memory stays O(failures))."""
-        self.files += 1
-        self.bytes += r.bytes_read
-        if r.status == "available":
-            self.available += 1
-            self.bytes_available += r.bytes_read
-        else:
-            self.failed += 1
-            self.failures.append(f"{r.rel} (file {r.file_id}): {r.error}")
-        acc = self.ranks.setdefault(r.rank, [0, 0, 0.0])
-        acc[0] += 1
-        acc[1] += r.bytes_read
-        acc[2] += r.seconds
-        self.hosts[r.rank] = r.host
-
-    def rank_rows(self) -> list[tuple[int, str, int, int, float]]:
-        return [(k, self.hosts.get(k, ""), int(v[0]), int(v[1]), float(v[2])) for k, v in sorted(self.ranks.items())]
-
-    def lines(self) -> list[str]:
-        mbs = self.bytes / self.seconds / 1e6 if self.seconds > 0 else 0.0
-        out = [
-            f"job {self.job_id}: {self.files} file(s), {self.available} available, {self.failed} failed, "
-            f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s = {mbs:.1f} MB/s overall "
-            f"({self.bytes_available / 1e6:.1f} MB available, "
-            f"{(self.bytes - self.bytes_available) / 1e6:.1f} MB failed)"
-            + (" (stopped early by signal)" if self.stopped else "")
-        ]
-        for rank, host, files, nbytes, secs in self.rank_rows():
-            rate = nbytes / secs / 1e6 if secs > 0 else 0.0
-            out.append(
-                f"  rank {rank} on {host}: {files} file(s), {nbytes / 1e6:.1f} MB, busy {secs:.1f}s, {rate:.1f} MB/s"
-            )
-        if self.released:
-            out.append(f"  {self.released} claimed file(s) not started were released for the next run")
-        out += [f"  FAILED {f}" for f in self.failures]
-        return out
-
-
-class Progress:
-    """Rank 0's progress: a live line on a terminal, a log line every interval in batch jobs."""
-
-    def __init__(self, total_files: int, total_bytes: int, interval: float, stream: Any = None):
-        import sys
-
-        self.total_files, self.total_bytes, self.interval = total_files, total_bytes, interval
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.files = self.bytes = self.failed = 0
-        self.start = self.last = time.monotonic()
-
-    def add(self, r: FileResult) -> None:
-        self.files += 1
-        self.bytes += r.bytes_read
-        self.failed += r.status == "failed"
-
-    def line(self) -> str:
-        el = max(time.monotonic() - self.start, 1e-9)
-        rate = self.bytes / el
-        left = (self.total_bytes - self.bytes) / rate if rate > 0 else float("nan")
-        eta = f"{left / 60:.1f} min" if left == left else "?"
-        return (
-            f"{self.files}/{self.total_files} files, {self.bytes / 1e9:.2f}/{self.total_bytes / 1e9:.2f} GB, "
-            f"{rate / 1e6:.1f} MB/s, {self.failed} failed, ~{eta} left"
-        )
-
-    def tick(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.tty and (force or now - self.last >= 0.5):
-            self.stream.write("\r" + self.line() + "\x1b[K")
-            self.stream.flush()
-            self.last = now
-        elif not self.tty and (force or now - self.last >= self.interval):
-            log.info("progress: %s", self.line(), extra={"bytes": self.bytes, "seconds": round(now - self.start, 3)})
-            self.last = now
-
-    def close(self) -> None:
-        if self.tty:
-            self.tick(force=True)
-            self.stream.write("\n")
+    schedule: str = "dynamic"
+    branches: int = 1
+    branch: int = 1
+    retry_failed: bool = False
+    dataset: str | None = None
+    limit: int | None = None
+    recover_first: bool = True
+    progress_interval: float = 60.0
+    should_stop: Callable[[], bool] = lambda: False
 
 
 def run_process(
@@ -342,120 +262,125 @@ def run_process(
     team: Any,
     connect: Callable[[], Database],
     *,
-    schedule: str = "dynamic",
-    branches: int = 1,
-    branch: int = 1,
-    retry_failed: bool = False,
-    dataset: str | None = None,
-    limit: int | None = None,
-    recover_first: bool = True,
-    progress_interval: float = 60.0,
-    should_stop: Callable[[], bool] = lambda: False,
     out: Any = None,
+    **options: Any,
 ) -> int:
-    """`legampi process` on every rank: rank 0 plans, claims and records; workers stream files.
+    """`legampi process` on every rank (TEAM None: in this process, without MPI): rank 0 plans, claims
+    and records (`process_files`), the workers stream files. OPTIONS are `ProcessOptions`' fields.
 
     Exit status: 0 when every file handed out was archived (or the job was stopped by a signal and
     released what it had not started), 1 when some failed, 2 when the job could not start.
     """
+    opts = ProcessOptions(**options)
+    job: Job[Database] = Job(
+        open=lambda: open_database(connect),
+        load=lambda rank: load_pipeline(cfg, rank),
+        coordinate=lambda db, ex: process_files(db, ex, cfg, opts, connect, out),
+        should_stop=opts.should_stop,
+    )
+    return execute(job, team, log)
+
+
+def open_database(connect: Callable[[], Database]) -> Database:
+    """Rank 0's database, its schema checked; a database that cannot be used refuses the job."""
+    try:
+        db = connect()
+        db.require_schema()
+    except DatabaseError as exc:
+        raise NotReady(str(exc)) from None
+    return db
+
+
+def load_pipeline(cfg: Config, rank: int) -> Callable[[FileTask], Any]:
+    """A working rank's work function: stream one file; its fsync and commit overlap the next file."""
+    from .stream import PipelineContext, process_file_overlapped
+
+    try:
+        ctx = PipelineContext.from_config(cfg)
+    except Exception as exc:  # noqa: BLE001 - any key/passphrase problem must reach rank 0 as text
+        raise NotReady(f"cannot prepare the pipeline: {exc}") from None
+    return lambda task: process_file_overlapped(task, ctx, rank=rank)
+
+
+def process_files(
+    db: Database, ex: Executor, cfg: Config, opts: ProcessOptions, connect: Any = None, out: Any = None
+) -> int:
+    """Rank 0's `process`: refuse a job the configuration cannot do, recover, plan and claim, run the
+    claimed files through EX, record every result, release what was not started, print the summary."""
     import sys
 
-    from .stream import PipelineContext, process_file, process_file_overlapped
+    from .preflight import job_problems
 
-    out = out or sys.stdout
-    db: Database | None = None
-    ctx = None
-    problem = ""
-    if team.coordinator:
-        try:
-            db = connect()
-            db.require_schema()
-        except DatabaseError as exc:
-            problem = str(exc)
-    if not team.coordinator or team.size == 1:
-        try:
-            ctx = PipelineContext.from_config(cfg)
-        except Exception as exc:  # noqa: BLE001 - any key/passphrase problem must reach rank 0 as text
-            problem = f"cannot prepare the pipeline: {exc}"
-    if not team.ready(problem, log):
-        return 2
-    # config hook (issue 12): keys the files need but the configuration lacks stop the job here, before
-    # recover or plan claim anything; every rank still meets rank 0 in team.run and team.bcast below.
-    refused: list[str] = []
-    if team.coordinator:
-        from .preflight import job_problems
-
-        assert db is not None
-        refused = job_problems(db, cfg, retry_failed, dataset)
-        for line in refused:
-            log.error("not starting: %s", line)
-            print(f"legampi process: not starting: {line}", file=sys.stderr)
-
-    host = socket.gethostname()
-
-    def work(task: FileTask) -> Any:
-        if team.size == 1:
-            return process_file(task, ctx, rank=team.rank)
-        return process_file_overlapped(task, ctx, rank=team.rank)  # the fsync overlaps the next file
-
-    code = 0
+    refused = job_problems(db, cfg, opts.retry_failed, opts.dataset)
+    for line in refused:  # keys the files need but the configuration lacks: stop before claiming anything
+        log.error("not starting: %s", line)
+        print(f"legampi process: not starting: {line}", file=sys.stderr)
     if refused:
-        team.run([], work, lambda r: None)  # sends every worker STOP
-        code = 2
-    elif team.coordinator:
-        assert db is not None
-        job_id = make_job_id()
-        db.job_start(job_id, "process", host, team.size)
-        if recover_first:
-            for line in recover(db, cfg, job_id).lines():
-                log.info("recover: %s", line)
-        p = plan(db, cfg, job_id, branches, branch, retry_failed, dataset, limit)
-        log.info(
-            "job %s: %d file(s) claimed, %d byte(s), %d worker rank(s), schedule %s",
-            job_id,
-            len(p.tasks),
-            sum(t.size or 0 for t in p.tasks),
-            max(team.size - 1, 1),
-            schedule,
-        )
-        recorder = Recorder(db, cfg, job_id, reconnect=connect)
-        recorder.datasets = {t.file_id: t.dataset_id for t in p.tasks}
-        progress = Progress(len(p.tasks), sum(t.size or 0 for t in p.tasks), progress_interval)
+        return 2
+    job_id = make_job_id()
+    db.job_start(job_id, "process", socket.gethostname(), ex.ranks)
+    if opts.recover_first:
+        for line in recover(db, cfg, job_id).lines():
+            log.info("recover: %s", line)
+    p = plan(db, cfg, job_id, opts.branches, opts.branch, opts.retry_failed, opts.dataset, opts.limit)
+    total = sum(t.size or 0 for t in p.tasks)
+    log.info(
+        "job %s: %d file(s) claimed, %d byte(s), %d worker rank(s), schedule %s",
+        job_id,
+        len(p.tasks),
+        total,
+        max(ex.ranks - 1, 1),
+        opts.schedule,
+    )
+    recorder = Recorder(db, cfg, job_id, reconnect=connect)
+    recorder.datasets = {t.file_id: t.dataset_id for t in p.tasks}
+    progress = Progress(len(p.tasks), total, opts.progress_interval, logger=log)
 
-        def on_result(r: FileResult) -> None:
-            recorder.add(r)
-            if r.error_kind != "config":
-                progress.add(r)
+    def on_result(r: FileResult) -> None:
+        recorder.add(r)
+        if r.error_kind != "config":
+            progress.add(r.bytes_read, r.status == "failed")
 
-        def stop() -> bool:  # a signal, or a `config` failure: no new files, in-flight ones finish
-            return should_stop() or recorder.config_problem is not None
+    def tick() -> None:
+        recorder.tick()
+        progress.tick()
 
-        def tick() -> None:
-            recorder.tick()
-            progress.tick()
+    t0 = time.monotonic()
+    ex.run(
+        p.tasks,
+        on_result,
+        tick=tick,
+        # a signal, or a `config` failure: no new files, in-flight ones finish
+        should_stop=lambda: opts.should_stop() or recorder.config_problem is not None,
+        schedule=opts.schedule,
+        key=lambda t: t.size or 0,
+        name=lambda t: t.rel,
+    )
+    recorder.flush()
+    progress.close()
+    recorder.summary.seconds = time.monotonic() - t0
+    return _finish(recorder, p.tasks, job_id, opts, out or sys.stdout)
 
-        t0 = time.monotonic()
-        team.run(p.tasks, work, on_result, tick, stop, schedule, key=lambda t: t.size or 0, name=lambda t: t.rel)
-        recorder.flush()
-        progress.close()
-        leftover = [t.file_id for t in p.tasks if t.file_id not in recorder.done]
-        summary = recorder.summary
-        summary.seconds = time.monotonic() - t0
-        config_problem = recorder.config_problem
-        # leftovers: a worker rank was signalled (or a `config` failure stopped the job)
-        summary.stopped = should_stop() or (bool(leftover) and config_problem is None)
-        if leftover:
-            summary.released = recorder.db.release(leftover, job_id, "not started before the job stopped")
-        code = 2 if config_problem else 1 if summary.failed else 0
-        lines = summary.lines()
-        if config_problem:
-            lines.insert(1, f"  STOPPED: configuration problem: {config_problem}")
-            lines.insert(2, "  files it affected were released unchanged; fix the configuration and run again")
-            print(f"legampi process: stopped: configuration problem: {config_problem}", file=sys.stderr)
-        recorder.db.job_end(job_id, code, "\n".join(lines), summary.rank_rows())
-        for line in lines:
-            print(line, file=out)
-        out.flush()
-    else:
-        team.run(None, work, lambda r: None, should_stop=should_stop, schedule=schedule)
-    return int(team.bcast(code))
+
+def _finish(recorder: Recorder, tasks: list[FileTask], job_id: str, opts: ProcessOptions, out: Any) -> int:
+    """Release the claimed files that were not started, end the job row, print the summary; the status."""
+    import sys
+
+    leftover = [t.file_id for t in tasks if t.file_id not in recorder.done]
+    summary = recorder.summary
+    config_problem = recorder.config_problem
+    # leftovers: a worker rank was signalled (or a `config` failure stopped the job)
+    summary.stopped = opts.should_stop() or (bool(leftover) and config_problem is None)
+    if leftover:
+        summary.released = recorder.db.release(leftover, job_id, "not started before the job stopped")
+    code = 2 if config_problem else 1 if summary.failed else 0
+    lines = summary.lines()
+    if config_problem:
+        lines.insert(1, f"  STOPPED: configuration problem: {config_problem}")
+        lines.insert(2, "  files it affected were released unchanged; fix the configuration and run again")
+        print(f"legampi process: stopped: configuration problem: {config_problem}", file=sys.stderr)
+    recorder.db.job_end(job_id, code, "\n".join(lines), summary.rank_rows())
+    for line in lines:
+        print(line, file=out)
+    out.flush()
+    return code

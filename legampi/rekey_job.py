@@ -8,6 +8,7 @@ leaves the temp files of a live rekey alone.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -17,14 +18,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import archive
+from . import archive, storage
 from .db import Database, DatabaseError, Event
 from .keys import fingerprint, load_public_key
+from .parallel import Executor, Job, NotReady, execute
+from .progress import Progress
 from .rekey import (
     RekeyError,
     RekeyKeys,
     RekeyResult,
     RekeyTask,
+    clear_pending,
     load_rekey_keys,
     pending_path,
     read_pending,
@@ -92,9 +96,7 @@ class RekeyRecorder:
             )
         for r in good:
             if r.file_id in changed:
-                marker = pending_path(Path(r.archive_path))
-                marker.unlink(missing_ok=True)
-                archive.fsync_dir(marker.parent)
+                clear_pending(r.archive_path)
         for r in batch:
             (log.info if r.result != "failed" else log.error)("rekey %s: %s (file %s)", r.result, r.details, r.file_id)
         self.done += batch
@@ -110,6 +112,8 @@ def rekey_tasks(
     for r in db.files(dataset, status="available"):
         if r["archive_key"] == new_fp:
             already += 1
+            if storage.is_s3(r["archive_path"]):
+                continue  # an S3 object carries its rotation in its own metadata: no marker to clear
             marker = pending_path(Path(r["archive_path"]))
             if marker.exists():
                 try:
@@ -148,48 +152,81 @@ def run_rekey(
     limit: int | None = None,
     out: Any = None,
 ) -> int:
-    """`legampi rekey` on every rank: rank 0 lists and records, workers rotate files. Exit 0 all rotated,
-    1 some failed, 2 could not start."""
-    out = out or sys.stdout
-    problem, db, keys = "", None, None
-    try:
-        keys = load_rekey_keys(cfg, new_public_key, new_secret_key)
-    except (RekeyError, ValueError, OSError) as exc:
-        problem = str(exc)
-    if team.coordinator and not problem:
+    """`legampi rekey` on every rank (TEAM None: in this process): rank 0 lists and records, workers
+    rotate files. Exit 0 all rotated, 1 some failed, 2 could not start."""
+    keys = functools.cache(lambda: _keys(cfg, new_public_key, new_secret_key))  # loaded once per rank
+
+    def open_() -> tuple[Database, RekeyKeys]:
+        k = keys()
         try:
             db = connect()
             db.require_schema()
         except DatabaseError as exc:
-            problem = str(exc)
-    if not team.ready(problem, log):
-        return 2
-    assert keys is not None
+            raise NotReady(str(exc)) from None
+        return db, k
 
-    def work(t: RekeyTask) -> RekeyResult:
-        r = rekey_file(t, keys)
-        r.rank = team.rank
+    job: Job[tuple[Database, RekeyKeys]] = Job(
+        open=open_,
+        load=lambda rank: load_rotator(keys(), rank),
+        coordinate=lambda opened, ex: rotate_archive(opened[0], ex, cfg, opened[1], dataset, limit, out),
+    )
+    return execute(job, team, log)
+
+
+def _keys(cfg: Any, new_public_key: str | os.PathLike, new_secret_key: str | os.PathLike | None) -> RekeyKeys:
+    try:
+        return load_rekey_keys(cfg, new_public_key, new_secret_key)
+    except (RekeyError, ValueError, OSError) as exc:
+        raise NotReady(str(exc)) from None
+
+
+def load_rotator(keys: RekeyKeys, rank: int = 0) -> Callable[[RekeyTask], RekeyResult]:
+    """A working rank's work function: rotate one file, the result labelled with RANK."""
+
+    def rotate(task: RekeyTask) -> RekeyResult:
+        r = rekey_file(task, keys)
+        r.rank = rank
         return r
 
-    code = 0
-    if team.coordinator:
-        assert db is not None
-        # A job row with a heartbeat: recovery keeps the temp files of a live rekey job.
-        job_id = make_job_id()
-        db.job_start(job_id, "rekey", socket.gethostname(), team.size)
-        tasks, already = rekey_tasks(db, keys.new_fp, dataset, limit)
-        recorder = RekeyRecorder(db, cfg.func.batch_size, cfg.func.flush_interval, job_id)
-        team.run(tasks, work, recorder.add, recorder.tick, key=lambda t: t.size, name=lambda t: t.archive_path)
-        recorder.flush()
-        lines = rekey_lines(recorder.done, keys, already, len(tasks), cfg)
-        code = 1 if any(r.result == "failed" for r in recorder.done) else 0
-        db.job_end(job_id, code, "\n".join(lines[-2:]))
-        for line in lines:
-            print(line, file=out)
-        out.flush()
-    else:
-        team.run(None, work, lambda r: None)
-    return int(team.bcast(code))
+    return rotate
+
+
+def rotate_archive(
+    db: Database,
+    ex: Executor,
+    cfg: Any,
+    keys: RekeyKeys,
+    dataset: str | None = None,
+    limit: int | None = None,
+    out: Any = None,
+) -> int:
+    """Rank 0's `rekey`: list the files not yet on the new key, rotate them through EX, record every
+    flush, print the report. A job row with a heartbeat makes recovery keep a live rekey's temp files."""
+    out = out or sys.stdout
+    job_id = make_job_id()
+    db.job_start(job_id, "rekey", socket.gethostname(), ex.ranks)
+    tasks, already = rekey_tasks(db, keys.new_fp, dataset, limit)
+    recorder = RekeyRecorder(db, cfg.func.batch_size, cfg.func.flush_interval, job_id)
+    progress = Progress(len(tasks), sum(t.size for t in tasks), logger=log)
+
+    def on_result(r: RekeyResult) -> None:
+        progress.add(r.bytes_read, r.result == "failed")
+        recorder.add(r)
+
+    def tick() -> None:
+        recorder.tick()
+        progress.tick()
+
+    ex.run(tasks, on_result, tick=tick, key=lambda t: t.size, name=lambda t: t.archive_path)
+    recorder.flush()
+    progress.close()
+    lines = rekey_lines(recorder.done, keys, already, len(tasks), cfg)
+    code = 1 if any(r.result == "failed" for r in recorder.done) else 0
+    db.job_end(job_id, code, "\n".join(lines[-2:]))
+    for line in lines:
+        print(line, file=out)
+    out.flush()
+    return code
 
 
 def rekey_lines(results: Sequence[RekeyResult], keys: RekeyKeys, already: int, planned: int, cfg: Any) -> list[str]:

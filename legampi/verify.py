@@ -2,7 +2,7 @@
 
 One read per file: the archived bytes are hashed as they stream past and, with ``--decrypt`` (needs the
 archive secret key), decrypted in the same pass so the plaintext md5/sha256 are compared with the manifest.
-The work function is plain Python; `parallel.Team` spreads it over the ranks like `process`.
+The work function is plain Python; `parallel.execute` spreads it over the ranks like `process`.
 
 An object in an S3 archive (`archive_path` s3://bucket/key) is read the same way, once, through the
 process's store (legampi.storage): its bytes are compared with the recorded checksum and with the sha256
@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import archive, checksum, storage
 from .formats import IngestError
+from .parallel import Executor, Job, NotReady, execute
+from .progress import Progress
 from .workspace import scan
 
 log = logging.getLogger("legampi.verify")
@@ -120,88 +124,107 @@ def unexpected_files(
         final = archive.archive_name(r["file_name"], extensions)
         # a rotation's pending marker belongs to its file (`rekey` clears it), not an unexpected file
         known |= {final, f"{final}.sha256", f"{final}.md5", final + archive.PENDING_SUFFIX}
-    listing = arch.store.iter_objects() if arch is not None and arch.backend == "s3" else scan(end_storage)
+    if arch is not None and arch.backend == "s3":
+        listing = arch.store.iter_objects()
+    elif end_storage is not None:
+        listing = scan(end_storage)
+    else:
+        raise ValueError("[workspaces] end_storage is required with the folder archive")
     return sorted(rel for rel, _ in listing if rel not in known)
 
 
 def run_verify(
     cfg: Any, team: Any, connect: Any, dataset: str | None = None, decrypt: bool = False, out: Any = None
 ) -> int:
-    """`legampi verify-archive` on every rank; exit 1 if any file is missing, altered or unexpected."""
+    """`legampi verify-archive` on every rank (TEAM None: in this process); exit 1 if any file is
+    missing, altered or unexpected, 2 if the audit could not start."""
+    job: Job[Any] = Job(
+        open=lambda: _open_database(connect),
+        load=lambda _rank: load_auditor(cfg, decrypt),
+        coordinate=lambda db, ex: verify_archive(db, ex, cfg, dataset, decrypt, out),
+    )
+    return execute(job, team, log)
+
+
+def _open_database(connect: Any) -> Any:
+    try:
+        db = connect()
+        db.require_schema()
+    except Exception as exc:  # noqa: BLE001 - reported to every rank as text, then exit 2
+        raise NotReady(str(exc)) from None
+    return db
+
+
+def load_auditor(cfg: Any, decrypt: bool = False) -> Callable[[AuditTask], AuditResult]:
+    """A working rank's work function: audit one file (with --decrypt, with the archive secret key)."""
+    return partial(audit_file, archive_secret_key=_archive_key(cfg) if decrypt else None)
+
+
+def _archive_key(cfg: Any) -> bytes:
+    """The archive secret key, for --decrypt; a missing or unreadable key refuses the audit."""
+    from .keys import load_secret_key
+
+    if cfg.crypto.archive_secret_key is None:
+        raise NotReady("--decrypt needs [crypto] archive_secret_key")
+    try:
+        pw = cfg.crypto.archive_passphrase.reveal() if cfg.crypto.archive_passphrase else None
+        return load_secret_key(cfg.crypto.archive_secret_key, pw)
+    except Exception as exc:  # noqa: BLE001
+        raise NotReady(f"cannot load the archive secret key: {exc}") from None
+
+
+def verify_archive(
+    db: Any, ex: Executor, cfg: Any, dataset: str | None = None, decrypt: bool = False, out: Any = None
+) -> int:
+    """Rank 0's audit: every `available` file through EX, then the files nobody accounts for; one event
+    per result, the operator's report on OUT. Exit 1 if anything is not ok."""
     import sys
 
     from .db import Event
-    from .keys import load_secret_key
 
     out = out or sys.stdout
-    problem, db, sk = "", None, None
-    if team.coordinator:
-        try:
-            db = connect()
-            db.require_schema()
-        except Exception as exc:  # noqa: BLE001 - reported to every rank as text, then exit 2
-            problem = str(exc)
-    if decrypt and (not team.coordinator or team.size == 1):
-        if cfg.crypto.archive_secret_key is None:
-            problem = "--decrypt needs [crypto] archive_secret_key"
-        else:
-            try:
-                pw = cfg.crypto.archive_passphrase.reveal() if cfg.crypto.archive_passphrase else None
-                sk = load_secret_key(cfg.crypto.archive_secret_key, pw)
-            except Exception as exc:  # noqa: BLE001
-                problem = f"cannot load the archive secret key: {exc}"
-    if not team.ready(problem, log):
-        return 2
-
-    def work(t: AuditTask) -> AuditResult:
-        return audit_file(t, sk)
-
-    code = 0
-    if team.coordinator:
-        rows = db.files(dataset)
-        tasks = [
-            AuditTask(
-                r["file_id"],
-                r["dataset_id"],
-                r["archive_path"],
-                r["archive_checksum"],
-                r["archive_checksum_type"],
-                r["md5"],
-                r["sha256"],
-                int(r["archive_size"] or 0),
-            )
-            for r in rows
-            if r["status"] == "available"
-        ]
-        results: list[AuditResult] = []
-
-        def on_result(r: AuditResult) -> None:
-            results.append(r)
-            (log.info if r.result == "ok" else log.error)("audit %s: %s (file %s)", r.result, r.details, r.file_id)
-
-        team.run(tasks, work, on_result, key=lambda t: t.size, name=lambda t: t.archive_path)
-        if dataset is None:
-            for rel in unexpected_files(cfg.workspaces.end_storage, db.files(), cfg.func.extensions):
-                results.append(
-                    AuditResult("", "", "unexpected", f"{cfg.workspaces.end_storage / rel}: not recorded as available")
-                )
-                log.error("audit unexpected: %s", results[-1].details)
-        with db.transaction():
-            db.add_events(
-                [Event(r.file_id or None, r.dataset_id or None, f"audit-{r.result}", None, r.details) for r in results]
-            )
-        counts = {k: sum(r.result == k for r in results) for k in ("ok", "mismatch", "missing", "unexpected")}
-        print(
-            f"fixity audit: {len(tasks)} archived file(s) checked"
-            + (" with decryption" if decrypt else "")
-            + ": "
-            + ", ".join(f"{v} {k}" for k, v in counts.items()),
-            file=out,
+    tasks = [
+        AuditTask(
+            r["file_id"],
+            r["dataset_id"],
+            r["archive_path"],
+            r["archive_checksum"],
+            r["archive_checksum_type"],
+            r["md5"],
+            r["sha256"],
+            int(r["archive_size"] or 0),
         )
-        for r in results:
-            if r.result != "ok":
-                print(f"  {r.result.upper()} {r.details}", file=out)
-        code = 1 if len(results) - counts["ok"] else 0
-    else:
-        team.run(None, work, lambda r: None)
-    return int(team.bcast(code))
+        for r in db.files(dataset)
+        if r["status"] == "available"
+    ]
+    results: list[AuditResult] = []
+    progress = Progress(len(tasks), sum(t.size for t in tasks), logger=log)
+
+    def on_result(r: AuditResult) -> None:
+        results.append(r)
+        progress.add(r.bytes_read, r.result != "ok")
+        (log.info if r.result == "ok" else log.error)("audit %s: %s (file %s)", r.result, r.details, r.file_id)
+
+    ex.run(tasks, on_result, tick=progress.tick, key=lambda t: t.size, name=lambda t: t.archive_path)
+    progress.close()
+    if dataset is None:
+        arch = storage.from_config(cfg)
+        for rel in unexpected_files(cfg.workspaces.end_storage, db.files(), cfg.func.extensions, arch=arch):
+            results.append(AuditResult("", "", "unexpected", f"{arch.location(rel)}: not recorded as available"))
+            log.error("audit unexpected: %s", results[-1].details)
+    with db.transaction():
+        db.add_events(
+            [Event(r.file_id or None, r.dataset_id or None, f"audit-{r.result}", None, r.details) for r in results]
+        )
+    counts = {k: sum(r.result == k for r in results) for k in ("ok", "mismatch", "missing", "unexpected")}
+    print(
+        f"fixity audit: {len(tasks)} archived file(s) checked"
+        + (" with decryption" if decrypt else "")
+        + ": "
+        + ", ".join(f"{v} {k}" for k, v in counts.items()),
+        file=out,
+    )
+    for r in results:
+        if r.result != "ok":
+            print(f"  {r.result.upper()} {r.details}", file=out)
+    return 1 if len(results) - counts["ok"] else 0

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from legampi.formats.base import IngestError, read_exact_into
+from legampi.formats.base import IngestError
+from legampi.formats.base import read_exact_into as read_exact_into  # re-exported (rekey reads headers with it)
 
 # Extension (lower case) -> format name, for the extensions an operator may list in [func] extensions.
 FORMAT_BY_EXTENSION = {
@@ -25,7 +26,6 @@ FORMAT_BY_EXTENSION = {
 # Suffixes that mean "this is encrypted" even when they are not configured: such a file must not be
 # archived as plaintext (it would be archived still encrypted for a key nobody records).
 ENCRYPTED_LOOKING = frozenset(FORMAT_BY_EXTENSION) | {".enc", ".aes", ".crypt", ".csc", ".cipher"}
-FORMATS = ("crypt4gh", "legacy_aes", "openpgp", "plain")
 
 
 def _suffix(rel: str) -> str:
@@ -129,10 +129,3 @@ def _closing(it: Iterator[bytes | memoryview], stream: BinaryIO | None) -> Itera
     finally:
         if stream is not None:
             stream.close()
-
-
-def read_exact(stream: BinaryIO, size: int) -> bytes:
-    """Read `size` bytes (fewer only at EOF), looping over short reads."""
-    buf = bytearray(size)
-    n = read_exact_into(stream, buf)
-    return bytes(buf[:n])

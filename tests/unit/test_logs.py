@@ -122,7 +122,7 @@ def test_archived_and_failed_lines_carry_structured_fields(capture, tmp_path: Pa
 
 
 def test_progress_lines_carry_bytes_and_seconds(capture) -> None:
-    from legampi.ingest import Progress
+    from legampi.progress import Progress
 
     buf = capture("json")
     p = Progress(2, 100, interval=0.0, stream=io.StringIO())

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from legampi import parallel
-from legampi.parallel import Doorbell
+from legampi import transport
+from legampi.transport import Doorbell
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix sockets are Linux's")
 
@@ -80,7 +80,7 @@ def test_transport_defaults_never_override_the_operator(monkeypatch: pytest.Monk
     monkeypatch.setenv("MPIR_CVAR_CH4_NETMOD", "ucx")
     monkeypatch.delenv("MPIR_CVAR_ENABLE_HEAVY_YIELD", raising=False)
     monkeypatch.delenv("UCX_MEM_EVENTS", raising=False)
-    parallel._quiet_transport_defaults()
+    transport.quiet_transport_defaults()
     assert os.environ["MPIR_CVAR_CH4_NETMOD"] == "ucx"  # the operator's choice stands
     assert os.environ["MPIR_CVAR_ENABLE_HEAVY_YIELD"] == "1"
     assert os.environ["UCX_MEM_EVENTS"] == "no"
@@ -91,6 +91,6 @@ def test_transport_defaults_leave_a_site_mpi_alone(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("UCX_MEM_EVENTS", raising=False)  # set by the call; restored after the test
     monkeypatch.delenv("MPIR_CVAR_CH4_NETMOD", raising=False)
     monkeypatch.delenv("MPIR_CVAR_ENABLE_HEAVY_YIELD", raising=False)
-    parallel._quiet_transport_defaults()
+    transport.quiet_transport_defaults()
     assert "MPIR_CVAR_CH4_NETMOD" not in os.environ
     assert "MPIR_CVAR_ENABLE_HEAVY_YIELD" not in os.environ

@@ -1,0 +1,195 @@
+"""How tasks and results travel between rank 0 and the workers (`parallel.Team.run`'s two halves).
+
+Rank 0 (`coordinate`) keeps a book of which worker holds which tasks (`Dispatch`): it deals the first
+ones round-robin, keeps every worker's queue short but never empty, and on a stop cancels what was not
+started. A worker (`serve`) runs tasks as they come and sends each result back as soon as it is ready.
+Messages go through the Team (`send`/`recv`, which ring the doorbell); mpi4py is imported by `parallel`
+alone, and this module sees MPI only as the Team's attribute.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+
+class Team(Protocol):
+    """What this module needs of `parallel.Team` (typed here: parallel imports this module)."""
+
+    MPI: Any
+    comm: Any
+    bell: Any
+    size: int
+
+    def send(self, obj: Any, dest: int, tag: int) -> None: ...
+
+    def recv(
+        self, source: int, idle: Callable[[], None] | None = None, tag: int | None = None
+    ) -> tuple[Any, int, int]: ...
+
+
+TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING, RESULT_OF_JOB, AGREE = range(1, 9)
+WORKER_BYTES = 64 * 1024 * 1024  # queued on one worker at most (dynamic schedule), beyond its first two
+WORKER_TASKS = 256
+
+
+def coordinate(
+    team: Team,
+    tasks: list[Any],
+    on_result: Callable[[Any], None],
+    tick: Callable[[], None],
+    should_stop: Callable[[], bool],
+    schedule: str,
+    key: Callable[[Any], int],
+    name: Callable[[Any], str],
+) -> None:
+    """Rank 0: hand out TASKS, call on_result for every result (tick while waiting) until every worker
+    is stopped; should_stop cancels what no worker has started."""
+    d = Dispatch(team, tasks, schedule, key, name)
+
+    def idle() -> None:
+        tick()
+        if should_stop():
+            d.cancel()
+
+    while d.active:
+        msg, src, tag = team.recv(team.MPI.ANY_SOURCE, idle)
+        if tag == RESULT:
+            d.settle(src, [getattr(msg, "file_id", None)])
+            on_result(msg)
+            if should_stop():
+                d.cancel()
+            if not d.stopping:
+                d.feed(src)
+        elif tag == DROPPED:  # the worker's queue, given back after CANCEL: never started
+            d.settle(src, msg)
+        elif tag == STOPPING:
+            d.cancel()
+        d.finish_if_idle(src)
+
+
+def serve(team: Team, work: Callable[[Any], Any], should_stop: Callable[[], bool]) -> None:
+    """A worker: run tasks as they come. WORK may return a Future (the end of the task continuing in a
+    thread, e.g. waiting for the disk): its result is sent as soon as it is done, in task order, while
+    the next task runs; at most one such tail is left running when the next task starts."""
+    queue: deque[Any] = deque()
+    running: deque[Any] = deque()
+    told = False
+    status = team.MPI.Status()
+
+    def deliver(block: bool = False) -> None:
+        while running and (block or running[0].done()):
+            team.send(running.popleft().result(), 0, RESULT)
+
+    while True:
+        while not queue or told or team.comm.Iprobe(source=0, tag=team.MPI.ANY_TAG, status=status):
+            msg, _src, tag = team.recv(0, idle=deliver)
+            if tag == TASKS:
+                queue.extend(msg)
+            elif tag == CANCEL:
+                team.send([ident(t) for t in queue], 0, DROPPED)
+                queue.clear()
+            elif tag == STOP:  # rank 0 stops a worker only once it has every result
+                deliver(block=True)
+                return
+        if should_stop() and not told:
+            team.send(None, 0, STOPPING)
+            told = True  # start nothing new: wait for rank 0's CANCEL (drops the queue), then STOP
+            continue
+        out = work(queue.popleft())
+        deliver(block=True)
+        if is_future(out):
+            out.add_done_callback(lambda _f: team.bell.ring_self())
+            running.append(out)
+        else:
+            team.send(out, 0, RESULT)
+
+
+class Dispatch:
+    """Rank 0's book in `Team.run`: which worker holds which tasks; feeding, cancelling, stopping."""
+
+    def __init__(
+        self, team: Team, tasks: list[Any], schedule: str, key: Callable[[Any], int], name: Callable[[Any], str]
+    ) -> None:
+        self.team, self.key = team, key
+        self.workers = list(range(1, team.size))
+        self.queues = order(tasks, schedule, key, name, len(self.workers))
+        self.dynamic = schedule == "dynamic"
+        self.pending: deque[Any] = self.queues[0] if self.dynamic else deque()
+        self.outstanding: dict[int, dict[Any, Any]] = {w: {} for w in self.workers}  # task id -> task, in order
+        self.held = dict.fromkeys(self.workers, 0)  # bytes outstanding per worker
+        self.active = set(self.workers)
+        self.stopping = False
+        if self.dynamic:  # deal the first files round-robin, one at a time, so small jobs spread over all ranks
+            while self.pending and any(self.wants(w) for w in self.workers):
+                for w in self.workers:
+                    if self.wants(w):
+                        self.feed(w, most=1)
+        for w in self.workers:
+            self.feed(w)
+            self.finish_if_idle(w)
+
+    def wants(self, w: int) -> bool:
+        # Keep >= 2 files queued per worker, more when they are small (so a worker never waits on rank 0),
+        # but never more than 64 MB or 256 files, so largest-first stays balanced.
+        n = len(self.outstanding[w])
+        return bool(self.pending) and (
+            n < 2 or (n < WORKER_TASKS and self.held[w] + self.key(self.pending[0]) <= WORKER_BYTES)
+        )
+
+    def feed(self, w: int, most: int | None = None) -> None:
+        if self.dynamic:
+            batch: list[Any] = []
+            while self.wants(w) and (most is None or len(batch) < most):
+                t = self.pending.popleft()
+                batch.append(t)
+                self.outstanding[w][ident(t)] = t
+                self.held[w] += self.key(t)
+        else:
+            batch = list(self.queues[w - 1])
+            self.queues[w - 1].clear()
+            self.outstanding[w].update((ident(t), t) for t in batch)
+        if batch:
+            self.team.send(batch, w, TASKS)
+
+    def settle(self, w: int, ids: Sequence[Any]) -> None:
+        """Worker W no longer holds these tasks (a result came back, or it dropped them unstarted)."""
+        for ident in ids:
+            t = self.outstanding[w].pop(ident, None)
+            if t is not None:
+                self.held[w] -= self.key(t)
+
+    def finish_if_idle(self, w: int) -> None:
+        if w in self.active and not self.outstanding[w]:
+            self.team.send(None, w, STOP)
+            self.active.discard(w)
+
+    def cancel(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.pending.clear()
+            for w in sorted(self.active):
+                self.team.send(None, w, CANCEL)
+
+
+def is_future(obj: Any) -> bool:
+    return callable(getattr(obj, "add_done_callback", None))
+
+
+def ident(task: Any) -> Any:
+    """A task's id in messages: its file_id (tasks are FileTask-like), or the task itself."""
+    return getattr(task, "file_id", task)
+
+
+def order(
+    tasks: list[Any], schedule: str, key: Callable[[Any], int], name: Callable[[Any], str], workers: int
+) -> list[deque[Any]]:
+    """Dynamic: one queue, largest first. Static: the seed's formula over the sorted listing, file number
+    ``branch + branches*n`` (1-based) going to worker ``branch`` (1..branches = workers)."""
+    if schedule == "dynamic":
+        return [deque(sorted(tasks, key=lambda t: (-key(t), name(t))))]
+    if schedule != "static":
+        raise ValueError(f"unknown schedule {schedule!r}")
+    ordered = sorted(tasks, key=name)
+    return [deque(t for i, t in enumerate(ordered, 1) if (i - b) % workers == 0) for b in range(1, workers + 1)]

@@ -193,7 +193,9 @@ def archived_section(data: ReportData) -> str:
     )
     if len(ids) > MAX_DATASET_LINES:
         note += f" {len(ids)} datasets: only the total is drawn."
-    chart = time_bytes_chart(series, testid="plot-archived", title="Cumulative archived bytes over time")
+    chart = time_bytes_chart(
+        series, testid="plot-archived", title="Cumulative archived bytes (transferred size) over time"
+    )
     return _section("archived", title, [chart, f'<p class="note">{escape(note)}</p>'])
 
 

@@ -162,9 +162,14 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
                 )
                 continue
             _remove_source(cfg, f["file_name"], rep)
+    log_problems(rep, job_id)
+    return rep
+
+
+def log_problems(rep: RecoveryReport, job_id: str | None = None) -> None:
+    """One error line per problem, with its structured fields (logs.FIELDS) for JSON logs."""
     for line, extra in zip(rep.problems, rep.problem_fields, strict=True):
         log.error("recover: %s", line, extra={"job": job_id, **extra} if job_id else extra)
-    return rep
 
 
 def job_is_dead(
@@ -314,12 +319,9 @@ def _adoptable(
         found = _examine(f, rel, cfg, arch, rep)
     except (OSError, IngestError) as exc:
         why = exc.message if isinstance(exc, IngestError) else str(exc)
-        rep.problem(
-            f"{f['file_name']} (file {f['file_id']}): cannot examine {where}: {why}",
-            file_id=f["file_id"],
-            file_name=f["file_name"],
-            kind=exc.kind if isinstance(exc, IngestError) else "io",
-        )
+        kind = exc.kind if isinstance(exc, IngestError) else "io"
+        text = f"{f['file_name']} (file {f['file_id']}): cannot examine {where}: {why}"
+        rep.problem(text, file_id=f["file_id"], file_name=f["file_name"], kind=kind)
         return None
     if found is None:
         return None

@@ -140,3 +140,23 @@ def test_recovery_problems_carry_file_and_kind(capture) -> None:
     rep.problem("archive_conflict: a (file F1): not adopted", file_id="F1", file_name="a", kind="archive_conflict")
     assert rep.problems == ["archive_conflict: a (file F1): not adopted"]
     assert rep.problem_fields == [{"file_id": "F1", "file_name": "a", "kind": "archive_conflict"}]
+
+
+def test_recovery_problem_lines_are_structured(capture) -> None:
+    from legampi.recovery import RecoveryReport, log_problems
+
+    buf = capture("json")
+    rep = RecoveryReport()
+    rep.problem("archive_conflict: a (file F1): not adopted", file_id="F1", file_name="a", kind="archive_conflict")
+    rep.problem("cannot list incomplete S3 uploads: timeout", kind="io")
+    log_problems(rep, "job-9")
+    first, second = _lines(buf)
+    assert (first["level"], first["job"], first["file_id"], first["file_name"], first["kind"]) == (
+        "ERROR",
+        "job-9",
+        "F1",
+        "a",
+        "archive_conflict",
+    )
+    assert first["message"] == "recover: archive_conflict: a (file F1): not adopted"
+    assert second["kind"] == "io" and "file_id" not in second

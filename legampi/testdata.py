@@ -174,7 +174,8 @@ def make_dataset(
     """Write files into RECEIVING and DATASET.tab + DATASET.json into METADATA; returns the JSON's file objects.
 
     DATASET.json: EGA file objects (`checksum`/`fileSize` of the encrypted file as written, plaintext md5 in
-    `unencryptedChecksum`); DATASET.tab: name, plaintext md5, size, plaintext sha256.
+    `unencryptedChecksum`); DATASET.tab: name, plaintext md5, transferred size (the encrypted file), plaintext
+    sha256.
     """
     rng = np.random.default_rng(seed)
     entries, lines = [], []

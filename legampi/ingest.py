@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import archive
+from .backlog import Backlog
 from .config import Config
 from .db import Database, DatabaseError, Event, chunks
 from .parallel import Executor, Job, NotReady, execute
@@ -375,6 +376,8 @@ def _finish(recorder: Recorder, tasks: list[FileTask], job_id: str, opts: Proces
         summary.released = recorder.db.release(leftover, job_id, "not started before the job stopped")
     code = 2 if config_problem else 1 if summary.failed else 0
     lines = summary.lines()
+    if not tasks:  # say what is waiting elsewhere and which command moves it on
+        lines += Backlog.read(recorder.db, recorder.cfg, job_id).lines()
     if config_problem:
         lines.insert(1, f"  STOPPED: configuration problem: {config_problem}")
         lines.insert(2, "  files it affected were released unchanged; fix the configuration and run again")

@@ -146,10 +146,16 @@ def limits(mix: Mix, cal: Calibration, site: Cluster) -> dict[str, float]:
     }
 
 
+_WORK: dict[tuple[int, int, int], float] = {}  # total worker-seconds per (mix, calibration, site)
+
+
 def makespan(mix: Mix, ranks: int, cal: Calibration, site: Cluster) -> tuple[float, str]:
     """(seconds, the binding limit) for a job of RANKS ranks (rank 0 + RANKS-1 workers)."""
     w = max(ranks - 1, 1)
-    work = mix.count * sum(worker_seconds(s, cal, site) for s in mix.sizes) / len(mix.sizes)
+    key = (id(mix), id(cal), id(site))
+    if key not in _WORK:
+        _WORK[key] = mix.count * sum(worker_seconds(s, cal, site) for s in mix.sizes) / len(mix.sizes)
+    work = _WORK[key]
     nodes = max(1, math.ceil(ranks / site.ranks_per_node))
     times = {"workers": work / w, "node NICs": mix.total / (nodes * site.node_bytes_per_s)}
     times.update(limits(mix, cal, site))
@@ -289,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default="postgresql", choices=["sqlite", "postgresql"], help="calibration rows to use")
     p.add_argument("--files-per-message", type=float, help="model batched hand-outs/results (the proposed fix)")
     p.add_argument("--mds-ops", type=float, help="metadata server ops/s available to the job")
+    p.add_argument("--db-rows", type=float, help="database rows/s (the batch write's wall per row is 1/this)")
     p.add_argument(
         "--fixed",
         action="store_true",
@@ -301,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     site = Cluster()
     if a.mds_ops:
         site.mds_ops_per_s = a.mds_ops
+    if a.db_rows:
+        cal.db_rows_per_s, cal.r0_db_s = a.db_rows, 1 / a.db_rows
     if a.fixed:
         cal.files_per_message, cal.unlink_off_rank0, cal.db_overlapped = 32.0, True, True
     if a.files_per_message:

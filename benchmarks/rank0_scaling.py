@@ -194,6 +194,66 @@ def one_run(a: argparse.Namespace, work: Path, kind: str, ranks: int, keys, entr
     return row
 
 
+def batch_write_alone(a: argparse.Namespace, work: Path, kind: str, keys, entries: list[Entry]) -> dict:
+    """The database's rows/s without MPI: register ENTRIES, claim them, record them in batches of
+    [func_conf] batch_size (200) with Database.record_results in this process; wall and CPU per row."""
+    from legampi.config import load
+    from legampi.db import Database
+    from legampi.stream import FileResult
+
+    base = work / f"run-{kind}-dbonly"
+    row: dict = {"db": kind, "files": len(entries), "problems": []}
+    with database(kind, base, a.pg_dsn) as url:
+        conf, _spaces = prepare(base, keys, url)
+        write_manifest(base / "manifest.tsv", entries)
+        reg = run_step(
+            "register",
+            [tool("legampi"), "-c", str(conf), "register", str(base / "manifest.tsv"), "--dataset", "EGAD-DBONLY"],
+            base / "register.log",
+        )
+        if reg.code != 0:
+            row["problems"].append(f"register exit {reg.code}: {tail(reg.log)}")
+            return row
+        cfg = load(str(conf))
+        db = Database.connect(cfg.database)
+        try:
+            files = db.file_rows()
+            job = "bench-dbonly"
+            db.job_start(job, "process", "bench", 2)
+            db.claim([f.file_id for f in files], job)
+            results = [
+                FileResult(
+                    f.file_id,
+                    f.file_name,
+                    "available",
+                    f"/archive/{f.file_name}",
+                    f.md5,
+                    f.sha256,
+                    "0" * 64,
+                    "sha256",
+                    "key",
+                    f.size,
+                    f.size,
+                )
+                for f in files
+            ]
+            step = cfg.func.batch_size
+            row["load_before"] = os.getloadavg()[0]
+            c0, w0 = time.process_time(), time.monotonic()
+            for i in range(0, len(results), step):
+                db.record_results(results[i : i + step], job)
+            cpu, wall = time.process_time() - c0, time.monotonic() - w0
+            row["load_after"] = os.getloadavg()[0]
+            bad = [f.file_name for f in db.file_rows() if f.status != "available"]
+        finally:
+            db.close()
+        if bad:
+            row["problems"].append(f"{len(bad)} row(s) not available after record_results, e.g. {bad[:3]}")
+        row.update(batch=step, rows_per_s=len(results) / wall, cpu_ms_per_row=1000 * cpu / len(results))
+    shutil.rmtree(base, ignore_errors=True)
+    return row
+
+
 NUMERIC = (
     "wall",
     "loop_wall",
@@ -317,6 +377,24 @@ def report(a: argparse.Namespace, cells: list[dict]) -> dict:
     return summary
 
 
+def report_alone(rows: list[dict]) -> None:
+    """The database's own rate (no MPI, one process): median rows/s per database."""
+    for kind in dict.fromkeys(r["db"] for r in rows):
+        ok = [r for r in rows if r["db"] == kind and not r["problems"]]
+        for r in rows:
+            if r["db"] == kind and r["problems"]:
+                print(f"FAILED {kind} batch write alone: {r['problems'][0]}", file=sys.stderr)
+        if ok:
+            runs = ", ".join(f"{r['rows_per_s']:,.0f}" for r in ok)
+            print(
+                f"{kind} batch write alone (record_results, batches of {ok[0]['batch']}, no MPI): "
+                f"{statistics.median(r['rows_per_s'] for r in ok):,.0f} rows/s, "
+                f"{statistics.median(r['cpu_ms_per_row'] for r in ok):.3f} ms CPU per row "
+                f"(runs: {runs}; "
+                f"load {statistics.median(r['load_before'] for r in ok):.1f})"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     work = workdir_for(a.workdir, "legampi-scaling-")
@@ -330,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"work folder: {work}{' (kept)' if a.keep else ''}; load average {os.getloadavg()[0]:.1f}")
     cells: list[dict] = []
+    alone: list[dict] = []
     try:
         keys = keys_in(work / "keys")
         t0 = time.perf_counter()
@@ -359,14 +438,22 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 flush=True,
             )
+        for kind in a.dbs:
+            for _ in range(a.repeat):
+                try:
+                    alone.append(batch_write_alone(a, work, kind, keys, entries))
+                except Exception as exc:  # noqa: BLE001 - a broken run is a failed row, not hidden
+                    alone.append({"db": kind, "problems": [f"{type(exc).__name__}: {exc}"]})
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     result["results"] = cells
+    result["batch_write_alone"] = alone
+    report_alone(alone)
     result["summary"] = report(a, cells)
     result["machine"]["loadavg_end"] = os.getloadavg()
     write_json(a.json, "rank0_scaling", result)
-    return 1 if any(c["problems"] for c in cells) else 0
+    return 1 if any(c["problems"] for c in cells + alone) else 0
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ batch writes; data generation, init-db and register are not timed):
                    not by rank 0; rank 0's capacity is 1 / (r0 CPU/result))
   db rows/s        rows / wall seconds inside record_results (rank 0's capacity to record)
   r0 peak MiB      rank 0's VmHWM; per rank = slope over -n at fixed files, per file = slope over files
+  batch write alone  the same files registered, claimed and recorded with Database.record_results in
+                   batches of [func_conf] batch_size in this process, no MPI: the database's own rows/s
 With --repeat N every cell is the median of N runs. Load average is read before and after each run.
 
 examples:

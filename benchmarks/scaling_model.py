@@ -207,7 +207,9 @@ def load_calibration(path: Path, db: str) -> Calibration:
     if not cells:
         raise SystemExit(f"{path}: no successful {db} rows")
     med = sorted(cells, key=lambda c: c["cpu_per_result_ms"])[len(cells) // 2]
-    rows = sorted(c["db_rows_per_s"] for c in cells if c.get("db_rows_per_s"))
+    # the batch write alone (no MPI) when the JSON has it; else the (oversubscribed) in-job figure
+    alone = [r["rows_per_s"] for r in data.get("batch_write_alone", []) if r["db"] == db and not r["problems"]]
+    rows = sorted(alone or [c["db_rows_per_s"] for c in cells if c.get("db_rows_per_s")])
     db_rate = rows[len(rows) // 2]
     per_file = med.get("file_cpu_per_result_ms")
     return replace(

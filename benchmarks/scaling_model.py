@@ -259,8 +259,9 @@ def svg(results: list[dict], path: Path, title: str) -> None:
         pts = " ".join(f"{px(r['ranks']):.1f},{py(r['bytes_per_s'] / 1e6):.1f}" for r in m["curve"])
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="2"/>')
         k = m["knee_ranks"]
-        t, _ = makespan(next(x for x in mixes() if x.name == m["mix"]), k, CAL_IN_USE[0], CAL_IN_USE[1])
-        parts.append(f'<circle cx="{px(k):.1f}" cy="{py(m["bytes"] / t / 1e6):.1f}" r="4" fill="{c}"/>')
+        # the knee sits on the curve's plateau (past the knee the throughput no longer grows)
+        plateau = max(r["bytes_per_s"] for r in m["curve"])
+        parts.append(f'<circle cx="{px(k):.1f}" cy="{py(plateau / 1e6):.1f}" r="4" fill="{c}"/>')
         ly = mt + 10 + 34 * i
         parts.append(f'<line x1="{w - mr + 12}" y1="{ly}" x2="{w - mr + 30}" y2="{ly}" stroke="{c}" stroke-width="2"/>')
         label = m["mix"].split(":")[0]

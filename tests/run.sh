@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python benchmarks/ingest.py --smoke
 python benchmarks/s3.py --smoke
+python benchmarks/smallfiles.py --smoke
 python -m pytest -q -p no:cacheprovider tests "$@"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import statistics
 import sys
 import tempfile
 import time
@@ -58,10 +59,13 @@ def _fsync_kind(fd: int) -> str:
     return "fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file"
 
 
-def profile(files: int, workdir: Path) -> dict[str, tuple[float, float]]:
-    """ms per file and calls per file of each category, over FILES 1 KiB files (process_file in-process)."""
+def profile(files: int, workdir: Path, ordered: bool = True) -> dict[str, tuple[float, float]]:
+    """ms per file and calls per file of each category, over FILES 1 KiB files (process_file in-process).
+
+    ordered=False: as if the file system did not order directory operations (a folder fsync after the
+    sidecar link and another after the archive link, as before issue 15)."""
+    from legampi import archive, stream
     from legampi import keys as lkeys
-    from legampi import stream
     from legampi.formats import crypt4gh as c4gh
 
     ks = datagen.make_keys(workdir / "keys")
@@ -69,6 +73,7 @@ def profile(files: int, workdir: Path) -> dict[str, tuple[float, float]]:
     inbox, end = workdir / "inbox", workdir / "archive"
     end.mkdir()
     made = datagen.generate(inbox, plan, ks, workers=2)
+    saved, archive.ORDERED_DIR_FS = archive.ORDERED_DIR_FS, archive.ORDERED_DIR_FS if ordered else frozenset()
     ctx = stream.PipelineContext(
         processing=inbox,
         end_storage=end,
@@ -97,6 +102,7 @@ def profile(files: int, workdir: Path) -> dict[str, tuple[float, float]]:
     finally:
         for u in undo:
             u()
+        archive.ORDERED_DIR_FS = saved
     total = time.perf_counter() - t0
     out = {k: (1000 * s / files, t.calls[k] / files) for k, s in sorted(t.seconds.items(), key=lambda kv: -kv[1])}
     out["rest (python, crypto, open/read/write)"] = (1000 * (total - sum(t.seconds.values())) / files, 0.0)
@@ -111,6 +117,21 @@ def print_profile(rows: dict[str, tuple[float, float]]) -> None:
         print(f"{k:42} {ms:8.3f} {calls:10.2f}")
 
 
+def ab(files: int, rounds: int) -> None:
+    """Interleaved rounds of the worker pipeline with one folder fsync per file (ordered) and with two."""
+    totals: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for ordered in (False, True):
+            with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
+                totals[ordered].append(profile(files, Path(d), ordered)["total per file"][0])
+    med = {k: statistics.median(v) for k, v in totals.items()}
+    print(f"load average {os.getloadavg()[0]:.1f}; {rounds} rounds x {files} files, median ms/file")
+    print(
+        f"two folder fsyncs per file (before) {med[False]:.2f}  one (ordered) {med[True]:.2f}  "
+        f"speed-up {med[False] / med[True]:.2f}x"
+    )
+
+
 def _ingest(argv: list[str]) -> int:
     sys.path.insert(0, str(HERE))
     import ingest  # benchmarks/ingest.py
@@ -120,7 +141,7 @@ def _ingest(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", choices=("profile", "small", "huge"), default="profile")
+    p.add_argument("what", nargs="?", choices=("profile", "ab", "small", "huge"), default="profile")
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--size", default="1GB", help="huge: the one file's size")
     p.add_argument("--repeat", type=int, default=3)
@@ -135,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.what == "profile":
         with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
             print_profile(profile(a.files, Path(d)))
+        return 0
+    if a.what == "ab":
+        ab(a.files, a.repeat)
         return 0
     if a.what == "small":  # ingest.py runs legampi with W workers + rank 0: -W 2 is `mpiexec -n 3`
         return _ingest(["--files", str(a.files), "--size", "1KiB", "-W", "2", "--repeat", str(a.repeat), *common])

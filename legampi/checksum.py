@@ -156,12 +156,13 @@ def write_sidecar(
     mode: int = 0o640,
     provenance: dict[str, Any] | None = None,
     replace: bool = True,
+    sync_dir: bool = True,
 ) -> Path:
     """Write `<path>.<algo>` via temp + rename so readers never see a half-written sidecar (with
-    replace=False never over an existing one: FileExistsError)."""
+    replace=False never over an existing one: FileExistsError; sync_dir=False: the caller fsyncs the folder)."""
     p = Path(path)
     data = format_sidecar(hexdigest, p.name, algo, provenance)
-    return write_durably(sidecar_path(p, algo), data, mode, replace=replace)
+    return write_durably(sidecar_path(p, algo), data, mode, replace=replace, sync_dir=sync_dir)
 
 
 def read_sidecar(side: str | os.PathLike, algo: str | None = None) -> tuple[str, str, dict[str, Any] | None]:

@@ -132,6 +132,48 @@ def ab(files: int, rounds: int) -> None:
     )
 
 
+def threads(size: int, rounds: int, workdir: Path) -> None:
+    """One file of SIZE: the ideal script (one process) vs the worker pipeline in this process, serial
+    (threads_per_file 1) and with the plaintext hashes on their own thread (2); interleaved rounds."""
+    import shutil
+
+    import baselines
+
+    from legampi import stream
+
+    ks = datagen.make_keys(workdir / "keys")
+    (made,) = datagen.generate(workdir / "inbox", [("huge.dat", size)], ks)
+    task = stream.FileTask("F1", "D", made.name, made.md5, made.sha256, made.enc_size)
+    secs: dict[str, list[float]] = defaultdict(list)
+    for i in range(rounds):
+        out = workdir / f"out{i}"
+        t0 = time.perf_counter()
+        run = baselines.ideal([made], out / "ideal", ks, 1)
+        secs["ideal"].append(time.perf_counter() - t0)
+        assert all(o.md5 == made.md5 for o in run.outcomes), "ideal: wrong md5"
+        for tpf in ("1", "2"):
+            (end := out / f"legampi{tpf}").mkdir(parents=True)
+            ctx = stream.PipelineContext(
+                processing=workdir / "inbox",
+                end_storage=end,
+                quarantine=None,
+                extensions=(".c4gh",),
+                inbox_secret_key=ks.inbox_secret(),
+                archive_public_key=ks.archive_public(),
+                threads_per_file=tpf,
+            )
+            t0 = time.perf_counter()
+            r = stream.process_file(task, ctx)
+            secs[f"legampi threads_per_file={tpf}"].append(time.perf_counter() - t0)
+            assert r.status == "available", r.error
+        shutil.rmtree(out)
+    ideal_s = statistics.median(secs["ideal"])
+    print(f"load average {os.getloadavg()[0]:.1f}; one {datagen.human(size)} file, {rounds} interleaved rounds")
+    for name, v in secs.items():
+        med = statistics.median(v)
+        print(f"{name:32} {size / med / 1e6:8.1f} MB/s  {ideal_s / med:5.2f}x ideal")
+
+
 def _ingest(argv: list[str]) -> int:
     sys.path.insert(0, str(HERE))
     import ingest  # benchmarks/ingest.py
@@ -141,7 +183,7 @@ def _ingest(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", choices=("profile", "ab", "small", "huge"), default="profile")
+    p.add_argument("what", nargs="?", choices=("profile", "ab", "threads", "small", "huge"), default="profile")
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--size", default="1GB", help="huge: the one file's size")
     p.add_argument("--repeat", type=int, default=3)
@@ -159,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.what == "ab":
         ab(a.files, a.repeat)
+        return 0
+    if a.what == "threads":
+        with tempfile.TemporaryDirectory(prefix="legampi-huge-") as d:
+            threads(datagen.parse_size(a.size), a.repeat, Path(d))
         return 0
     if a.what == "small":  # ingest.py runs legampi with W workers + rank 0: -W 2 is `mpiexec -n 3`
         return _ingest(["--files", str(a.files), "--size", "1KiB", "-W", "2", "--repeat", str(a.repeat), *common])

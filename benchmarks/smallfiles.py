@@ -174,6 +174,28 @@ def threads(size: int, rounds: int, workdir: Path) -> None:
         print(f"{name:32} {size / med / 1e6:8.1f} MB/s  {ideal_s / med:5.2f}x ideal")
 
 
+def small_pg(files: int, rounds: int, url: str, workdir: Path) -> int:
+    """PostgreSQL: ingest.py registers into the database it is given, so each round gets a fresh one
+    (dropped and created again through psql); each round runs ideal and legampi back to back."""
+    import json
+    import subprocess
+
+    base, _, name = url.rpartition("/")
+    ratios, code = [], 0
+    for i in range(rounds):
+        for sql in (f"drop database if exists {name}", f"create database {name}"):
+            subprocess.run(["psql", "-q", f"{base}/postgres", "-c", sql], check=True)
+        out = workdir / f"round{i}.json"
+        argv = ["--files", str(files), "--size", "1KiB", "-W", "2", "--repeat", "1", "--warmup", "0"]
+        code = max(code, _ingest([*argv, "--json", str(out), *_COMMON, "--legampi-db", url]))
+        ratios.append(json.loads(out.read_text())["ratios"]["legampi/ideal (full)"])
+    print(f"PostgreSQL, {rounds} rounds: legampi/ideal {ratios}; median {statistics.median(ratios):.2f}x")
+    return code
+
+
+_COMMON = ["--contenders", "ideal,legampi", "--modes", "full", "--no-balance-real"]
+
+
 def _ingest(argv: list[str]) -> int:
     sys.path.insert(0, str(HERE))
     import ingest  # benchmarks/ingest.py
@@ -206,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="legampi-huge-") as d:
             threads(datagen.parse_size(a.size), a.repeat, Path(d))
         return 0
+    if a.what == "small" and a.db.startswith("postgres"):
+        with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
+            return small_pg(a.files, a.repeat, a.db, Path(d))
     if a.what == "small":  # ingest.py runs legampi with W workers + rank 0: -W 2 is `mpiexec -n 3`
         return _ingest(["--files", str(a.files), "--size", "1KiB", "-W", "2", "--repeat", str(a.repeat), *common])
     return _ingest(["--files", "1", "--size", a.size, "-W", "1", "--repeat", str(a.repeat), "--verify", "1", *common])

@@ -120,6 +120,41 @@ def make_dirs(path: Path, top: Path, mode: int = DIR_MODE) -> None:
         os.chmod(d, mode)
 
 
+# File systems whose journal commits the directory operations of one folder in the order they were made,
+# so one folder fsync after link(A) then link(B) can persist nothing, A, or A and B, but never B alone.
+# POSIX does not promise this; ext3/ext4 (metadata journal, any data= mode) and XFS (ordered log) do.
+# provenance.commit relies on it, on these only, to make a sidecar and its archive file durable with one
+# folder fsync; anywhere else (NFS, Lustre, GPFS, btrfs, tmpfs...) it fsyncs the folder after each link.
+ORDERED_DIR_FS = frozenset({"ext3", "ext4", "xfs"})
+_FS_TYPES: dict[int, str] = {}
+
+
+def fs_type(path: Path) -> str:
+    """The file system type (as /proc/self/mountinfo names it) of the folder PATH; '' if unknown."""
+    dev = os.stat(path).st_dev
+    if dev not in _FS_TYPES:
+        _FS_TYPES[dev] = _mount_type(os.major(dev), os.minor(dev))
+    return _FS_TYPES[dev]
+
+
+def _mount_type(major: int, minor: int) -> str:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                left, sep, right = line.partition(" - ")
+                fields = left.split()
+                if sep and len(fields) > 2 and fields[2] == f"{major}:{minor}":
+                    return right.split()[0]
+    except OSError:
+        pass
+    return ""
+
+
+def orders_dir_ops(path: Path) -> bool:
+    """True when directory operations in folder PATH become durable in the order they were made."""
+    return fs_type(path) in ORDERED_DIR_FS
+
+
 def fsync_dir(path: Path) -> None:
     """Make a directory entry change (link, unlink, rename) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -203,10 +238,11 @@ class TempArchiveFile:
             return
 
 
-def write_durably(path: Path, data: bytes, mode: int = 0o640, replace: bool = True) -> Path:
+def write_durably(path: Path, data: bytes, mode: int = 0o640, replace: bool = True, sync_dir: bool = True) -> Path:
     """Write a small file via temp + fsync + rename + folder fsync: readers never see half of it, and it
     survives a crash once this returns (sidecars, rekey markers). With replace=False an existing file at
-    `path` is never replaced (FileExistsError)."""
+    `path` is never replaced (FileExistsError). sync_dir=False leaves the folder fsync to the caller
+    (its content is durable, its name not yet)."""
     path = Path(path)
     tmp = path.with_name(temp_name(path.name))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
@@ -227,7 +263,8 @@ def write_durably(path: Path, data: bytes, mode: int = 0o640, replace: bool = Tr
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
     return path
 
 

@@ -48,6 +48,7 @@ def commit(
     writer: archive.TempArchiveFile, hexdigest: str, algo: str, mode: int, prov: dict[str, Any], rel: str
 ) -> None:
     """Make a finished temp archive file final: sidecar with provenance first (durable), then the link.
+    Durable when this returns: the sidecar's data and name, the archive file's name (its data: finish()).
 
     Refuses (kind `archive_conflict`) when a sidecar that is not a stale one of this file's own earlier
     attempts stands at the sidecar path; never overwrites a file at the final path. On failure nothing
@@ -60,8 +61,13 @@ def commit(
         if owner != prov["file_id"] or os.path.lexists(final):
             raise _conflict(rel, side, owner)
         side.unlink()  # this file's own attempt that crashed before its link: start over
+    # One folder fsync for both names where the file system journals the folder's operations in order
+    # (archive.ORDERED_DIR_FS): the sidecar's link is made first, so a crash before that fsync leaves
+    # nothing, the sidecar alone (an own orphan: the next attempt or recovery drops it) or both, never
+    # the archive file without its provenance. Elsewhere the sidecar's link is made durable on its own.
+    ordered = archive.orders_dir_ops(final.parent)
     try:  # never over an existing sidecar: a concurrent writer of the same path loses here
-        checksum.write_sidecar(final, hexdigest, algo, mode, provenance=prov, replace=False)  # fsyncs the folder
+        checksum.write_sidecar(final, hexdigest, algo, mode, provenance=prov, replace=False, sync_dir=not ordered)
     except FileExistsError:
         raise _conflict(rel, side, _owner(side, algo)) from None
     except OSError as e:
@@ -69,8 +75,9 @@ def commit(
     try:
         writer.commit(durable=True)
     except BaseException as e:
-        side.unlink(missing_ok=True)
-        archive.fsync_dir(side.parent)
+        if not writer.committed:  # a linked archive file keeps its provenance, whatever failed after
+            side.unlink(missing_ok=True)
+            archive.fsync_dir(side.parent)
         if isinstance(e, OSError):
             raise _os_error(rel, f"moving the archived file into place at {final}", e) from None
         raise

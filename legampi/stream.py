@@ -16,7 +16,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +101,7 @@ class PipelineContext:
     chunk_size: int = 4 * 1024 * 1024  # bytes read per I/O call (rounded to whole segments)
     archive: ArchiveConfig | None = None  # [archive]; None or backend posix: end_storage
     job_id: str | None = None  # named in an S3 upload's claim, when the worker knows it
+    threads_per_file: str = "1"  # '1' | '2' (plaintext hashes on their own thread) | 'auto' (for huge files)
 
     def __post_init__(self) -> None:
         checks = [
@@ -108,6 +109,7 @@ class PipelineContext:
             ("archive_checksum", self.archive_checksum, checksum.ALGOS),
             ("legacy_cipher", self.legacy_cipher, ("aes128", "aes256")),
             ("decrypt_via", self.decrypt_via, ("local", "res")),
+            ("threads_per_file", self.threads_per_file, ("1", "2", "auto")),
         ]
         for name, value, allowed in checks:
             if value not in allowed:
@@ -156,6 +158,7 @@ class PipelineContext:
             file_mode=crypto.file_mode,
             chunk_size=func.chunk_size,
             archive=getattr(cfg, "archive", None),
+            threads_per_file=str(getattr(func, "threads_per_file", "1")),
         )
 
     def secrets(self) -> list[str]:
@@ -175,14 +178,6 @@ def _valid_hex(value: str | None, length: int, what: str, rel: str) -> str | Non
     if not checksum.is_hex_digest(v, what):
         raise IngestError("checksum", f"{rel}: manifest {what} {value!r} is not a valid {what} digest")
     return v
-
-
-def _hashing(chunks: Iterable[bytes | memoryview], hashers: list[Any], count: list[int]) -> Iterator[Any]:
-    for chunk in chunks:
-        for h in hashers:
-            h.update(chunk)
-        count[0] += len(chunk)
-        yield chunk
 
 
 def process_file(task: FileTask, ctx: PipelineContext, *, rank: int = 0) -> FileResult:
@@ -297,6 +292,7 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
     writer: storage.ArchiveWriter | None = None
     feeder: transfer.Feeder | None = None
     stages: list[Any] = []  # generators to close on failure (a gpg child must not outlive its file)
+    hasher: checksum.HashThread | None = None
     try:
         st0 = os.fstat(fd)
         # Buffers sized to the file: a 1 KiB file must not allocate several MiB (bookkeeping-bound runs).
@@ -337,7 +333,8 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
             if feeder is not None:
                 stages.append(plain)
                 plain = feeder.after_start(plain)
-            hashed = _hashing(plain, [md5, sha], count)
+            hasher = checksum.HashThread([md5, sha]) if checksum.threaded(ctx.threads_per_file, st0.st_size) else None
+            hashed = checksum.hashing(plain, [hasher] if hasher else [md5, sha], count)
             out = c4gh.encrypt_stream(
                 hashed, ctx.archive_public_key, batch_segments=c4gh.segments_per_read(ctx.chunk_size)
             )
@@ -355,6 +352,8 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
             writer.write(block)
         for gen in reversed(stages):
             gen.close()  # done with the source: a gpg child ends now, not after the fsync
+        if hasher is not None:
+            hasher.close()
         yield
         archive_hex = writer.finish()
         st1 = os.stat(src, follow_symlinks=False)
@@ -394,5 +393,7 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
         if feeder is not None:
             feeder.finish()  # a source read error is reported by `verified`, or moot after another failure
         source.close()
+        if hasher is not None:
+            hasher.close()
         if writer is not None and not writer.committed:
             writer.abort()

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 python benchmarks/ingest.py --smoke
 python benchmarks/s3.py --smoke
 python benchmarks/rank0_scaling.py --smoke
+python benchmarks/smallfiles.py --smoke
 python -m pytest -q -p no:cacheprovider tests "$@"

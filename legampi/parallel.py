@@ -8,9 +8,10 @@ final exit status. With one rank (or no MPI at all, as in unit tests) the same j
 
 Rank 0 coordinates (and alone talks to the database); ranks 1..n run the work function on the tasks they
 are handed and send each result back as soon as it is ready. Waiting never spins a core: MPICH's blocking
-receive busy-polls, so receives here are Iprobe + a wait with an exponential backoff (<= 50 ms). Ranks on
-the same host also ring a doorbell (`transport.Doorbell`) around each message, and the waiting rank
-sleeps in select() on it, so it wakes within microseconds instead of after the backoff.
+receive busy-polls, so receives here are a short burst of Iprobes + a wait with an exponential backoff
+(<= 50 ms). Ranks also ring a doorbell (`transport.Doorbell`: same host a Unix datagram, other hosts UDP)
+around each message, and the waiting rank sleeps in select() on it, so it wakes within microseconds
+instead of after the backoff.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ from typing import Any, Generic, TypeVar, cast
 
 from .dispatch import AGREE, RESULT_OF_JOB, coordinate, is_future, order, serve
 from .transport import Doorbell, quiet_transport_defaults
+from .transport import launched_by_mpi as launched_by_mpi  # re-exported: the CLI asks before importing MPI
 
 log = logging.getLogger("legampi.parallel")
 
 FIRST_WAIT = 0.0002
 MAX_WAIT = 0.05
+PROBE_BURST = 4  # Iprobes in a row at each wake-up: with MPICH's ofi netmod a message from another host
+# becomes visible only after ~3 Iprobes (each drives the progress engine once), however long one waits
 ABORT_GRACE = 0.2
 
 S = TypeVar("S")  # what rank 0 opened for a job (its database, ...)
@@ -268,6 +272,7 @@ class Team:
         self.comm: Any = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.bell = Doorbell(enabled=self.size > 1)
+        self.hosts: dict[int, str] = {self.rank: self.bell.host}  # rank 0: every rank's host, from `agree`
 
     @property
     def coordinator(self) -> bool:
@@ -291,18 +296,24 @@ class Team:
         node that steals the CPU the late rank needs to get there."""
         if self.size == 1:
             return [] if ok else [message]
-        mine = (ok, self.rank, message, self.bell.address)
+        mine = (ok, self.rank, message, self.bell.card)
         if self.rank == 0:
             everyone = [mine] + [self.recv(w, tag=AGREE)[0] for w in range(1, self.size)]
-            for _good, r, _m, address in everyone[1:]:
-                self.bell.add_peer(r, address)
+            self._learn(everyone)
             for w in range(1, self.size):
                 self.send(everyone, w, AGREE)
         else:
             self.send(mine, 0, AGREE)
             everyone = self.recv(0, tag=AGREE)[0]
-            self.bell.add_peer(0, everyone[0][3])
+            self._learn(everyone)
         return [f"rank {r}: {m}" for good, r, m, _address in everyone if not good]
+
+    def _learn(self, everyone: list[Any]) -> None:
+        """Every rank's host, and the doorbells this rank rings (workers talk to rank 0 only)."""
+        for _good, r, _m, card in everyone:
+            self.hosts[r] = card[0]
+            if r != self.rank and (self.rank == 0 or r == 0):
+                self.bell.add_peer(r, card)
 
     def bcast(self, obj: Any) -> Any:
         """Rank 0's OBJ on every rank (the job's exit status at the end). Point-to-point with polling
@@ -335,13 +346,20 @@ class Team:
         status = self.MPI.Status()
         delay = FIRST_WAIT
         want = self.MPI.ANY_TAG if tag is None else tag
-        while not self.comm.Iprobe(source=source, tag=want, status=status):
+        while not self._probe(source, want, status):
             if idle is not None:
                 idle()
             # a ring means a message was just sent to us: look again soon even if it is not visible yet
             delay = FIRST_WAIT if self.bell.wait(delay) else min(delay * 2, MAX_WAIT)
         src, tag = status.Get_source(), status.Get_tag()
         return self.comm.recv(source=src, tag=tag), src, tag
+
+    def _probe(self, source: int, tag: int, status: Any) -> bool:
+        """A short burst of Iprobes: the ofi netmod needs a few progress calls to surface a remote message."""
+        for _ in range(PROBE_BURST):
+            if self.comm.Iprobe(source=source, tag=tag, status=status):
+                return True
+        return False
 
     def send(self, obj: Any, dest: int, tag: int) -> None:
         # Ring before (a large message may need the receiver's progress before send() returns) and
@@ -372,15 +390,6 @@ class Team:
         if work is None:
             raise ValueError("worker ranks need a work function")
         serve(self, work, should_stop)
-
-
-def launched_by_mpi(env: dict[str, str] | None = None) -> bool:
-    """Was this process started by mpiexec/srun as one of several ranks? (Tells without importing MPI.)"""
-    env = dict(os.environ if env is None else env)
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "MPI_LOCALNRANKS"):
-        if env.get(var, "").isdigit() and int(env[var]) > 1:
-            return True
-    return False
 
 
 def report_crash(team: Team, exc: BaseException) -> None:

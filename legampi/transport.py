@@ -11,12 +11,152 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 log = logging.getLogger("legampi.parallel")
+
+
+class LostRank(RuntimeError):
+    """Another rank of the job is gone (killed, its node down): named by whoever notices (exit 3)."""
+
+    def __init__(self, rank: int | None, host: str | None, detail: str = "") -> None:
+        who = f"rank {rank} on host {host}" if rank is not None else "a rank"
+        super().__init__(f"lost contact with {who}" + (f" ({detail})" if detail else ""))
+        self.rank, self.host = rank, host
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 (Slurm's warning before the walltime): finish in-flight files, then stop."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def install(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            if self.signum is None:
+                log.warning("received %s: finishing files in flight, then stopping", signal.Signals(signum).name)
+            self.signum = signum
+
+        for s in signals:
+            signal.signal(s, handler)
+
+
+class Lifelines:
+    """TCP connections between each worker and rank 0, watched by a daemon thread: when a process dies
+    the kernel closes its end and the other side knows at once whom it lost. MPI says only "poll failed",
+    and often not at all: a rank can sit inside an MPI call until the launcher kills it, so the thread
+    itself writes "lost contact with rank N on host X" (HOSTS: filled in by the caller) to stderr, records
+    the rank in `lost` and rings the main thread's doorbell (ON_LOST) for it to end the job."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        self.on_lost = on_lost
+        self.lost: list[int] = []
+        self.hosts: dict[int, str] = {}
+        self.me = ""
+        self.closed = False
+        self._said_bye: set[socket.socket] = set()  # lines whose far end is ending normally
+        self._listen: socket.socket | None = None
+        self._lines: dict[socket.socket, int | None] = {}  # connection -> the rank at the far end
+        self._selector = selectors.DefaultSelector()
+        self._thread: threading.Thread | None = None
+
+    def listen(self, port: int) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("0.0.0.0", port))  # the doorbell's port number, in TCP
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            log.debug("no lifeline (%s)", exc)
+            return
+        self._listen = sock
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def connect(self, rank: int, addresses: list[str], port: int, mine: int) -> None:
+        """A worker's line to RANK (0), tried on each of its addresses."""
+        for address in addresses:
+            try:
+                conn = socket.create_connection((address, port), timeout=2)
+                conn.sendall(mine.to_bytes(4, "big"))
+            except OSError as exc:
+                log.debug("lifeline to rank %d at %s failed (%s)", rank, address, exc)
+                continue
+            self._lines[conn] = rank
+            self._selector.register(conn, selectors.EVENT_READ)
+            return
+
+    def start(self) -> None:
+        if self._thread is None and (self._listen is not None or self._lines):
+            self._thread = threading.Thread(target=self._watch, name="legampi-lifelines", daemon=True)
+            self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                ready = self._selector.select()
+            except (OSError, ValueError):
+                return  # closed
+            for key, _events in ready:
+                sock = cast(socket.socket, key.fileobj)
+                if sock is self._listen:
+                    self._accept()
+                else:
+                    self._read(sock)
+
+    def _accept(self) -> None:
+        assert self._listen is not None
+        try:
+            conn, _peer = self._listen.accept()
+        except OSError:
+            return
+        self._lines[conn] = None  # its first 4 bytes name its rank
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, conn: socket.socket) -> None:
+        """The peer's rank number at first; end of file (or reset) when its process is gone."""
+        try:
+            data = conn.recv(4)
+        except OSError:
+            data = b""
+        rank = self._lines.get(conn)
+        if rank is None and len(data) == 4:
+            self._lines[conn] = int.from_bytes(data, "big")
+            return
+        if data:
+            self._said_bye.add(conn)  # any byte after the rank number: the far end is ending normally
+            return
+        self._selector.unregister(conn)
+        self._lines.pop(conn, None)
+        conn.close()
+        if rank is not None and not self.closed and conn not in self._said_bye:
+            sys.stderr.write(f"legampi: {self.me}lost contact with rank {rank} on host {self.hosts.get(rank, '?')}\n")
+            sys.stderr.flush()
+            self.lost.append(rank)
+            self.on_lost()
+
+    def close(self) -> None:
+        """Before a normal exit: say goodbye on every line, so that the far end takes its closing as no news."""
+        self.closed = True
+        for conn in list(self._lines):
+            try:
+                conn.sendall(b"\0")
+            except OSError:
+                pass
+        self._selector.close()
+        for sock in (self._listen, *self._lines):
+            if sock is not None:
+                sock.close()
+        self._lines.clear()
+        self._listen = None
 
 
 class Doorbell:
@@ -39,6 +179,7 @@ class Doorbell:
         self.udp: tuple[list[str], int] | None = None  # this host's addresses and the UDP port
         self.peers: dict[int, bytes] = {}
         self.remote: dict[int, list[tuple[str, int]]] = {}
+        self.lifelines = Lifelines(self.ring_self)
         self._sock: socket.socket | None = None
         self._udp: socket.socket | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -76,6 +217,11 @@ class Doorbell:
             return
         self._udp = self._watch(sock)
         self.udp = (addresses, sock.getsockname()[1])
+        self.lifelines.listen(self.udp[1])
+
+    @property
+    def lost(self) -> list[int]:
+        return self.lifelines.lost
 
     @property
     def card(self) -> tuple[str, bytes | None, tuple[list[str], int] | None]:
@@ -87,10 +233,30 @@ class Doorbell:
         if isinstance(card, (bytes, type(None))):
             card = (self.host, card, None)
         host, address, udp = card
+        self.lifelines.hosts[rank] = host
         if host == self.host and address is not None and self._sock is not None:
             self.peers[rank] = address
         elif udp is not None and self._udp is not None:
             self.remote[rank] = [(a, udp[1]) for a in udp[0]]
+
+    def learn(self, me: int, cards: dict[int, Any]) -> None:
+        """From every rank's card (`Team.agree`): the doorbells rank ME rings (workers only rank 0's) and,
+        on a worker, a lifeline to rank 0 (see `Lifelines`); then the lifelines are watched."""
+        for r, card in cards.items():
+            if r != me and (me == 0 or r == 0):
+                self.add_peer(r, card)
+        host, _address, udp = cards[0]
+        if me != 0 and udp is not None:
+            self.lifelines.connect(0, [*udp[0], "127.0.0.1"] if host == self.host else udp[0], udp[1], me)
+        self.lifelines.me = f"rank {me} on host {self.host}: "
+        self.lifelines.start()
+
+    def lost_rank(self, within: float) -> int | None:
+        """The first rank whose lifeline broke, waiting up to WITHIN seconds for one to."""
+        deadline = time.monotonic() + within
+        while not self.lost and time.monotonic() < deadline:
+            self.wait(0.05)
+        return self.lost[0] if self.lost else None
 
     def ring(self, rank: int) -> None:
         """Wake `rank` wherever it waits; never blocks."""

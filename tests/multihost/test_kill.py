@@ -140,11 +140,6 @@ def test_first_rerun_reports_what_it_skipped_and_why(killed: Killed) -> None:
         raise NotYetBuilt(f"the rerun does not name {missing}, which it left alone:\n{text}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotYetBuilt,
-    reason="issue 14, not built yet: a lost rank is not reported as 'lost contact with rank N on host X'",
-)
 def test_failure_names_the_lost_rank_and_host(killed: Killed) -> None:
     if not re.search(rf"lost contact with rank 1 on (host )?{killed.victim_host}", killed.err):
         raise NotYetBuilt(f"no 'lost contact with rank 1 on {killed.victim_host}' in:\n{killed.err}")

@@ -75,6 +75,8 @@ def pingpong(rounds: int, gap: float, idle: float) -> None:
             msg, _src, _tag = team.recv(peer)
             team.send(msg, peer, dispatch.RESULT)
 
+    team.bell.lifelines.close()  # no Team.bcast at the end here: a peer's exit is no news
+
     # idle CPU: each side waits IDLE seconds for the other's next message, measuring its own CPU time
     def waiting_cpu() -> float:
         c0, w0 = time.process_time(), time.perf_counter()

@@ -34,6 +34,9 @@ PLAN_COLUMNS = (
     "sha256",
     "transfer_checksum",
     "transfer_checksum_type",
+    "claimed_by",
+    "claimed_at",
+    "error",
 )
 
 
@@ -70,7 +73,30 @@ def plan(
         _claim_chunks(db, out, file_names, listing, job_id, eligible, retry_failed, dataset, limit)
     for file_name in out.unregistered:
         log.warning("unregistered file in processing, left alone: %s", cfg.workspaces.processing / file_name)
+    if any(" claimed by job " in x for x in out.skipped):
+        jobs = {j["job_id"]: j for j in db.running_jobs()}
+        out.skipped = [_with_job(x, jobs) for x in out.skipped]
     return out
+
+
+def skip_reason(r: dict[str, Any]) -> str:
+    """Why a registered file in processing was not claimed by this job (for the summary)."""
+    if r["status"] == "processing":
+        return f"{r['file_name']}: claimed by job {r['claimed_by']} since {r['claimed_at']}"
+    if r["status"] == "failed":
+        return f"{r['file_name']}: failed ({r['error'] or 'no reason recorded'}); --retry-failed tries it again"
+    return f"{r['file_name']}: status {r['status']}"
+
+
+def _with_job(line: str, jobs: dict[str, dict[str, Any]]) -> str:
+    """Name the claiming job's host and last heartbeat, or say that it has ended."""
+    job_id = line.split(" claimed by job ", 1)[1].split(" ", 1)[0] if " claimed by job " in line else ""
+    j = jobs.get(job_id)
+    if not job_id:
+        return line
+    if j is None:
+        return line + " (that job has ended)"
+    return line + f" (a running job on host {j['host']}, pid {j['pid']}, last heartbeat {j['heartbeat_at']})"
 
 
 def _claim_chunks(
@@ -95,7 +121,7 @@ def _claim_chunks(
             elif r["status"] in eligible and (dataset is None or r["dataset_id"] == dataset):
                 wanted.append(r)
             elif r["status"] != "available":
-                out.skipped.append(f"{file_name} ({r['status']})")
+                out.skipped.append(skip_reason(r))
         if limit is not None:
             wanted = wanted[: max(0, limit - len(out.tasks))]
         got = set(db.claim([r["file_id"] for r in wanted], job_id, retry_failed=retry_failed))
@@ -317,6 +343,9 @@ def process_files(
         opts.schedule,
     )
     recorder = Recorder(db, cfg, job_id, reconnect=connect)
+    recorder.summary.skipped = p.skipped
+    for line in p.skipped:
+        log.info("skipped %s", line)
     recorder.datasets = {t.file_id: t.dataset_id for t in p.tasks}
     progress = Progress(len(p.tasks), total, opts.progress_interval, logger=log)
 

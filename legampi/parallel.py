@@ -327,12 +327,12 @@ class Team:
         delay = FIRST_WAIT
         want = self.MPI.ANY_TAG if tag is None else tag
         while not self._probe(source, want, status):
+            if self.bell.lost:  # only once what the lost rank sent before it went has been received
+                raise self.lost(self.bell.lost[0])
             if idle is not None:
                 idle()
             # a ring means a message was just sent to us: look again soon even if it is not visible yet
             delay = FIRST_WAIT if self.bell.wait(delay) else min(delay * 2, MAX_WAIT)
-            if self.bell.lost:
-                raise self.lost(self.bell.lost[0])
         src, tag = status.Get_source(), status.Get_tag()
         try:
             return self.comm.recv(source=src, tag=tag), src, tag

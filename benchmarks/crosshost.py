@@ -5,7 +5,7 @@ Issue 14: ranks on other hosts cannot use the same-host doorbell, so rank 0 and 
 other's messages only by polling with a backoff. Two measurements, each on one host (every rank in
 namespace host h1) and across hosts (rank r on host r+1), in the same run:
 
-1. round trip: rank 0 sends a message to rank 1 through legampi's Team messaging (the `_send`/`_recv`
+1. round trip: rank 0 sends a message to rank 1 through legampi's Team messaging (`Team.send`/`Team.recv`
    that carry every hand-out and result, with the doorbell and the backoff), rank 1 answers, rank 0
    times it; between round trips both sides sit idle for 0.5-1.5 x --gap seconds (random, so the
    arrival does not line up with a step of the receiver's backoff), as between files, so each side
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 def pingpong(rounds: int, gap: float, idle: float) -> None:
     """Ranks 0 and 1: ROUNDS timed round trips through Team messaging, then an idle-CPU measurement.
     Rank 0 prints one JSON line."""
-    from legampi import parallel
+    from legampi import dispatch, parallel
 
     if os.environ.get("CROSSHOST_MAX_WAIT"):  # experiments only: the polling backoff's ceiling
         parallel.MAX_WAIT = float(os.environ["CROSSHOST_MAX_WAIT"])
@@ -67,32 +67,34 @@ def pingpong(rounds: int, gap: float, idle: float) -> None:
         if team.rank == 0:
             time.sleep(gap * rng.uniform(0.5, 1.5))  # random: no alignment with the receiver's backoff steps
             t0 = time.perf_counter()
-            team._send(i, peer, parallel.TASKS)
-            team._recv(peer)
+            team.send(i, peer, dispatch.TASKS)
+            team.recv(peer)
             if i:  # the first one warms the connection up
                 times.append(time.perf_counter() - t0)
         else:
-            msg, _src, _tag = team._recv(peer)
-            team._send(msg, peer, parallel.RESULT)
+            msg, _src, _tag = team.recv(peer)
+            team.send(msg, peer, dispatch.RESULT)
+
+    team.bell.lifelines.close()  # no Team.bcast at the end here: a peer's exit is no news
 
     # idle CPU: each side waits IDLE seconds for the other's next message, measuring its own CPU time
     def waiting_cpu() -> float:
         c0, w0 = time.process_time(), time.perf_counter()
-        team._recv(peer)
+        team.recv(peer)
         return (time.process_time() - c0) / (time.perf_counter() - w0)
 
     if team.rank == 0:
-        team._send("you wait", peer, parallel.TASKS)
+        team.send("you wait", peer, dispatch.TASKS)
         mine = waiting_cpu()  # rank 1 sleeps IDLE, then answers
         time.sleep(idle)  # now rank 1 waits
-        team._send("done", peer, parallel.TASKS)
-        theirs = team._recv(peer)[0]
+        team.send("done", peer, dispatch.TASKS)
+        theirs = team.recv(peer)[0]
         print(json.dumps({"times": times, "rank0_idle_cpu": mine, "rank1_idle_cpu": theirs}), flush=True)
     else:
-        team._recv(peer)
+        team.recv(peer)
         time.sleep(idle)
-        team._send("your turn", peer, parallel.RESULT)
-        team._send(waiting_cpu(), peer, parallel.RESULT)
+        team.send("your turn", peer, dispatch.RESULT)
+        team.send(waiting_cpu(), peer, dispatch.RESULT)
 
 
 # ---------------------------------------------------------------------- the driver (root namespace)
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="40MB")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--roundtrip-only", action="store_true", help="skip the processing phase")
     a = ap.parse_args(argv)
     if a.smoke:
         a.rounds, a.gap, a.idle, a.size, a.repeat = 10, 0.06, 0.3, "2MB", 1
@@ -211,29 +214,33 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['rank0_idle_cpu_pct']:>14.1f}% {r['rank1_idle_cpu_pct']:>14.1f}%",
                 flush=True,
             )
-        t0 = time.perf_counter()
-        data = Dataset(Path(tmp), a.files, a.size)
-        print(
-            f"\nprocessing phase, {a.files} x {a.size} c4gh, 3 ranks (data made in {time.perf_counter() - t0:.1f} s):"
-        )
-        phases: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
-        walls: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
-        for _ in range(a.repeat):
-            for layout in LAYOUTS:  # alternate, so a busy moment of the machine hits both
-                phase, wall = data.process(bed, layout)
-                phases[layout].append(phase)
-                walls[layout].append(wall)
-        for layout in LAYOUTS:
-            med = statistics.median(phases[layout])
-            out[f"phase {layout}"] = {"median_s": med, "runs_s": phases[layout], "mpiexec_wall_s": walls[layout]}
-            runs = " ".join(f"{x:.2f}" for x in phases[layout])
-            wall = statistics.median(walls[layout])
-            print(f"  {layout:<13} median {med:.2f} s   runs {runs}   mpiexec wall {wall:.2f} s")
-        one, across = (statistics.median(phases[x]) for x in LAYOUTS)
-        print(f"  across / one host: {across / one:.2f}x")
+        if not a.roundtrip_only:
+            processing_phases(bed, Path(tmp), a, out)
     if a.json:
         a.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
+
+
+def processing_phases(bed: Bed, tmp: Path, a: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Part 2: the processing phase of `legampi process` on one host and across hosts."""
+    t0 = time.perf_counter()
+    data = Dataset(tmp, a.files, a.size)
+    print(f"\nprocessing phase, {a.files} x {a.size} c4gh, 3 ranks (data made in {time.perf_counter() - t0:.1f} s):")
+    phases: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+    walls: dict[str, list[float]] = {layout: [] for layout in LAYOUTS}
+    for _ in range(a.repeat):
+        for layout in LAYOUTS:  # alternate, so a busy moment of the machine hits both
+            phase, wall = data.process(bed, layout)
+            phases[layout].append(phase)
+            walls[layout].append(wall)
+    for layout in LAYOUTS:
+        med = statistics.median(phases[layout])
+        out[f"phase {layout}"] = {"median_s": med, "runs_s": phases[layout], "mpiexec_wall_s": walls[layout]}
+        runs = " ".join(f"{x:.2f}" for x in phases[layout])
+        wall = statistics.median(walls[layout])
+        print(f"  {layout:<13} median {med:.2f} s   runs {runs}   mpiexec wall {wall:.2f} s")
+    one, across = (statistics.median(phases[x]) for x in LAYOUTS)
+    print(f"  across / one host: {across / one:.2f}x")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ alone, and this module sees MPI only as the Team's attribute.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -29,9 +31,17 @@ class Team(Protocol):
     ) -> tuple[Any, int, int]: ...
 
 
-TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING, RESULT_OF_JOB, AGREE = range(1, 9)
+TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING, RESULT_OF_JOB, AGREE, CRASHED = range(1, 10)
+
+
+class RankFailed(RuntimeError):
+    """A worker's crash report (CRASHED), raised on rank 0 so that it can record it before the job ends."""
+
+
 WORKER_BYTES = 64 * 1024 * 1024  # queued on one worker at most (dynamic schedule), beyond its first two
 WORKER_TASKS = 256
+CRASH_WAIT = 5.0  # seconds a crashing worker waits for rank 0 to take its report
+log = logging.getLogger("legampi.parallel")
 
 
 def coordinate(
@@ -66,6 +76,8 @@ def coordinate(
             d.settle(src, msg)
         elif tag == STOPPING:
             d.cancel()
+        elif tag == CRASHED:  # the worker aborts the job once it has been received
+            raise RankFailed(msg)
         d.finish_if_idle(src)
 
 
@@ -193,3 +205,18 @@ def order(
         raise ValueError(f"unknown schedule {schedule!r}")
     ordered = sorted(tasks, key=name)
     return [deque(t for i, t in enumerate(ordered, 1) if (i - b) % workers == 0) for b in range(1, workers + 1)]
+
+
+def tell_rank0(team: Team, what: str) -> None:
+    """Hand a worker's crash report to rank 0 (it records it in the job row, then ends the job) and wait
+    until rank 0 has taken it (a synchronous send), at most CRASH_WAIT seconds: no blind sleep."""
+    team.bell.lifelines.close()  # a goodbye: rank 0 takes the report, not the line's end, as the news
+    try:
+        team.bell.ring(0)
+        req = team.comm.issend(what, dest=0, tag=CRASHED)
+        deadline = time.monotonic() + CRASH_WAIT
+        while not req.Test() and time.monotonic() < deadline:
+            team.bell.ring(0)
+            team.bell.wait(0.01)
+    except Exception as exc:  # noqa: BLE001 - rank 0 may be gone too: abort anyway
+        log.debug("crash report not delivered: %s", exc)

@@ -18,7 +18,7 @@ from .backlog import Backlog
 from .config import Config
 from .db import Database, DatabaseError, Event, chunks
 from .parallel import Executor, Job, NotReady, execute
-from .progress import Progress, Summary
+from .progress import Progress, Summary, record_crash, skip_reason, with_job
 from .recovery import recover
 from .stream import FileResult, FileTask
 from .workspace import branch_file_names, make_job_id, scan
@@ -35,6 +35,9 @@ PLAN_COLUMNS = (
     "sha256",
     "transfer_checksum",
     "transfer_checksum_type",
+    "claimed_by",
+    "claimed_at",
+    "error",
 )
 
 
@@ -71,6 +74,9 @@ def plan(
         _claim_chunks(db, out, file_names, listing, job_id, eligible, retry_failed, dataset, limit)
     for file_name in out.unregistered:
         log.warning("unregistered file in processing, left alone: %s", cfg.workspaces.processing / file_name)
+    if any(" claimed by job " in x for x in out.skipped):
+        jobs = {j["job_id"]: j for j in db.running_jobs()}
+        out.skipped = [with_job(x, jobs) for x in out.skipped]
     return out
 
 
@@ -96,7 +102,7 @@ def _claim_chunks(
             elif r["status"] in eligible and (dataset is None or r["dataset_id"] == dataset):
                 wanted.append(r)
             elif r["status"] != "available":
-                out.skipped.append(f"{file_name} ({r['status']})")
+                out.skipped.append(skip_reason(r))
         if limit is not None:
             wanted = wanted[: max(0, limit - len(out.tasks))]
         got = set(db.claim([r["file_id"] for r in wanted], job_id, retry_failed=retry_failed))
@@ -334,6 +340,9 @@ def process_files(
         opts.schedule,
     )
     recorder = Recorder(db, cfg, job_id, reconnect=connect)
+    recorder.summary.skipped = p.skipped
+    for line in p.skipped:
+        log.info("skipped %s", line)
     recorder.datasets = {t.file_id: t.dataset_id for t in p.tasks}
     progress = Progress(len(p.tasks), total, opts.progress_interval, logger=log)
 
@@ -347,8 +356,20 @@ def process_files(
         progress.tick()
 
     t0 = time.monotonic()
+    with record_crash(recorder, job_id):
+        _run(ex, p.tasks, on_result, tick, opts, recorder)
+    recorder.flush()
+    progress.close()
+    recorder.summary.seconds = time.monotonic() - t0
+    return _finish(recorder, p.tasks, job_id, opts, out or sys.stdout)
+
+
+def _run(
+    ex: Executor, tasks: list[FileTask], on_result: Any, tick: Any, opts: ProcessOptions, recorder: Recorder
+) -> None:
+    """Every claimed file through EX; a signal or a `config` failure starts no new file."""
     ex.run(
-        p.tasks,
+        tasks,
         on_result,
         tick=tick,
         # a signal, or a `config` failure: no new files, in-flight ones finish
@@ -357,10 +378,6 @@ def process_files(
         key=lambda t: t.size or 0,
         name=lambda t: t.rel,
     )
-    recorder.flush()
-    progress.close()
-    recorder.summary.seconds = time.monotonic() - t0
-    return _finish(recorder, p.tasks, job_id, opts, out or sys.stdout)
 
 
 def _finish(recorder: Recorder, tasks: list[FileTask], job_id: str, opts: ProcessOptions, out: Any) -> int:

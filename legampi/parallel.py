@@ -6,18 +6,16 @@ are. `execute` runs a job the way mpi4py.futures.MPICommExecutor runs a pool: on
 (`Session`) owns the start-up agreement, the serving loop on the worker ranks, crash reports and the
 final exit status. With one rank (or no MPI at all, as in unit tests) the same job runs in-process.
 
-Rank 0 coordinates (and alone talks to the database); ranks 1..n run the work function on the tasks they
-are handed and send each result back as soon as it is ready. Waiting never spins a core: MPICH's blocking
-receive busy-polls, so receives here are Iprobe + a wait with an exponential backoff (<= 50 ms). Ranks on
-the same host also ring a doorbell (`transport.Doorbell`) around each message, and the waiting rank
-sleeps in select() on it, so it wakes within microseconds instead of after the backoff.
+Rank 0 coordinates (alone talks to the database); ranks 1..n run the work function on what they are
+handed, sending each result back once ready. MPICH's blocking receive spins, so receives here are Iprobe
+bursts + a backoff (<= 50 ms) woken by the receiver's doorbell (`transport.Doorbell`, Unix datagram or UDP
+across hosts) that senders ring; its TCP lifelines name a rank that is gone (`LostRank`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
 import traceback
@@ -25,14 +23,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-from .dispatch import AGREE, RESULT_OF_JOB, coordinate, is_future, order, serve
+from .dispatch import AGREE, RESULT_OF_JOB, coordinate, is_future, order, serve, tell_rank0
 from .transport import Doorbell, quiet_transport_defaults
+from .transport import LostRank as LostRank  # re-exported: the executor face's errors
+from .transport import StopFlag as StopFlag
+from .transport import launched_by_mpi as launched_by_mpi  # re-exported: the CLI asks before importing MPI
 
 log = logging.getLogger("legampi.parallel")
 
 FIRST_WAIT = 0.0002
 MAX_WAIT = 0.05
+PROBE_BURST = 10  # Iprobes per wake-up: ofi shows a message from another host only after ~3 (progress calls)
 ABORT_GRACE = 0.2
+LOST_WAIT = 1.0  # seconds an MPI error waits for a lifeline to say which rank is gone
+EXIT_LOST_RANK = 3
 
 S = TypeVar("S")  # what rank 0 opened for a job (its database, ...)
 Work = Callable[[Any], Any]  # one task -> its result, or a Future of it (the task's tail runs on in a thread)
@@ -56,25 +60,6 @@ def _nothing() -> None:
 
 def _no_size(_task: Any) -> int:
     return 0
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (Slurm's warning before the walltime): finish in-flight files, then stop."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def install(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR1)) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            if self.signum is None:
-                log.warning("received %s: finishing files in flight, then stopping", signal.Signals(signum).name)
-            self.signum = signum
-
-        for s in signals:
-            signal.signal(s, handler)
 
 
 # ---------------------------------------------------------------------- the executor face
@@ -268,6 +253,7 @@ class Team:
         self.comm: Any = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.bell = Doorbell(enabled=self.size > 1)
+        self.hosts: dict[int, str] = {self.rank: self.bell.host}  # rank 0: every rank's host, from `agree`
 
     @property
     def coordinator(self) -> bool:
@@ -284,46 +270,50 @@ class Team:
             )
 
     def agree(self, ok: bool, message: str = "") -> list[str]:
-        """All ranks learn every rank's problem; returns the messages of the ranks that are not ok.
-
-        Point-to-point with polling receives, not allgather: MPICH's collective spins (sched_yield) on
-        every rank that arrives early, e.g. the workers while rank 0 opens the database, and on a full
-        node that steals the CPU the late rank needs to get there."""
+        """All ranks learn every rank's problem (returned: those of ranks not ok), host and doorbell.
+        Point-to-point with polling receives: MPICH's allgather spins every early rank (sched_yield),
+        stealing the CPU the late one needs."""
         if self.size == 1:
             return [] if ok else [message]
-        mine = (ok, self.rank, message, self.bell.address)
+        mine = (ok, self.rank, message, self.bell.card)
         if self.rank == 0:
             everyone = [mine] + [self.recv(w, tag=AGREE)[0] for w in range(1, self.size)]
-            for _good, r, _m, address in everyone[1:]:
-                self.bell.add_peer(r, address)
+            self._learn(everyone)
             for w in range(1, self.size):
                 self.send(everyone, w, AGREE)
         else:
             self.send(mine, 0, AGREE)
             everyone = self.recv(0, tag=AGREE)[0]
-            self.bell.add_peer(0, everyone[0][3])
-        return [f"rank {r}: {m}" for good, r, m, _address in everyone if not good]
+            self._learn(everyone)
+        problems = [f"rank {r}: {m}" for good, r, m, _address in everyone if not good]
+        if problems:  # every rank ends now: their lines closing is no news
+            self.bell.lifelines.close()
+        return problems
+
+    def _learn(self, everyone: list[Any]) -> None:
+        """Every rank's host; the doorbells and lifelines (`Doorbell.learn`)."""
+        self.hosts.update((r, card[0]) for _good, r, _m, card in everyone)
+        self.bell.learn(self.rank, {r: card for _good, r, _m, card in everyone})
 
     def bcast(self, obj: Any) -> Any:
-        """Rank 0's OBJ on every rank (the job's exit status at the end). Point-to-point with polling
-        receives, because workers often wait here while rank 0 finishes its database work and MPICH's
-        collective would spin their cores. It also keeps every rank alive until rank 0 is done: with the
-        ofi netmod MPI_Finalize does not wait, and Slurm's WaitTime would kill the tasks still running
-        once the first one exits."""
+        """Rank 0's OBJ (the exit status) on every rank; polling receives, as MPICH's bcast would spin the
+        waiting workers. Keeps every rank alive until rank 0 is done (ofi's MPI_Finalize does not wait;
+        Slurm's WaitTime kills the tasks left once the first one exits)."""
         if self.size == 1:
             return obj
         if self.rank == 0:
+            self.bell.lifelines.close()  # the workers end once they have it
             for w in range(1, self.size):
                 self.send(obj, w, RESULT_OF_JOB)
             return obj
-        return self.recv(0)[0]
+        out = self.recv(0)[0]
+        self.bell.lifelines.close()
+        return out
 
     def abort(self, code: int = 1) -> None:
-        """End every rank now (an exception on one rank must not leave the others waiting forever).
-
-        MPI_Abort makes the launcher kill every rank at once, and hydra drops output it has not forwarded
-        yet: under load 5 of 12 crash reports were lost before the dying rank waited ABORT_GRACE first.
-        A crash ends the job anyway, so the pause costs nothing that matters."""
+        """End every rank now (no rank may wait forever for a dead one). MPI_Abort makes the launcher kill
+        every rank, and hydra drops output not forwarded yet (5 of 12 crash reports under load): so
+        ABORT_GRACE first; a crash ends the job anyway."""
         sys.stdout.flush()
         sys.stderr.flush()
         if self.size > 1:
@@ -335,19 +325,43 @@ class Team:
         status = self.MPI.Status()
         delay = FIRST_WAIT
         want = self.MPI.ANY_TAG if tag is None else tag
-        while not self.comm.Iprobe(source=source, tag=want, status=status):
+        while not self._probe(source, want, status):
+            if self.bell.lost:  # only once what the lost rank sent before it went has been received
+                raise self.lost(self.bell.lost[0])
             if idle is not None:
                 idle()
             # a ring means a message was just sent to us: look again soon even if it is not visible yet
             delay = FIRST_WAIT if self.bell.wait(delay) else min(delay * 2, MAX_WAIT)
         src, tag = status.Get_source(), status.Get_tag()
-        return self.comm.recv(source=src, tag=tag), src, tag
+        try:
+            return self.comm.recv(source=src, tag=tag), src, tag
+        except self.MPI.Exception as exc:
+            raise self.lost(src, exc) from exc
+
+    def lost(self, rank: int, exc: BaseException | None = None) -> LostRank:
+        """Name a lost rank (an MPI error on a wildcard receive: the first broken lifeline, if any)."""
+        who = self.bell.lost_rank(LOST_WAIT) if rank == self.MPI.ANY_SOURCE else rank
+        detail = f"MPI: {str(exc).strip()}" if exc is not None else ""
+        return LostRank(who, self.hosts.get(who, "?") if who is not None else None, detail)
+
+    def _probe(self, source: int, tag: int, status: Any) -> bool:
+        """A short burst of Iprobes: the ofi netmod needs a few progress calls to surface a remote message."""
+        try:
+            for _ in range(PROBE_BURST):
+                if self.comm.Iprobe(source=source, tag=tag, status=status):
+                    return True
+        except self.MPI.Exception as exc:
+            raise self.lost(source, exc) from exc
+        return False
 
     def send(self, obj: Any, dest: int, tag: int) -> None:
         # Ring before (a large message may need the receiver's progress before send() returns) and
         # after (the receiver may have looked between the first ring and the message's arrival).
         self.bell.ring(dest)
-        self.comm.send(obj, dest=dest, tag=tag)
+        try:
+            self.comm.send(obj, dest=dest, tag=tag)
+        except self.MPI.Exception as exc:
+            raise self.lost(dest, exc) from exc
         self.bell.ring(dest)
 
     def run(
@@ -361,9 +375,8 @@ class Team:
         key: Callable[[Any], int] = _no_size,
         name: Callable[[Any], str] = str,
     ) -> None:
-        """The dispatch loop, on every rank of a team of several: rank 0 hands out TASKS and calls
-        on_result for every result as it arrives (tick while it waits); the workers run WORK on what
-        they are handed until rank 0 stops them. (One rank: `InProcess`.)"""
+        """The dispatch loop on a team of several: rank 0 hands out TASKS, on_result for each result (tick
+        while waiting); workers run WORK until rank 0 stops them. (One rank: `InProcess`.)"""
         if self.size == 1:
             raise ValueError("one rank: tasks run in-process (parallel.InProcess), not through Team.run")
         if self.rank == 0:
@@ -374,17 +387,14 @@ class Team:
         serve(self, work, should_stop)
 
 
-def launched_by_mpi(env: dict[str, str] | None = None) -> bool:
-    """Was this process started by mpiexec/srun as one of several ranks? (Tells without importing MPI.)"""
-    env = dict(os.environ if env is None else env)
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "MPI_LOCALNRANKS"):
-        if env.get(var, "").isdigit() and int(env[var]) > 1:
-            return True
-    return False
-
-
 def report_crash(team: Team, exc: BaseException) -> None:
     """Print which rank failed and why, then end the whole job with a non-zero status."""
-    sys.stderr.write(f"legampi: rank {team.rank} of {team.size} failed: {type(exc).__name__}: {exc}\n")
+    if isinstance(exc, LostRank):  # not this rank's fault: no traceback
+        sys.stderr.write(f"legampi: rank {team.rank} on host {team.bell.host}: {exc}\n")
+        team.abort(EXIT_LOST_RANK)
+    what = f"rank {team.rank} of {team.size} on host {team.bell.host} failed: {type(exc).__name__}: {exc}"
+    sys.stderr.write(f"legampi: {what}\n")
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if team.rank != 0:
+        tell_rank0(team, what)  # rank 0 records it in the job row, then ends the job
     team.abort(1)

@@ -9,13 +9,18 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from .dispatch import RankFailed
 
 if TYPE_CHECKING:
     from .stream import FileResult
 
 log = logging.getLogger("legampi.progress")
+SKIPPED_SHOWN = 50  # skipped files named in the summary (and the job row); the log names all
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Summary:
     failures: list[str] = field(default_factory=list)
     released: int = 0
     stopped: bool = False
+    skipped: list[str] = field(default_factory=list)  # files in processing this job left alone, and why
 
     def add(self, r: FileResult) -> None:
         """Fold one result in (rank 0 keeps these totals, not every result: memory stays O(failures))."""
@@ -69,6 +75,11 @@ class Summary:
         if self.released:
             out.append(f"  {self.released} claimed file(s) not started were released for the next run")
         out += [f"  FAILED {f}" for f in self.failures]
+        if self.skipped:
+            out.append(f"  {len(self.skipped)} file(s) in processing skipped:")
+            out += [f"  SKIPPED {x}" for x in self.skipped[:SKIPPED_SHOWN]]
+            if len(self.skipped) > SKIPPED_SHOWN:
+                out.append(f"  ... and {len(self.skipped) - SKIPPED_SHOWN} more (the log lists every one)")
         return out
 
 
@@ -122,3 +133,39 @@ class Progress:
         if self.tty:
             self.tick(force=True)
             self.stream.write("\n")
+
+
+def skip_reason(r: dict[str, Any]) -> str:
+    """Why a registered file in processing was not claimed by this job (for the summary)."""
+    if r["status"] == "processing":
+        return f"{r['file_name']}: claimed by job {r['claimed_by']} since {r['claimed_at']}"
+    if r["status"] == "failed":
+        return f"{r['file_name']}: failed ({r['error'] or 'no reason recorded'}); --retry-failed tries it again"
+    return f"{r['file_name']}: status {r['status']}"
+
+
+def with_job(line: str, jobs: dict[str, dict[str, Any]]) -> str:
+    """Name the claiming job's host and last heartbeat, or say that it has ended."""
+    job_id = line.split(" claimed by job ", 1)[1].split(" ", 1)[0] if " claimed by job " in line else ""
+    j = jobs.get(job_id)
+    if not job_id:
+        return line
+    if j is None:
+        return line + " (that job has ended)"
+    return line + f" (a running job on host {j['host']}, pid {j['pid']}, last heartbeat {j['heartbeat_at']})"
+
+
+@contextmanager
+def record_crash(recorder: Any, job_id: str) -> Iterator[None]:
+    """A worker's crash report (RankFailed): record what was done and the report in the job row, then
+    let the job end (its claims go on the next run's recover: the job has ended)."""
+    try:
+        yield
+    except RankFailed as exc:
+        try:
+            recorder.flush()
+            lines = [*recorder.summary.lines(), f"  CRASHED {exc}"]
+            recorder.db.job_end(job_id, 1, "\n".join(lines), recorder.summary.rank_rows())
+        except Exception as e:  # noqa: BLE001 - the database may be the problem; the report is in the log
+            log.error("could not record the crash in the job row: %s", e)
+        raise

@@ -32,6 +32,17 @@ def _events(ws, event: str) -> list[dict]:
         db.close()
 
 
+def _jobs(ws) -> list[dict]:
+    from legampi.config import load
+    from legampi.db import Database
+
+    db = Database.connect(load(ws.config).database)
+    try:
+        return db.jobs()
+    finally:
+        db.close()
+
+
 def _plain_of(ws, archived: Path) -> bytes:
     import io
 
@@ -126,6 +137,10 @@ def test_a_rank_that_raises_ends_the_job(workspace):
     assert p.returncode != 0
     assert "injected crash on rank 2" in p.stderr
     assert time.monotonic() - t0 < 120  # bounded by the timeout above; a hang raises TimeoutExpired
+    # the worker's report reached rank 0 as a message, and rank 0 recorded it in the job row
+    crashed = [j for j in _jobs(workspace) if "CRASHED" in (j["summary"] or "")]
+    assert crashed and "injected crash on rank 2" in crashed[0]["summary"], _jobs(workspace)
+    assert crashed[0]["exit_status"] == 1
     # the rerun releases the dead job's claims, removes its temp files and finishes the job
     workspace.mpi(3, "process")
     assert {f["status"] for f in _status(workspace)["files"]} == {"available"}

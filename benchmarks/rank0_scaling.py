@@ -63,7 +63,7 @@ def _clocked(cls, name, key):
             loop[key + "_calls"] = loop.get(key + "_calls", 0) + 1
     setattr(cls, name, wrapped)
 if rank == "0":
-    _send0, _recv0 = legampi.parallel.Team._send, legampi.parallel.Team._recv
+    _send0, _recv0 = legampi.parallel.Team.send, legampi.parallel.Team.recv
     def _send(self, obj, dest, tag):
         _sent[tag] += 1
         if tag == 1:
@@ -75,7 +75,7 @@ if rank == "0":
         _got[out[2]] += 1
         loop["received"] = dict(_got)
         return out
-    legampi.parallel.Team._send, legampi.parallel.Team._recv = _send, _recv
+    legampi.parallel.Team.send, legampi.parallel.Team.recv = _send, _recv
     _clocked(legampi.ingest.Recorder, "flush", "flush")
     _clocked(legampi.ingest.Recorder, "add", "add")
     _clocked(legampi.db.Database, "record_results", "db")

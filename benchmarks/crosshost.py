@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,14 +122,15 @@ def run_pingpong(bed: Bed, layout: str, rounds: int, gap: float, idle: float) ->
 
 
 def _stamp(line: str) -> float:
-    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    """The time of a legampi log line (`2026-12-02T05:15:10.871Z rank ...`, UTC, milliseconds)."""
+    return datetime.strptime(line[:23], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc).timestamp()
 
 
 def processing_phase(stderr: str) -> float:
     """Seconds from rank 0's 'N file(s) claimed' line to its last 'archived' line."""
     lines = stderr.splitlines()
     start = [_stamp(x) for x in lines if re.search(r"rank 0 INFO .*file\(s\) claimed", x)]
-    done = [_stamp(x) for x in lines if re.search(r"rank 0 INFO legampi\.ingest: archived ", x)]
+    done = [_stamp(x) for x in lines if re.search(r"rank \d+ INFO legampi\.ingest: archived ", x)]
     if not start or not done:
         raise RuntimeError(f"no claimed/archived log lines in:\n{stderr[-3000:]}")
     return done[-1] - start[0]

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -36,7 +35,6 @@ HOST = socket.gethostname()
 # Environment failures (io, nospace, archive_conflict, unsafe_path) leave the source where it is, and so does
 # `config` (a key, password or passphrase the operator must fix): never quarantined, never `failed`.
 QUARANTINE_KINDS = frozenset({"checksum", "corrupt", "truncated", "key", "format", "transfer_corrupt"})
-_HEX = re.compile(r"^[0-9a-f]+$")
 
 
 @dataclass(slots=True)
@@ -171,7 +169,7 @@ def _scrub(text: str, ctx: PipelineContext) -> str:
     return redact(text, ctx.secrets())
 
 
-def _valid_hex(value: str | None, length: int, what: str, rel: str) -> str | None:
+def _valid_hex(value: str | None, what: str, rel: str) -> str | None:
     if value is None or value == "":
         return None
     v = value.strip().lower()
@@ -271,8 +269,8 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
     up whichever way it ends (finished, failed, or closed unfinished)."""
     rel = task.rel
     src = archive.safe_source(ctx.processing, rel)
-    expected_md5 = _valid_hex(task.md5, 32, "md5", rel)
-    expected_sha = _valid_hex(task.sha256, 64, "sha256", rel)
+    expected_md5 = _valid_hex(task.md5, "md5", rel)
+    expected_sha = _valid_hex(task.sha256, "sha256", rel)
     expected_transfer = transfer.expected(task.transfer_checksum, task.transfer_checksum_type, rel)
     fmt = detect_format(rel, ctx.extensions)
     arch_rel = archive.archive_name(rel, ctx.extensions)

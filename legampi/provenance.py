@@ -153,6 +153,12 @@ def _mismatch(prov: dict[str, Any] | None, row: dict[str, Any], name: str, final
         return f"archived for file {prov.get('file_id')!r}, not {row['file_id']!r}"
     if prov.get("file_name") != row["file_name"]:
         return f"archived from {prov.get('file_name')!r}, not {row['file_name']!r}"
+    return checksums_mismatch(prov, row)
+
+
+def checksums_mismatch(prov: dict[str, Any], row: dict[str, Any]) -> str:
+    """Why a provenance record's plaintext checksums do not prove ROW (empty when they do); shared by the
+    folder's sidecars and S3 object metadata."""
     for key in ("md5", "sha256"):
         if row.get(key) and prov.get(key) != row[key]:
             return f"archived with plaintext {key} {prov.get(key)}, the row expects {row[key]}"

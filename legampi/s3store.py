@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from legampi.formats import IngestError
-from legampi.provenance import Verdict
+from legampi.provenance import Verdict, checksums_mismatch
 from legampi.redact import redact
 from legampi.s3config import ArchiveConfig, Credentials, resolve_credentials
 
@@ -388,9 +388,4 @@ def _mismatch(prov: dict[str, Any] | None, row: dict[str, Any]) -> str:
             return f"archived from {prov['file_name']!r}, not {row['file_name']!r}"
     elif prov.get("file_name_sha256") != hashlib.sha256(row["file_name"].encode("utf-8")).hexdigest():
         return f"archived from another file name than {row['file_name']!r}"
-    for key in ("md5", "sha256"):
-        if row.get(key) and prov.get(key) != row[key]:
-            return f"archived with plaintext {key} {prov.get(key)}, the row expects {row[key]}"
-    if not (row.get("md5") or row.get("sha256")):
-        return "the row has no plaintext checksum to compare with"
-    return ""
+    return checksums_mismatch(prov, row)

@@ -154,6 +154,18 @@ class LocalS3:
         for name in ("filer.sock", "s3.sock"):
             (self.folder / name).unlink(missing_ok=True)
 
+    def shell(self, commands: str, timeout: float = 120) -> str:
+        """Run `weed shell` COMMANDS (one a line) against this server's master and filer; their output.
+
+        For administration the S3 API has no verb for, e.g. bucket quotas in the fault tests:
+        `s3.bucket.quota -name=B -op=set -sizeMB=N` then `s3.bucket.quota.enforce -apply`."""
+        master, filer = self.ports[_COMPONENTS.index("master")], self.ports[_COMPONENTS.index("filer")]
+        cmd = [weed_binary(), "shell", f"-master=127.0.0.1:{master}", f"-filer=127.0.0.1:{filer}"]
+        p = subprocess.run(cmd, input=commands, capture_output=True, text=True, timeout=timeout, check=False)
+        if p.returncode != 0:
+            raise RuntimeError(f"weed shell exited with {p.returncode} on {commands!r}:\n{p.stdout}{p.stderr}")
+        return p.stdout
+
     def tail(self, n: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])

@@ -33,7 +33,8 @@ ARCHIVE_SUFFIX = ".c4gh"  # only keys ending so are legampi's (uploads of other 
 READ_CHUNK = 1 << 20
 _CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken", "403"}
 _CHECKSUM_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidRequest"}
-_SPACE_CODES = {"QuotaExceeded", "EntityTooLarge", "InsufficientStorage", "507"}
+# Ceph RGW (CSC Allas) answers a full quota with 403 QuotaExceeded, MinIO with 400 XMinioAdminBucketQuotaExceeded
+_SPACE_CODES = {"QuotaExceeded", "XMinioAdminBucketQuotaExceeded", "EntityTooLarge", "InsufficientStorage", "507"}
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,9 @@ def decode_provenance(metadata: dict[str, str] | None) -> dict[str, Any] | None:
 def s3_error(rel: str, stage: str, exc: BaseException, secrets: list[str] | None = None) -> IngestError:
     """An S3/botocore failure as an IngestError of the kind the operator acts on; never shows a secret.
 
-    Credentials refused -> `config` (the job stops, files are released unchanged); a checksum refused
-    -> `io` (the bytes changed in transit: retry); quota -> `nospace`; a precondition -> `archive_conflict`.
+    Quota or space -> `nospace` (checked before 403: Ceph's quota answer is a 403); credentials refused
+    -> `config` (the job stops, files are released unchanged); a checksum refused -> `io` (the bytes
+    changed in transit: retry); a precondition -> `archive_conflict`; a server failure (5xx) -> `io`.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -109,14 +111,17 @@ def s3_error(rel: str, stage: str, exc: BaseException, secrets: list[str] | None
                 "archive_conflict",
                 f"{rel}: {stage}: an object already exists at the archive key; not overwritten, the source is kept",
             )
+        if code in _SPACE_CODES or status == 507:
+            return IngestError("nospace", f"{rel}: {stage}: the S3 bucket is over its quota or out of space ({text})")
         if code in _CREDENTIAL_CODES or status == 403:
             return IngestError("config", f"{rel}: {stage}: the S3 server refused the credentials or access ({text})")
         if code in ("NoSuchBucket",):
             return IngestError("config", f"{rel}: {stage}: the S3 bucket does not exist ({text})")
-        if code in _SPACE_CODES or status == 507:
-            return IngestError("nospace", f"{rel}: {stage}: the S3 server is out of space or quota ({text})")
         if code in _CHECKSUM_CODES:
             return IngestError("io", f"{rel}: {stage}: the S3 server refused the data's checksum ({text})")
+        if isinstance(status, int) and status >= 500:  # SeaweedFS 4.48 refuses writes over quota so (a 500)
+            why = "its log says why: a bucket over its quota, a full disk, a failed disk"
+            return IngestError("io", f"{rel}: {stage}: the S3 server failed the request (HTTP {status} {text}); {why}")
         return IngestError("io", f"{rel}: {stage}: S3 error HTTP {status} {text}")
     if isinstance(exc, BotoCoreError):
         return IngestError("io", f"{rel}: {stage}: {redact(str(exc), secrets or [])}")

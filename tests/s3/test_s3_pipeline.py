@@ -18,85 +18,12 @@ import pytest
 
 from legampi.config import DatabaseConfig
 from legampi.db import Database
-from legampi.s3local import LocalS3
-from legampi.s3store import S3Store
-from tests.conftest import BIN, Workspace, make_keypair, make_workspace
+from tests.conftest import make_keypair
 from tests.faults.conftest import add_files, finish, kill, poll, set_options, start_mpi, wait_ranks
-from tests.s3.conftest import archive_config
+from tests.s3.conftest import S3Workspace, decrypt_md5, fetch_with_boto3
 
 MB = 1 << 20
-C4GH = str(BIN / "crypt4gh")
 pytestmark = pytest.mark.mpi
-
-
-class S3Workspace:
-    """A workspace whose archive is this test's prefix of the session's bucket (no end_storage)."""
-
-    def __init__(self, ws: Workspace, server: LocalS3) -> None:
-        self.ws, self.server = ws, server
-        self.cfg = archive_config(server)
-        self.store = S3Store(self.cfg, server.credentials)
-        c = server.credentials
-        self.env = {"AWS_ACCESS_KEY_ID": c.access_key, "AWS_SECRET_ACCESS_KEY": c.secret_key}
-        set_options(
-            ws,
-            archive={
-                "backend": "s3",
-                "s3_endpoint": server.endpoint,
-                "s3_bucket": self.cfg.s3_bucket,
-                "s3_prefix": self.cfg.s3_prefix,
-            },
-            workspaces={"end_storage": None},
-        )
-        os.environ.update(self.env)  # helpers of tests/faults start legampi with the test's environment
-
-    def legampi(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return self.ws.legampi(*args, env={**self.env, **kw.pop("env", {})}, **kw)
-
-    def mpi(self, n: int, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return self.ws.mpi(n, *args, env={**self.env, **kw.pop("env", {})}, **kw)
-
-    def rows(self) -> dict[str, dict[str, Any]]:
-        db = Database.connect(DatabaseConfig(url=self.ws.db_url))
-        try:
-            return {r["file_name"]: r for r in db.files()}
-        finally:
-            db.close()
-
-    def location(self, name: str) -> str:
-        return self.store.location(name.removesuffix(".c4gh") + ".c4gh")
-
-
-@pytest.fixture
-def s3ws(tmp_path: Path, seaweed: LocalS3) -> Any:
-    saved = dict(os.environ)
-    ws = make_workspace(tmp_path, f"sqlite:///{tmp_path / 'tracking.db'}")
-    ws.legampi("init-db")
-    yield S3Workspace(ws, seaweed)
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-def _decrypt_md5(sk: Path, data: bytes) -> str:
-    p = subprocess.run([C4GH, "decrypt", "--sk", str(sk)], input=data, capture_output=True, check=False)
-    assert p.returncode == 0, p.stderr.decode(errors="replace")
-    return hashlib.md5(p.stdout).hexdigest()
-
-
-def _fetch_with_boto3(s3: S3Workspace, location: str) -> bytes:
-    """An object fetched with plain boto3 (not legampi's client), by its recorded s3:// location."""
-    import boto3
-
-    bucket, _, key = location.removeprefix("s3://").partition("/")
-    c = s3.server.credentials
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3.server.endpoint,
-        aws_access_key_id=c.access_key,
-        aws_secret_access_key=c.secret_key,
-        region_name="us-east-1",
-    )
-    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def test_process_into_s3_under_mpi_then_verify_status_and_crypt4gh(s3ws: S3Workspace) -> None:
@@ -110,9 +37,9 @@ def test_process_into_s3_under_mpi_then_verify_status_and_crypt4gh(s3ws: S3Works
         r = rows[e["name"]]
         assert r["status"] == "available" and r["archive_path"] == s3.location(e["name"]), r
         assert not (s3.ws.processing / e["name"]).exists()
-        data = _fetch_with_boto3(s3, r["archive_path"])
+        data = fetch_with_boto3(s3, r["archive_path"])
         assert hashlib.sha256(data).hexdigest() == r["archive_checksum"]
-        assert _decrypt_md5(s3.ws.archive_sk, data) == e["md5"] == r["md5"]
+        assert decrypt_md5(s3.ws.archive_sk, data) == e["md5"] == r["md5"]
     big = s3.store.head(files[0]["name"])
     assert big is not None and big.checksum_sha256 and big.checksum_sha256.endswith("-3")  # 3 parts of 5 MiB
     assert s3.store.list_uploads() == []
@@ -198,7 +125,7 @@ def test_sigkilled_worker_mid_upload_then_rerun_and_recover(s3ws: S3Workspace) -
     assert "1 available" in rerun.stdout, rerun.stdout + rerun.stderr
     r = s3.rows()[name]
     assert r["status"] == "available"
-    assert _decrypt_md5(s3.ws.archive_sk, _fetch_with_boto3(s3, r["archive_path"])) == big[0]["md5"]
+    assert decrypt_md5(s3.ws.archive_sk, fetch_with_boto3(s3, r["archive_path"])) == big[0]["md5"]
     # the dead job's upload is aborted once it is older than recovery's margin
     from legampi.recovery import UPLOAD_MARGIN
 
@@ -251,7 +178,7 @@ def test_export_reads_objects_from_s3(s3ws: S3Workspace, tmp_path: Path) -> None
     p = s3.legampi("export", "DS1", "--recipient-pk", str(rpk), "--to", str(out), "--verify")
     assert "exported dataset DS1: 2 file(s)" in p.stdout, p.stdout + p.stderr
     for e in files:
-        assert _decrypt_md5(rsk, (out / e["name"]).read_bytes()) == e["md5"]
+        assert decrypt_md5(rsk, (out / e["name"]).read_bytes()) == e["md5"]
     check = subprocess.run(["sha256sum", "-c", "DS1.sha256"], cwd=out, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -280,8 +207,8 @@ def test_rekey_writes_a_new_object_switched_over_with_if_match(s3ws: S3Workspace
     )
     res = rekey_file(task, keys)
     assert res.result == "rekeyed", res.details
-    data = _fetch_with_boto3(s3, r["archive_path"])
-    assert hashlib.sha256(data).hexdigest() == res.new_checksum and _decrypt_md5(nsk, data) == e["md5"]
+    data = fetch_with_boto3(s3, r["archive_path"])
+    assert hashlib.sha256(data).hexdigest() == res.new_checksum and decrypt_md5(nsk, data) == e["md5"]
     assert s3.store.list_uploads() == []
     # a crash before the row was updated: verify says a rotation is pending, a rerun records it as is
     v = s3.legampi("verify-archive", check=False)

@@ -126,6 +126,8 @@ def test_a_full_bucket_quota_fails_the_files_that_do_not_fit_and_a_rerun_archive
         assert (s3.ws.processing / e["name"]).is_file(), "the source must stay"
         assert s3.store.head(e["name"]) is None, "an object became visible"
     assert s3.store.list_uploads() == []  # the big file's upload was aborted (aborts work when read-only)
+    s3.legampi("report", "-o", str(tmp_path / "report.html"))  # its failures name the s3:// keys
+    assert all(s3.location(e["name"]) in (tmp_path / "report.html").read_text() for e in big + rest)
     rec = s3.legampi("recover")
     assert "aborted 0 incomplete S3 upload(s)" in rec.stdout + rec.stderr, rec.stdout + rec.stderr
     assert s3.store.list_uploads() == []

@@ -19,12 +19,17 @@ from .rows import Event
 _HOLDERS = (
     "SELECT f.file_id, f.dataset_id, f.file_name, f.archive_path, f.claimed_by, f.claimed_at, j.command, "
     "j.host, j.pid, j.heartbeat_at, j.ended_at FROM file f LEFT JOIN job j ON j.job_id = f.claimed_by "
-    "WHERE f.status = 'available' AND f.claimed_by IS NOT NULL"
+    "WHERE f.claimed_by IS NOT NULL AND "
 )
 
 
 class ArchivedClaimsMixin(JobsMixin, FilesMixin):
     """Claims, holders and releases of `available` files."""
+
+    def _by_id_available(self, column: str = "status") -> str:
+        """`status = 'available'` for a WHERE that also lists file ids: SQLite would otherwise walk the
+        status index (most of an archive) instead of looking up each id (`+` keeps it off that index)."""
+        return f"+{column} = 'available'" if self.backend == "sqlite" else f"{column} = 'available'"
 
     def claim_archived(self, file_ids: Sequence[str], job_id: str) -> list[str]:
         """Claim the `available` files nobody holds for JOB_ID (status unchanged); returns those it got."""
@@ -33,7 +38,7 @@ class ArchivedClaimsMixin(JobsMixin, FilesMixin):
             for chunk in chunks(list(file_ids), 500):
                 cur = self.execute(
                     f"UPDATE file SET claimed_by = ?, claimed_at = ? WHERE file_id IN ({marks(len(chunk))}) "
-                    "AND status = 'available' AND claimed_by IS NULL RETURNING file_id",
+                    f"AND {self._by_id_available()} AND claimed_by IS NULL RETURNING file_id",
                     [job_id, ts, *chunk],
                 )
                 got += [r[0] for r in cur.fetchall()]
@@ -54,7 +59,7 @@ class ArchivedClaimsMixin(JobsMixin, FilesMixin):
             for chunk in chunks(list(file_ids), 500):
                 cur = self.execute(
                     f"UPDATE file SET claimed_by = NULL, claimed_at = NULL WHERE file_id IN ({marks(len(chunk))}) "
-                    "AND claimed_by = ? AND status = 'available'",
+                    f"AND claimed_by = ? AND {self._by_id_available()}",
                     [*chunk, job_id],
                 )
                 n += cur.rowcount
@@ -63,10 +68,11 @@ class ArchivedClaimsMixin(JobsMixin, FilesMixin):
     def archived_claims(self, file_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Claimed `available` files with their holder (command, host, pid, heartbeat; None: no such job)."""
         if file_ids is None:
-            return self.query(_HOLDERS + " ORDER BY f.file_name")
+            return self.query(_HOLDERS + "f.status = 'available' ORDER BY f.file_name")
         out: list[dict[str, Any]] = []
         for chunk in chunks(list(file_ids), 500):
-            out += self.query(_HOLDERS + f" AND f.file_id IN ({marks(len(chunk))})", list(chunk))
+            sql = _HOLDERS + f"{self._by_id_available('f.status')} AND f.file_id IN ({marks(len(chunk))})"
+            out += self.query(sql, list(chunk))
         return out
 
     def release_dead_archived(self, claim_timeout: int, dead_job: Callable[[dict[str, Any]], bool]) -> list[str]:
@@ -85,7 +91,7 @@ class ArchivedClaimsMixin(JobsMixin, FilesMixin):
                     continue
                 cur = self.execute(
                     "UPDATE file SET claimed_by = NULL, claimed_at = NULL WHERE file_id = ? AND claimed_by = ? "
-                    "AND status = 'available'",
+                    f"AND {self._by_id_available()}",
                     (r["file_id"], r["claimed_by"]),
                 )
                 if cur.rowcount:

@@ -183,3 +183,19 @@ def test_rekey_and_verify_never_touch_a_file_another_live_job_holds(arch: Any) -
     assert db.file_row(victim["file_id"]).archive_key == victim["archive_key"]  # type: ignore[union-attr]
     assert claims(db) == {victim["file_id"]: holder}
     assert [j["exit_status"] for j in db.jobs() if j["command"] == "rekey" and j["job_id"] != holder] == [4]
+
+
+def test_verify_decrypt_during_a_rotation_does_not_call_files_on_the_new_key_corrupt(arch: Any) -> None:
+    db, ws, cfg = arch.db, arch.ws, arch.cfg
+    sk, pk = make_keypair(ws.root / "keys", "archive2")
+    keys = rekey.load_rekey_keys(cfg, pk, sk)
+    out = io.StringIO()
+    assert rekey_job.rotate_archive(db, InProcess(rekey_job.load_rotator(keys)), cfg, keys, limit=2, out=out) == 0
+    out = io.StringIO()
+    code = verify.verify_archive(db, InProcess(verify.load_auditor(cfg, True)), cfg, None, True, out)
+    text = out.getvalue()
+    assert code == archived_claims.SKIPPED_EXIT, text
+    n = len(arch.entries)
+    assert f"{n} ok, 0 mismatch, 0 missing, 0 unexpected; 0 skipped" in text
+    assert "2 not decrypted (archived for another key)" in text and text.count("  NOT DECRYPTED ") == 2
+    assert f"archived for key {keys.new_fp}, the configured archive secret key is for {keys.old_fp}" in text

@@ -120,6 +120,11 @@ def test_claim_book_gives_claims_back_in_batches_and_all_at_the_end(arch: Any) -
     assert len(claims(db)) == len(every)  # below the batch: still held
     book.done([every[1]])
     assert set(claims(db)) == set(every[2:])
+    # the heartbeat goes on while results stream in (the claims of a long job stay live)
+    db.execute("UPDATE job SET heartbeat_at = '2000-01-01T00:00:00' WHERE job_id = ?", (me,))
+    book.beat -= archived_claims.HEARTBEAT_INTERVAL
+    book.done([every[2]])
+    assert [j.heartbeat_at > "2001" for j in db.job_rows(50) if j.job_id == me] == [True]
     book.close()
     assert claims(db) == {}
 

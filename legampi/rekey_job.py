@@ -172,7 +172,7 @@ def run_rekey(
     out: Any = None,
 ) -> int:
     """`legampi rekey` on every rank (TEAM None: in this process): rank 0 lists and records, workers
-    rotate files. Exit 0 all rotated, 1 some failed, 2 could not start."""
+    rotate files. Exit 0 all rotated, 1 some failed, 2 could not start, 4 files held by other live jobs."""
     keys = functools.cache(lambda: _keys(cfg, new_public_key, new_secret_key))  # loaded once per rank
 
     def open_() -> tuple[Database, RekeyKeys]:

@@ -145,7 +145,8 @@ def run_verify(
     cfg: Any, team: Any, connect: Any, dataset: str | None = None, decrypt: bool = False, out: Any = None
 ) -> int:
     """`legampi verify-archive` on every rank (TEAM None: in this process); exit 1 if any file is
-    missing, altered or unexpected, 2 if the audit could not start."""
+    missing, altered or unexpected, 2 if the audit could not start, 4 if files were skipped (held by
+    other live jobs) or, with --decrypt, not decrypted (archived for another key)."""
     job: Job[Any] = Job(
         open=lambda: _open_database(connect),
         load=lambda _rank: load_auditor(cfg, decrypt),

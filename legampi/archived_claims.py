@@ -24,7 +24,7 @@ from .recovery import HEARTBEAT_INTERVAL, job_is_dead, pid_alive, slurm_job_gone
 
 log = logging.getLogger("legampi.claims")
 
-SKIPPED_EXIT = 4  # the run did everything it could, but other live jobs held some files: run it again later
+SKIPPED_EXIT = 5  # the run did everything it could, but other live jobs held some files: run it again later
 
 Row = dict[str, Any]
 

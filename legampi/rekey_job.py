@@ -172,7 +172,7 @@ def run_rekey(
     out: Any = None,
 ) -> int:
     """`legampi rekey` on every rank (TEAM None: in this process): rank 0 lists and records, workers
-    rotate files. Exit 0 all rotated, 1 some failed, 2 could not start, 4 files held by other live jobs."""
+    rotate files. Exit 0 all rotated, 1 some failed, 2 could not start, 5 files held by other live jobs."""
     keys = functools.cache(lambda: _keys(cfg, new_public_key, new_secret_key))  # loaded once per rank
 
     def open_() -> tuple[Database, RekeyKeys]:
@@ -220,7 +220,7 @@ def rotate_archive(
     out: Any = None,
 ) -> int:
     """Rank 0's `rekey`: claim the files not yet on the new key, rotate them through EX, record every
-    flush, print the report. Exit 0 all rotated, 1 some failed, 4 (SKIPPED_EXIT) none failed but other
+    flush, print the report. Exit 0 all rotated, 1 some failed, 5 (SKIPPED_EXIT) none failed but other
     live jobs held some files. A job row with a heartbeat keeps a live rekey's claims and temp files."""
     out = out or sys.stdout
     free_dead_claims(db, cfg.func.claim_timeout)

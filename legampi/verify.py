@@ -145,7 +145,7 @@ def run_verify(
     cfg: Any, team: Any, connect: Any, dataset: str | None = None, decrypt: bool = False, out: Any = None
 ) -> int:
     """`legampi verify-archive` on every rank (TEAM None: in this process); exit 1 if any file is
-    missing, altered or unexpected, 2 if the audit could not start, 4 if files were skipped (held by
+    missing, altered or unexpected, 2 if the audit could not start, 5 if files were skipped (held by
     other live jobs) or, with --decrypt, not decrypted (archived for another key)."""
     job: Job[Any] = Job(
         open=lambda: _open_database(connect),
@@ -186,7 +186,7 @@ def verify_archive(
     db: Any, ex: Executor, cfg: Any, dataset: str | None = None, decrypt: bool = False, out: Any = None
 ) -> int:
     """Rank 0's audit: claim every `available` file, audit them through EX, then the files nobody accounts
-    for; one event per result, the operator's report on OUT. Exit 1 if anything is not ok, else 4
+    for; one event per result, the operator's report on OUT. Exit 1 if anything is not ok, else 5
     (SKIPPED_EXIT) if other live jobs held some files, else 0."""
     import sys
 

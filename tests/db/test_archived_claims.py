@@ -187,7 +187,7 @@ def test_rekey_and_verify_never_touch_a_file_another_live_job_holds(arch: Any) -
     assert path.read_bytes() != before and rekey.pending_path(path).read_text() == "{}"  # untouched
     assert db.file_row(victim["file_id"]).archive_key == victim["archive_key"]  # type: ignore[union-attr]
     assert claims(db) == {victim["file_id"]: holder}
-    assert [j["exit_status"] for j in db.jobs() if j["command"] == "rekey" and j["job_id"] != holder] == [4]
+    assert [j["exit_status"] for j in db.jobs() if j["command"] == "rekey" and j["job_id"] != holder] == [5]
 
 
 def test_verify_decrypt_during_a_rotation_does_not_call_files_on_the_new_key_corrupt(arch: Any) -> None:

@@ -58,7 +58,7 @@ def test_rekey_under_mpiexec(workspace):
 
 
 def test_rekey_under_mpiexec_skips_a_file_another_live_job_holds(workspace):
-    """Issue 14 under mpiexec: the held file is not handed to any worker, exit 4 reaches the launcher."""
+    """Issue 14 under mpiexec: the held file is not handed to any worker, exit 5 reaches the launcher."""
     import socket
 
     from legampi.config import load
@@ -77,12 +77,12 @@ def test_rekey_under_mpiexec_skips_a_file_another_live_job_holds(workspace):
         db.claim_archived([row["file_id"]], "other-rekey")
         new_sk, new_pk = make_keypair(ws.root / "keys", "archive2")
         p = ws.mpi(3, "rekey", "--new-archive-public-key", str(new_pk), check=False)
-        assert p.returncode == 4, p.stdout + p.stderr
+        assert p.returncode == 5, p.stdout + p.stderr
         assert "3 rekeyed" in p.stdout and "1 skipped because claimed by another live job" in p.stdout
         assert f"SKIPPED {held}: claimed by job other-rekey (rekey, {socket.gethostname()}" in p.stdout
         assert held.read_bytes() == before
         v = ws.mpi(3, "verify-archive", check=False)
-        assert v.returncode == 4 and "3 ok, 0 mismatch, 0 missing, 0 unexpected; 1 skipped" in v.stdout, v.stdout
+        assert v.returncode == 5 and "3 ok, 0 mismatch, 0 missing, 0 unexpected; 1 skipped" in v.stdout, v.stdout
         assert [c["claimed_by"] for c in db.archived_claims()] == ["other-rekey"]
     finally:
         db.close()

@@ -319,7 +319,7 @@ def test_demo_archives_into_a_local_s3(tmp_path: Path) -> None:
 
 def test_rekey_and_verify_under_mpi_skip_an_object_another_live_job_holds(s3ws: S3Workspace, tmp_path: Path) -> None:
     """Issue 14 on the S3 backend: an object claimed by another live job is neither rotated nor audited
-    (exit 4, named in the report); once it is released the next run rotates it."""
+    (exit 5, named in the report); once it is released the next run rotates it."""
     import socket
 
     s3 = s3ws
@@ -334,12 +334,12 @@ def test_rekey_and_verify_under_mpi_skip_an_object_another_live_job_holds(s3ws: 
         assert db.claim_archived([held["file_id"]], "other-job") == [held["file_id"]]
         nsk, npk = make_keypair(tmp_path, "new")
         p = s3.mpi(3, "rekey", "--new-archive-public-key", str(npk), "--new-archive-secret-key", str(nsk), check=False)
-        assert p.returncode == 4, p.stdout + p.stderr
+        assert p.returncode == 5, p.stdout + p.stderr
         assert "2 rekeyed" in p.stdout and "1 skipped because claimed by another live job" in p.stdout
         assert f"SKIPPED {held['archive_path']}: claimed by job other-job (verify-archive, " in p.stdout
         assert _fetch_with_boto3(s3, held["archive_path"]) == before  # untouched
         v = s3.legampi("verify-archive", check=False)
-        assert v.returncode == 4 and "2 ok, 0 mismatch, 0 missing, 0 unexpected; 1 skipped" in v.stdout, v.stdout
+        assert v.returncode == 5 and "2 ok, 0 mismatch, 0 missing, 0 unexpected; 1 skipped" in v.stdout, v.stdout
         assert db.release_archived(None, "other-job") == 1
     finally:
         db.close()

@@ -130,6 +130,7 @@ def recover(db: Database, cfg: Config, job_id: str | None = None) -> RecoveryRep
         else:
             live_jobs.append(j)
     stale = db.stale_claims(cfg.func.claim_timeout, dead)
+    rep.released += db.release_dead_archived(cfg.func.claim_timeout, dead)  # rekey/verify-archive: stay available
     stale_ids = {r["file_id"] for r in stale}
     # Only rows not yet `available` matter (plus the processing listing for step 4), so recovery costs
     # what is in flight, not the size of the archive.

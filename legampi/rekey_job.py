@@ -1,9 +1,10 @@
 """The `legampi rekey` command: which files to rotate, recording each result, the operator's report.
 
 Rotating one file (crash-safe, with its pending marker) is `rekey.rekey_file`; this module lists the
-`available` files not yet on the new key, spreads them over the ranks, records every flush of results in
-one transaction (then drops the pending markers), and keeps a job row with a heartbeat so that `recover`
-leaves the temp files of a live rekey alone.
+`available` files not yet on the new key, claims them (legampi.archived_claims: a file another live job
+holds is skipped and reported, never touched), spreads them over the ranks, records every flush of results
+in one transaction (then drops the pending markers and gives the claims back), and keeps a job row with a
+heartbeat so that `recover` leaves the temp files and claims of a live rekey alone.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import archive, storage
+from .archived_claims import SKIPPED_EXIT, ClaimBook, claim_in_batches, free_dead_claims, skipped_lines, start_job
 from .db import Database, DatabaseError, Event
 from .keys import fingerprint, load_public_key
 from .parallel import Executor, Job, NotReady, execute
@@ -40,10 +41,12 @@ log = logging.getLogger("legampi.rekey")
 
 
 class RekeyRecorder:
-    """Rank 0: buffers results, records each flush in one transaction, then drops the pending markers."""
+    """Rank 0: buffers results, records each flush in one transaction, then drops the pending markers and
+    gives the files' claims back (BOOK, which also keeps the job's heartbeat)."""
 
-    def __init__(self, db: Database, batch_size: int, flush_interval: float, job_id: str | None = None) -> None:
-        self.db, self.batch_size, self.flush_interval, self.job_id = db, max(1, batch_size), flush_interval, job_id
+    def __init__(self, db: Database, batch_size: int, flush_interval: float, book: ClaimBook | None = None) -> None:
+        self.db, self.batch_size, self.flush_interval, self.book = db, max(1, batch_size), flush_interval, book
+        self.job_id = book.job_id if book is not None else None
         self.buffer: list[RekeyResult] = []
         self.done: list[RekeyResult] = []
         self.last = time.monotonic()
@@ -52,13 +55,14 @@ class RekeyRecorder:
         self.buffer.append(r)
         if len(self.buffer) >= self.batch_size:
             self.flush()
+        elif self.book is not None:
+            self.book.tick()
 
     def tick(self) -> None:
         if self.buffer and time.monotonic() - self.last >= self.flush_interval:
             self.flush()
-        elif self.job_id is not None and time.monotonic() - self.last >= 30:
-            self.db.job_heartbeat(self.job_id)
-            self.last = time.monotonic()
+        if self.book is not None:
+            self.book.tick()
 
     def flush(self) -> None:
         if not self.buffer:
@@ -97,6 +101,8 @@ class RekeyRecorder:
         for r in good:
             if r.file_id in changed:
                 clear_pending(r.archive_path)
+        if self.book is not None:  # recorded (or failed, the copy as it was): another job may take them now
+            self.book.done([r.file_id for r in batch])
         for r in batch:
             (log.info if r.result != "failed" else log.error)("rekey %s: %s (file %s)", r.result, r.details, r.file_id)
         self.done += batch
@@ -104,42 +110,55 @@ class RekeyRecorder:
 
 
 def rekey_tasks(
-    db: Database, new_fp: str, dataset: str | None = None, limit: int | None = None
-) -> tuple[list[RekeyTask], int]:
-    """`available` files not yet on the new key (and how many already are); markers left by a run that
-    crashed after its commit are removed here."""
-    tasks, already = [], 0
-    for r in db.files(dataset, status="available"):
-        if r["archive_key"] == new_fp:
-            already += 1
-            if storage.is_s3(r["archive_path"]):
-                continue  # an S3 object carries its rotation in its own metadata: no marker to clear
+    db: Database, job_id: str, new_fp: str, dataset: str | None = None, limit: int | None = None, batch: int = 200
+) -> tuple[list[RekeyTask], int, list[tuple[dict[str, Any], str]]]:
+    """Claim the `available` files not yet on the new key (at most LIMIT), BATCH per transaction; returns
+    their tasks, how many are already on the new key, and the files other live jobs hold (skipped).
+    Markers left by a run that crashed after its commit are removed here, each under a claim."""
+    rows = db.files(dataset, status="available")
+    todo = sorted((r for r in rows if r["archive_key"] != new_fp), key=lambda r: r["archive_path"])
+    _clear_stale_markers(db, job_id, [r for r in rows if r["archive_key"] == new_fp], batch, new_fp)
+    got = claim_in_batches(db, job_id, todo, batch, keep=lambda r: r["archive_key"] != new_fp, want=limit)
+    tasks = sorted((_task(r) for r in got.rows), key=lambda t: t.archive_path)
+    return tasks, len(rows) - len(todo) + len(got.dropped), got.skipped
+
+
+def _task(r: dict[str, Any]) -> RekeyTask:
+    return RekeyTask(
+        r["file_id"],
+        r["dataset_id"],
+        r["archive_path"],
+        r["archive_checksum"],
+        r["archive_checksum_type"],
+        r["archive_key"],
+        r["md5"],
+        r["sha256"],
+        int(r["archive_size"] or r["size"] or 0),
+    )
+
+
+def _clear_stale_markers(db: Database, job_id: str, rows: list[dict[str, Any]], batch: int, new_fp: str) -> None:
+    """Remove the pending markers of rotations already recorded (a crash between commit and cleanup);
+    an S3 object carries its rotation in its own metadata and has none."""
+    marked = [
+        r for r in rows if not storage.is_s3(r["archive_path"]) and pending_path(Path(r["archive_path"])).exists()
+    ]
+    if not marked:
+        return
+    got = claim_in_batches(db, job_id, marked, batch, keep=lambda r: r["archive_key"] == new_fp)
+    try:
+        for r in got.rows:
             marker = pending_path(Path(r["archive_path"]))
-            if marker.exists():
-                try:
-                    stale = read_pending(marker)["new_checksum"] == r["archive_checksum"]
-                except RekeyError as exc:
-                    log.error("%s", exc)
-                    continue
-                if stale:
-                    marker.unlink()
-                    archive.fsync_dir(marker.parent)
-            continue
-        tasks.append(
-            RekeyTask(
-                r["file_id"],
-                r["dataset_id"],
-                r["archive_path"],
-                r["archive_checksum"],
-                r["archive_checksum_type"],
-                r["archive_key"],
-                r["md5"],
-                r["sha256"],
-                int(r["archive_size"] or r["size"] or 0),
-            )
-        )
-    tasks.sort(key=lambda t: t.archive_path)
-    return (tasks[:limit] if limit is not None else tasks), already
+            try:
+                stale = marker.exists() and read_pending(marker)["new_checksum"] == r["archive_checksum"]
+            except RekeyError as exc:
+                log.error("%s", exc)
+                continue
+            if stale:
+                marker.unlink()
+                archive.fsync_dir(marker.parent)
+    finally:
+        db.release_archived([r["file_id"] for r in got.rows], job_id)
 
 
 def run_rekey(
@@ -153,7 +172,7 @@ def run_rekey(
     out: Any = None,
 ) -> int:
     """`legampi rekey` on every rank (TEAM None: in this process): rank 0 lists and records, workers
-    rotate files. Exit 0 all rotated, 1 some failed, 2 could not start."""
+    rotate files. Exit 0 all rotated, 1 some failed, 2 could not start, 5 files held by other live jobs."""
     keys = functools.cache(lambda: _keys(cfg, new_public_key, new_secret_key))  # loaded once per rank
 
     def open_() -> tuple[Database, RekeyKeys]:
@@ -200,28 +219,35 @@ def rotate_archive(
     limit: int | None = None,
     out: Any = None,
 ) -> int:
-    """Rank 0's `rekey`: list the files not yet on the new key, rotate them through EX, record every
-    flush, print the report. A job row with a heartbeat makes recovery keep a live rekey's temp files."""
+    """Rank 0's `rekey`: claim the files not yet on the new key, rotate them through EX, record every
+    flush, print the report. Exit 0 all rotated, 1 some failed, 5 (SKIPPED_EXIT) none failed but other
+    live jobs held some files. A job row with a heartbeat keeps a live rekey's claims and temp files."""
     out = out or sys.stdout
-    job_id = make_job_id()
-    db.job_start(job_id, "rekey", socket.gethostname(), ex.ranks)
-    tasks, already = rekey_tasks(db, keys.new_fp, dataset, limit)
-    recorder = RekeyRecorder(db, cfg.func.batch_size, cfg.func.flush_interval, job_id)
-    progress = Progress(len(tasks), sum(t.size for t in tasks), logger=log)
+    free_dead_claims(db, cfg.func.claim_timeout)
+    job_id = start_job(db, "rekey", ex.ranks, make_job_id)
+    book = ClaimBook(db, job_id, cfg.func.batch_size, cfg.func.flush_interval)
+    try:
+        tasks, already, skipped = rekey_tasks(db, job_id, keys.new_fp, dataset, limit, cfg.func.batch_size)
+        recorder = RekeyRecorder(db, cfg.func.batch_size, cfg.func.flush_interval, book)
+        progress = Progress(len(tasks), sum(t.size for t in tasks), logger=log)
 
-    def on_result(r: RekeyResult) -> None:
-        progress.add(r.bytes_read, r.result == "failed")
-        recorder.add(r)
+        def on_result(r: RekeyResult) -> None:
+            progress.add(r.bytes_read, r.result == "failed")
+            recorder.add(r)
 
-    def tick() -> None:
-        recorder.tick()
-        progress.tick()
+        def tick() -> None:
+            recorder.tick()
+            progress.tick()
 
-    ex.run(tasks, on_result, tick=tick, key=lambda t: t.size, name=lambda t: t.archive_path)
-    recorder.flush()
-    progress.close()
-    lines = rekey_lines(recorder.done, keys, already, len(tasks), cfg)
-    code = 1 if any(r.result == "failed" for r in recorder.done) else 0
+        ex.run(tasks, on_result, tick=tick, key=lambda t: t.size, name=lambda t: t.archive_path)
+        recorder.flush()
+        progress.close()
+    finally:
+        book.close()
+    for row, why in skipped:
+        log.warning("rekey skipped: %s: %s (file %s)", row["archive_path"], why, row["file_id"])
+    lines = rekey_lines(recorder.done, keys, already, len(tasks), cfg, skipped)
+    code = 1 if any(r.result == "failed" for r in recorder.done) else SKIPPED_EXIT if skipped else 0
     db.job_end(job_id, code, "\n".join(lines[-2:]))
     for line in lines:
         print(line, file=out)
@@ -229,21 +255,35 @@ def rotate_archive(
     return code
 
 
-def rekey_lines(results: Sequence[RekeyResult], keys: RekeyKeys, already: int, planned: int, cfg: Any) -> list[str]:
-    """The operator's report: one line per file, a summary, and what to do next."""
+def rekey_lines(
+    results: Sequence[RekeyResult],
+    keys: RekeyKeys,
+    already: int,
+    planned: int,
+    cfg: Any,
+    skipped: Sequence[tuple[dict[str, Any], str]] = (),
+) -> list[str]:
+    """The operator's report: one line per file (and per file skipped), a summary, and what to do next."""
     counts = {k: sum(r.result == k for r in results) for k in ("rekeyed", "recovered", "failed")}
     lines = [
         f"  {r.result.upper()} {r.details} (rank {r.rank}, {r.seconds:.2f}s)"
         for r in sorted(results, key=lambda r: r.archive_path)
     ]
+    lines += skipped_lines(skipped, lambda r: str(r["archive_path"]))
     mb = sum(r.bytes_read for r in results) / 1e6
     lines.append(
         f"rekey to archive key {keys.new_fp} (from {keys.old_fp}): {planned} file(s) to rotate, "
         f"{counts['rekeyed']} rekeyed, {counts['recovered']} recovered from an interrupted run, "
-        f"{counts['failed']} failed, {already} already on the new key; {mb:.1f} MB read"
+        f"{counts['failed']} failed, {already} already on the new key, {len(skipped)} skipped because "
+        f"claimed by another live job; {mb:.1f} MB read"
     )
     if counts["failed"]:
         lines.append("some files were not rotated: fix the causes above and rerun `legampi rekey` (it resumes)")
+    elif skipped:
+        lines.append(
+            f"{len(skipped)} file(s) were held by other live jobs (listed above) and not touched: run `legampi "
+            "rekey` again once they have ended (`legampi recover` frees the claims of jobs that died)"
+        )
     elif fingerprint(load_public_key(cfg.crypto.archive_public_key)) != keys.new_fp:
         lines.append(
             f"REMINDER: edit {cfg.path or 'the configuration'}: set [crypto] archive_public_key to the new "

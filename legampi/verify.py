@@ -2,7 +2,9 @@
 
 One read per file: the archived bytes are hashed as they stream past and, with ``--decrypt`` (needs the
 archive secret key), decrypted in the same pass so the plaintext md5/sha256 are compared with the manifest.
-The work function is plain Python; `parallel.execute` spreads it over the ranks like `process`.
+The work function is plain Python; `parallel.execute` spreads it over the ranks like `process`. Like
+`process`, the audit is a job that claims each file before reading it (legampi.archived_claims): a file
+held by another live job (a `rekey` rotating it) is skipped and reported, never judged mid-rotation.
 
 An object in an S3 archive (`archive_path` s3://bucket/key) is read the same way, once, through the
 process's store (legampi.storage): its bytes are compared with the recorded checksum and with the sha256
@@ -20,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from . import archive, checksum, storage
+from .archived_claims import SKIPPED_EXIT, ClaimBook, claim_in_batches, free_dead_claims, skipped_lines, start_job
 from .formats import IngestError
 from .parallel import Executor, Job, NotReady, execute
 from .progress import Progress
-from .workspace import scan
+from .workspace import make_job_id, scan
 
 log = logging.getLogger("legampi.verify")
 
@@ -38,6 +41,8 @@ class AuditTask:
     md5: str | None
     sha256: str | None
     size: int = 0
+    archive_key: str | None = None
+    decrypt: bool = True  # False: archived for another key than the configured one, bytes checked only
 
 
 @dataclass
@@ -52,6 +57,7 @@ class AuditResult:
 def audit_file(task: AuditTask, archive_secret_key: bytes | None = None, store: Any = None) -> AuditResult:
     """Check one archived file against its recorded checksum, its sidecar and (optionally) the manifest.
     An s3:// location is read through STORE (default: this process's store for the configured [archive])."""
+    archive_secret_key = archive_secret_key if task.decrypt else None
     if storage.is_s3(task.archive_path):
         from .s3read import audit_object
 
@@ -114,12 +120,14 @@ def unexpected_files(
     end_storage: Path | None, rows: list[dict[str, Any]], extensions: tuple[str, ...], arch: Any = None
 ) -> list[str]:
     """Files in end_storage (objects in the S3 archive ARCH, default the configured [archive]) that no
-    `available` row accounts for (nor its sidecar), as archive names."""
+    `available` row accounts for (nor its sidecar), as archive names. A file being archived right now
+    (its row `processing`) and legampi's own temp names (a live job's, or debris `recover` removes) are
+    not unexpected."""
     if arch is None and (conf := storage.configured()) is not None and conf.backend == "s3":
         arch = storage.open_archive(conf, None)
     known = set()
     for r in rows:
-        if r["status"] != "available":
+        if r["status"] not in ("available", "processing"):
             continue
         final = archive.archive_name(r["file_name"], extensions)
         # a rotation's pending marker belongs to its file (`rekey` clears it), not an unexpected file
@@ -130,14 +138,15 @@ def unexpected_files(
         listing = scan(end_storage)
     else:
         raise ValueError("[workspaces] end_storage is required with the folder archive")
-    return sorted(rel for rel, _ in listing if rel not in known)
+    return sorted(rel for rel, _ in listing if rel not in known and not archive.is_temp_name(rel))
 
 
 def run_verify(
     cfg: Any, team: Any, connect: Any, dataset: str | None = None, decrypt: bool = False, out: Any = None
 ) -> int:
     """`legampi verify-archive` on every rank (TEAM None: in this process); exit 1 if any file is
-    missing, altered or unexpected, 2 if the audit could not start."""
+    missing, altered or unexpected, 2 if the audit could not start, 5 if files were skipped (held by
+    other live jobs) or, with --decrypt, not decrypted (archived for another key)."""
     job: Job[Any] = Job(
         open=lambda: _open_database(connect),
         load=lambda _rank: load_auditor(cfg, decrypt),
@@ -176,55 +185,104 @@ def _archive_key(cfg: Any) -> bytes:
 def verify_archive(
     db: Any, ex: Executor, cfg: Any, dataset: str | None = None, decrypt: bool = False, out: Any = None
 ) -> int:
-    """Rank 0's audit: every `available` file through EX, then the files nobody accounts for; one event
-    per result, the operator's report on OUT. Exit 1 if anything is not ok."""
+    """Rank 0's audit: claim every `available` file, audit them through EX, then the files nobody accounts
+    for; one event per result, the operator's report on OUT. Exit 1 if anything is not ok, else 5
+    (SKIPPED_EXIT) if other live jobs held some files, else 0."""
     import sys
 
     from .db import Event
 
     out = out or sys.stdout
-    tasks = [
-        AuditTask(
-            r["file_id"],
-            r["dataset_id"],
-            r["archive_path"],
-            r["archive_checksum"],
-            r["archive_checksum_type"],
-            r["md5"],
-            r["sha256"],
-            int(r["archive_size"] or 0),
-        )
-        for r in db.files(dataset)
-        if r["status"] == "available"
-    ]
-    results: list[AuditResult] = []
-    progress = Progress(len(tasks), sum(t.size for t in tasks), logger=log)
-
-    def on_result(r: AuditResult) -> None:
-        results.append(r)
-        progress.add(r.bytes_read, r.result != "ok")
-        (log.info if r.result == "ok" else log.error)("audit %s: %s (file %s)", r.result, r.details, r.file_id)
-
-    ex.run(tasks, on_result, tick=progress.tick, key=lambda t: t.size, name=lambda t: t.archive_path)
-    progress.close()
+    free_dead_claims(db, cfg.func.claim_timeout)
+    job_id = start_job(db, "verify-archive", ex.ranks, make_job_id)
+    book = ClaimBook(db, job_id, cfg.func.batch_size, cfg.func.flush_interval)
+    try:
+        got = claim_in_batches(db, job_id, db.files(dataset, status="available"), cfg.func.batch_size)
+        tasks = [_audit_task(r) for r in got.rows]
+        other_key = _other_key(tasks, cfg) if decrypt else []
+        results = _audit(ex, tasks, book)
+    finally:
+        book.close()
     if dataset is None:
         arch = storage.from_config(cfg)
         for rel in unexpected_files(cfg.workspaces.end_storage, db.files(), cfg.func.extensions, arch=arch):
             results.append(AuditResult("", "", "unexpected", f"{arch.location(rel)}: not recorded as available"))
             log.error("audit unexpected: %s", results[-1].details)
+    for row, why in got.skipped:
+        log.warning("audit skipped: %s: %s (file %s)", row["archive_path"], why, row["file_id"])
     with db.transaction():
         db.add_events(
-            [Event(r.file_id or None, r.dataset_id or None, f"audit-{r.result}", None, r.details) for r in results]
+            [Event(r.file_id or None, r.dataset_id or None, f"audit-{r.result}", None, r.details) for r in results],
+            job_id,
         )
     counts = {k: sum(r.result == k for r in results) for k in ("ok", "mismatch", "missing", "unexpected")}
-    print(
+    summary = (
         f"fixity audit: {len(tasks)} archived file(s) checked"
         + (" with decryption" if decrypt else "")
         + ": "
-        + ", ".join(f"{v} {k}" for k, v in counts.items()),
-        file=out,
+        + ", ".join(f"{v} {k}" for k, v in counts.items())
+        + f"; {len(got.skipped)} skipped because claimed by another live job"
+        + (f"; {len(other_key)} not decrypted (archived for another key)" if other_key else "")
     )
+    code = 1 if len(results) - counts["ok"] else SKIPPED_EXIT if got.skipped or other_key else 0
+    db.job_end(job_id, code, summary)
+    print(summary, file=out)
     for r in results:
         if r.result != "ok":
             print(f"  {r.result.upper()} {r.details}", file=out)
-    return 1 if len(results) - counts["ok"] else 0
+    for line in skipped_lines(got.skipped, lambda r: str(r["archive_path"])):
+        print(line, file=out)
+    for line in other_key:
+        print(line, file=out)
+    return code
+
+
+def _other_key(tasks: list[AuditTask], cfg: Any) -> list[str]:
+    """With --decrypt: files recorded as archived for another key than the configured secret key's (a
+    rotation under way) have their bytes checked but are not decrypted: not a corruption. One line each."""
+    from .keys import fingerprint, public_from_secret
+
+    fp = fingerprint(public_from_secret(_archive_key(cfg)))
+    lines = []
+    for t in tasks:
+        if t.archive_key not in (None, fp):
+            t.decrypt = False
+            lines.append(
+                f"  NOT DECRYPTED {t.archive_path}: archived for key {t.archive_key}, the configured archive "
+                f"secret key is for {fp} (a key rotation under way: audit again once it is finished)"
+            )
+    return lines
+
+
+def _audit_task(r: dict[str, Any]) -> AuditTask:
+    return AuditTask(
+        r["file_id"],
+        r["dataset_id"],
+        r["archive_path"],
+        r["archive_checksum"],
+        r["archive_checksum_type"],
+        r["md5"],
+        r["sha256"],
+        int(r["archive_size"] or 0),
+        r["archive_key"],
+    )
+
+
+def _audit(ex: Executor, tasks: list[AuditTask], book: ClaimBook) -> list[AuditResult]:
+    """Every claimed file through EX; each claim goes back (in batches) once its file is audited."""
+    results: list[AuditResult] = []
+    progress = Progress(len(tasks), sum(t.size for t in tasks), logger=log)
+
+    def on_result(r: AuditResult) -> None:
+        results.append(r)
+        book.done([r.file_id])
+        progress.add(r.bytes_read, r.result != "ok")
+        (log.info if r.result == "ok" else log.error)("audit %s: %s (file %s)", r.result, r.details, r.file_id)
+
+    def tick() -> None:
+        book.tick()
+        progress.tick()
+
+    ex.run(tasks, on_result, tick=tick, key=lambda t: t.size, name=lambda t: t.archive_path)
+    progress.close()
+    return results

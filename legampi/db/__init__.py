@@ -11,6 +11,7 @@ One module per concern, each a part of ``Database``:
 - ``register``: registering (and amending) a manifest's files;
 - ``tracking``: the transfer monitor's state and passes;
 - ``jobs``: jobs, claims, releases, stale claims;
+- ``archived``: claims on `available` files (`rekey`, `verify-archive`; the status stays);
 - ``results``: recording a batch of results or re-keyed copies;
 - ``rows``: the typed rows (FileRow, DatasetRow, JobRow, Event, Registration) and column lists.
 """
@@ -18,6 +19,7 @@ One module per concern, each a part of ``Database``:
 from __future__ import annotations
 
 from ..status import DATASET_DATES, STATUSES
+from .archived import ArchivedClaimsMixin
 from .connection import Connection, Cursor, DatabaseError, chunks, cutoff, now
 from .register import RegisterMixin
 from .results import ResultsMixin
@@ -36,7 +38,7 @@ from .schema import SCHEMA_VERSION, SchemaMixin, migrations, split_sql
 from .tracking import TrackingMixin
 
 
-class Database(SchemaMixin, RegisterMixin, TrackingMixin, ResultsMixin):
+class Database(SchemaMixin, RegisterMixin, TrackingMixin, ResultsMixin, ArchivedClaimsMixin):
     """A connection to the tracking database with the queries legampi needs.
 
     Each part is a subclass of ``Connection`` (a mixin with a real base), so one object keeps the flat

@@ -31,7 +31,7 @@ class FileRow:
     archive_size: int | None
     error: str | None
     attempts: int
-    claimed_by: str | None  # job id while `processing`
+    claimed_by: str | None  # job id while `processing`, or while a rekey/verify-archive holds it `available`
     claimed_at: str | None
     created_at: str
     updated_at: str

@@ -55,3 +55,34 @@ def test_rekey_under_mpiexec(workspace):
         assert rows[e["name"]]["archive_key"] == fp
         assert rows[e["name"]]["archive_checksum"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert "6 ok" in ws.mpi(3, "verify-archive").stdout
+
+
+def test_rekey_under_mpiexec_skips_a_file_another_live_job_holds(workspace):
+    """Issue 14 under mpiexec: the held file is not handed to any worker, exit 5 reaches the launcher."""
+    import socket
+
+    from legampi.config import load
+    from legampi.db import Database
+
+    ws = workspace
+    entries = [ws.add_file(f"DS1/f{i}.bam.c4gh", 1000 + i) for i in range(4)]
+    ws.legampi("register", str(ws.manifest("DS1", entries)), "--dataset", "DS1")
+    ws.legampi("process")
+    held = ws.end_storage / entries[2]["name"]
+    before = held.read_bytes()
+    db = Database.connect(load(ws.config).database)
+    try:
+        db.job_start("other-rekey", "rekey", socket.gethostname(), 1)  # alive: this test's pid
+        row = next(r for r in db.files() if r["file_name"] == entries[2]["name"])
+        db.claim_archived([row["file_id"]], "other-rekey")
+        new_sk, new_pk = make_keypair(ws.root / "keys", "archive2")
+        p = ws.mpi(3, "rekey", "--new-archive-public-key", str(new_pk), check=False)
+        assert p.returncode == 5, p.stdout + p.stderr
+        assert "3 rekeyed" in p.stdout and "1 skipped because claimed by another live job" in p.stdout
+        assert f"SKIPPED {held}: claimed by job other-rekey (rekey, {socket.gethostname()}" in p.stdout
+        assert held.read_bytes() == before
+        v = ws.mpi(3, "verify-archive", check=False)
+        assert v.returncode == 5 and "3 ok, 0 mismatch, 0 missing, 0 unexpected; 1 skipped" in v.stdout, v.stdout
+        assert [c["claimed_by"] for c in db.archived_claims()] == ["other-rekey"]
+    finally:
+        db.close()

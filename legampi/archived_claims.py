@@ -1,0 +1,167 @@
+"""`rekey` and `verify-archive` claim each `available` file before they touch it (like `process`).
+
+A file claimed by another live job is skipped and reported, never touched: two rotations of one file
+cannot race on its header and pending marker, and an audit never reads a file mid-rotation (nor does a
+rotation start under an audit). The claim leaves the status `available` (legampi.db.archived), and a file
+that `process` holds is `processing`, so neither command ever lists it. Claims are taken in batches of
+short transactions (two jobs started together share the archive instead of one waiting for the other),
+each row is read again once claimed (another job may have rotated the file since the listing), and the
+claims go back as results are recorded and, all of them, when the job ends. A dead job's claims are freed
+at the start of the next `rekey` or `verify-archive` and by `recover`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .db import Database, chunks
+from .recovery import HEARTBEAT_INTERVAL, job_is_dead, pid_alive, slurm_job_gone
+
+log = logging.getLogger("legampi.claims")
+
+SKIPPED_EXIT = 5  # the run did everything it could, but other live jobs held some files: run it again later
+
+Row = dict[str, Any]
+
+
+def start_job(db: Database, command: str, ranks: int, make_id: Callable[[], str]) -> str:
+    """Record a running job under a fresh id: ids are per second, so a second job started within the same
+    second by the same process takes the next free second."""
+    job_id = make_id()
+    head, _, tail = job_id.rpartition("-")
+    n = 0
+    while db.job_exists(job_id) and tail.isdigit():
+        n += 1
+        job_id = f"{head}-{int(tail) + n}"
+    db.job_start(job_id, command, socket.gethostname(), ranks)
+    return job_id
+
+
+def dead_job_check(db: Database, claim_timeout: int) -> Callable[[dict[str, Any]], bool]:
+    """`recover`'s test of a dead job (pid gone on this host, Slurm gone, or heartbeat too old)."""
+    host, cutoff, grace = socket.gethostname(), db.cutoff(claim_timeout), db.cutoff(2 * HEARTBEAT_INTERVAL)
+    asked: dict[str, bool | None] = {}
+
+    def slurm_gone(job_id: str) -> bool | None:
+        if job_id not in asked:
+            asked[job_id] = slurm_job_gone(job_id)
+        return asked[job_id]
+
+    return lambda j: job_is_dead(j, host, pid_alive, cutoff, slurm_gone, grace)
+
+
+def free_dead_claims(db: Database, claim_timeout: int) -> list[str]:
+    """Mark jobs whose processes are gone `died` and free their claims on `available` files."""
+    dead = dead_job_check(db, claim_timeout)
+    for j in db.running_jobs():
+        if dead(j):
+            db.mark_jobs_died([j["job_id"]])
+    freed = db.release_dead_archived(claim_timeout, dead)
+    for line in freed:
+        log.warning("freed the claim of a dead job: %s", line)
+    return freed
+
+
+def holder_text(h: Row | None) -> str:
+    """Who holds a file, as the operator reads it: `claimed by job X (rekey, host, pid N)`."""
+    if h is None:
+        return "no longer available (its status changed meanwhile)"
+    if h.get("command") is None:
+        return f"claimed by job {h['claimed_by']} (unknown job, since {h['claimed_at']})"
+    return f"claimed by job {h['claimed_by']} ({h['command']}, {h['host']}, pid {h['pid']})"
+
+
+@dataclass
+class Claimed:
+    rows: list[Row] = field(default_factory=list)  # held by this job, read again after the claim
+    dropped: list[Row] = field(default_factory=list)  # claimed, then found not to need the work (released)
+    skipped: list[tuple[Row, str]] = field(default_factory=list)  # (the listed row, who holds it)
+
+
+def claim_in_batches(
+    db: Database,
+    job_id: str,
+    rows: Sequence[Row],
+    batch: int,
+    keep: Callable[[Row], bool] | None = None,
+    want: int | None = None,
+) -> Claimed:
+    """Claim the files of ROWS for JOB_ID, BATCH per transaction, until WANT are held (None: all). A claimed
+    row that KEEP refuses (read again: another job finished it meanwhile) is released at once."""
+    out = Claimed()
+    todo = list(rows)
+    while todo and (want is None or len(out.rows) < want):
+        n = max(1, min(batch, want - len(out.rows))) if want is not None else max(1, batch)
+        chunk, todo = todo[:n], todo[n:]
+        _claim_chunk(db, job_id, chunk, keep, out)
+    return out
+
+
+def _claim_chunk(db: Database, job_id: str, chunk: list[Row], keep: Callable[[Row], bool] | None, out: Claimed) -> None:
+    ids = [r["file_id"] for r in chunk]
+    got = set(db.claim_archived(ids, job_id))
+    missed = [i for i in ids if i not in got]
+    holders = {h["file_id"]: h for h in db.archived_claims(missed)} if missed else {}
+    retry = [i for i in missed if i not in holders]  # released between our claim and our look: once more
+    if retry:
+        again = set(db.claim_archived(retry, job_id))
+        got |= again
+        holders |= {h["file_id"]: h for h in db.archived_claims([i for i in retry if i not in again])}
+    fresh = {r["file_id"]: r for r in db.files(file_ids=sorted(got))} if got else {}
+    drop = []
+    for r in chunk:
+        fid = r["file_id"]
+        if fid not in got:
+            out.skipped.append((r, holder_text(holders.get(fid))))
+        elif keep is not None and not keep(fresh[fid]):
+            out.dropped.append(fresh[fid])
+            drop.append(fid)
+        else:
+            out.rows.append(fresh[fid])
+    if drop:
+        db.release_archived(drop, job_id)
+
+
+def skipped_lines(skipped: Sequence[tuple[Row, str]], where: Callable[[Row], str]) -> list[str]:
+    """One report line per skipped file, `  SKIPPED <where>: claimed by job X (...)`."""
+    return [f"  SKIPPED {where(r)}: {why}" for r, why in skipped]
+
+
+class ClaimBook:
+    """This job's claims on the way back: released in batches as files finish (so another job can take
+    them), all of them at the end; and the job's heartbeat, which keeps its claims live."""
+
+    def __init__(self, db: Database, job_id: str, batch: int, interval: float) -> None:
+        self.db, self.job_id, self.batch, self.interval = db, job_id, max(1, batch), interval
+        self.pending: list[str] = []
+        self.flushed = self.beat = time.monotonic()
+
+    def done(self, file_ids: Sequence[str]) -> None:
+        self.pending += [f for f in file_ids if f]
+        if len(self.pending) >= self.batch:
+            self.flush()
+        self.tick()  # results may arrive back to back, without the executor ever idling
+
+    def flush(self) -> None:
+        for chunk in chunks(self.pending, 500):
+            self.db.release_archived(chunk, self.job_id)
+        self.pending = []
+        self.flushed = time.monotonic()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.pending and now - self.flushed >= self.interval:
+            self.flush()
+        if now - self.beat >= HEARTBEAT_INTERVAL:
+            self.db.job_heartbeat(self.job_id)
+            self.beat = now
+
+    def close(self) -> None:
+        """Give back every claim this job still holds (also those of files never started)."""
+        self.pending = []
+        self.db.release_archived(None, self.job_id)

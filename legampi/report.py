@@ -2,7 +2,8 @@
 
 The report is read by archive operators on laptops and attached to tickets, so it must open offline,
 fetch nothing (a Content-Security-Policy forbids it), and show file names from manifests as text,
-never markup. ``report_data`` gathers and checks the input, ``report_sections`` draws each section,
+never markup. ``report_data`` gathers and checks the input, ``report_sections`` draws each section
+(``report_files`` the list of archived files and where each lives),
 ``report_html`` holds the cells and tables they share; this module assembles the page.
 """
 

@@ -2,7 +2,8 @@
 
 The report is read by archive operators on laptops and attached to tickets, so it must open offline,
 fetch nothing (a Content-Security-Policy forbids it), and show file names from manifests as text,
-never markup. ``report_data`` gathers and checks the input, ``report_sections`` draws each section,
+never markup. ``report_data`` gathers and checks the input, ``report_sections`` draws each section
+(``report_files`` the list of archived files and where each lives),
 ``report_html`` holds the cells and tables they share; this module assembles the page.
 """
 
@@ -13,6 +14,7 @@ from html import escape
 from typing import Any
 
 from .report_data import ReportData
+from .report_files import files_section
 from .report_html import fmt_ts
 from .report_sections import (
     archived_section,
@@ -24,7 +26,15 @@ from .report_sections import (
 )
 
 # The page, top to bottom.
-SECTIONS = (summary_cards, datasets_section, archived_section, runs_section, failed_section, audits_section)
+SECTIONS = (
+    summary_cards,
+    datasets_section,
+    archived_section,
+    files_section,
+    runs_section,
+    failed_section,
+    audits_section,
+)
 
 CSS = """
 *{box-sizing:border-box}
@@ -54,6 +64,7 @@ td.err,td.details{word-break:break-word;max-width:420px}
 td .sub{display:block;color:#6e7781;font-size:11px}
 code{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px}
 td.name{min-width:14em;overflow-wrap:anywhere}
+td.loc{min-width:18em;max-width:480px;overflow-wrap:anywhere}
 td.zero{color:#b0b7c0}
 .empty{color:#6e7781;font-style:italic;margin:6px 0}
 .ok-note{color:#1a7f37;margin:6px 0}
@@ -76,7 +87,7 @@ def render_report(data: Mapping[str, Any]) -> str:
     when = "at an unknown time" if generated is None else escape(fmt_ts(generated)) + " UTC"
     body = [
         f'<header><h1>{escape(checked.title)}</h1><p class="meta">Generated {when} by legampi</p></header>',
-        *(section(checked) for section in SECTIONS),
+        *(html for section in SECTIONS if (html := section(checked))),
         "<footer>Sizes in binary units (1 GiB = 2<sup>30</sup> bytes); throughput in MB/s "
         "(10<sup>6</sup> bytes per second). All times UTC.</footer>",
     ]

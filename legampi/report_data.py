@@ -108,6 +108,17 @@ class ArchivedFile:
 
 
 @dataclass(frozen=True)
+class ArchivedCopy:
+    """An available file and where it lives: ARCHIVE_PATH is a folder path or ``s3://bucket/key``."""
+
+    file_id: str
+    dataset_id: str
+    file_name: str
+    size: int | None
+    archive_path: str | None
+
+
+@dataclass(frozen=True)
 class FailedFile:
     file_id: str
     dataset_id: str
@@ -197,6 +208,18 @@ def _archived(a: Mapping[str, Any], where: str) -> ArchivedFile:
     )
 
 
+def _copy(f: Mapping[str, Any], where: str) -> ArchivedCopy:
+    file_id, dataset_id, file_name = (str(_get(f, k, where)) for k in ("file_id", "dataset_id", "file_name"))
+    size, path = _get(f, "size", where), _get(f, "archive_path", where)
+    return ArchivedCopy(
+        file_id,
+        dataset_id,
+        file_name,
+        None if size is None else _int(size, f"{where}.size"),
+        None if path in (None, "") else str(path),
+    )
+
+
 def _failed(f: Mapping[str, Any], where: str) -> FailedFile:
     updated_at = _ts(_get(f, "updated_at", where), f"{where}.updated_at")
     error = _get(f, "error", where)
@@ -216,7 +239,7 @@ def _newest_first(t: datetime | None) -> float:
 @dataclass(frozen=True)
 class ReportData:
     """The report's input, checked: runs oldest first, archived files in time order, failures and audits
-    newest first."""
+    newest first, archived copies by dataset and name (absent from data saved before they were gathered)."""
 
     title: str
     generated_at: datetime | None
@@ -226,6 +249,7 @@ class ReportData:
     audits: list[Audit]
     archived: list[ArchivedFile]
     audit_counts: Counter[str] = field(default_factory=Counter)
+    copies: list[ArchivedCopy] = field(default_factory=list)
 
     @classmethod
     def check(cls, data: Mapping[str, Any]) -> ReportData:
@@ -245,7 +269,9 @@ class ReportData:
         failed.sort(key=lambda f: _newest_first(f.updated_at), reverse=True)
         counts = Counter(a.result for a in audits)
         audits.sort(key=lambda a: _newest_first(a.at), reverse=True)
-        return cls(title, generated, datasets, runs, failed, audits, archived, counts)
+        copies = [_copy(f, f"archived_files[{i}]") for i, f in enumerate(_list(data, "archived_files"))]
+        copies.sort(key=lambda c: (c.dataset_id, c.file_name))
+        return cls(title, generated, datasets, runs, failed, audits, archived, counts, copies)
 
 
 # ---------------------------------------------------------------- gathering from the database
@@ -322,4 +348,8 @@ def collect(db: ReportRows, dataset: str | None = None, runs: int = 10) -> dict[
         "runs": _run_rows(db, runs),
         "failed": failed,
         "audits": audits,
+        "archived_files": [
+            {k: getattr(f, k) for k in ("file_id", "dataset_id", "file_name", "size", "archive_path")}
+            for f in status.with_status("available")
+        ],
     }

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,12 @@ def test_process_into_s3_under_mpi_then_verify_status_and_crypt4gh(s3ws: S3Works
     assert list(s3.ws.root.glob("archive/**/*.c4gh")) == []  # nothing went to the folder
     status = json.loads(s3.legampi("status", "--json").stdout)
     assert {f["archive_path"] for f in status["files"]} == {s3.location(e["name"]) for e in files}
+    report = s3.ws.root / "report.html"
+    s3.legampi("report", "-o", str(report))
+    html = report.read_text()
+    for e in files:  # issue 16: the report names where each archived file lives
+        assert f"<code>{escape(s3.location(e['name']))}</code>" in html
+        assert s3.location(e["name"]).startswith(f"s3://{s3.cfg.s3_bucket}/")
     v = s3.legampi("verify-archive")
     assert "4 ok, 0 mismatch, 0 missing, 0 unexpected" in v.stdout, v.stdout + v.stderr
     v = s3.mpi(2, "verify-archive", "--decrypt")

@@ -10,9 +10,11 @@ import pytest
 
 from legampi.plots import human_bytes, nice_ticks, step_points, time_ticks
 from legampi.report import render_report
+from legampi.report_data import collect
+from legampi.report_files import MAX_LOCATION_CHARS, shorten
 from legampi.report_html import fmt_duration
-from legampi.report_sections import RUNS_IN_CHART, STATUS_COLOURS
-from legampi.status import STATUSES
+from legampi.report_sections import MAX_ROWS, RUNS_IN_CHART, STATUS_COLOURS
+from legampi.status import DATASET_DATES, FILE_FIELDS, STATUSES
 
 VOID = {"meta", "br", "hr", "img", "input", "link"}
 GIB = 1024**3
@@ -517,3 +519,115 @@ def test_dataset_table_and_summary_show_transferred_and_plaintext_sizes() -> Non
     assert body[1][2:4] == ["3.0 MiB", "0 B"]  # archived, plaintext size not in the saved data
     summary = root.find("div", data_testid="summary").text()
     assert "transferred" in summary and "plaintext" in summary
+
+
+def copy_row(file_id: str, name: str, path: str | None, dataset: str = "DS-A", size: int | None = MIB) -> dict:
+    return {"file_id": file_id, "dataset_id": dataset, "file_name": name, "size": size, "archive_path": path}
+
+
+POSIX_PATH = "/srv/archive/end_storage/DS-A/a & <b>.bam.c4gh"
+S3_PATH = "s3://ega-archive/legampi/DS-A/x<y>&z.bam.c4gh"
+
+
+def test_archived_files_show_where_they_live_escaped() -> None:
+    """Issue 16: each archived file's location (a folder path or s3://bucket/key) is on the page, as text."""
+    data = base_data()
+    data["archived_files"] = [
+        copy_row("F2", "x<y>&z.bam.c4gh", S3_PATH),
+        copy_row("F1", "a & <b>.bam.c4gh", POSIX_PATH),
+        copy_row("F7", "later.bam.c4gh", None, dataset="DS-B", size=None),
+    ]
+    html = render_report(data)
+    root, _ = parse(html)
+    assert not root.find_all("b") and not root.find_all("y")
+    table = root.find("section", id="files").find("table", data_testid="table-files")
+    assert header(table) == ["File", "Dataset", "Name", "Transferred", "Location"]
+    assert rows(table) == [
+        ["F1", "DS-A", "a & <b>.bam.c4gh", "1.0 MiB", POSIX_PATH],
+        ["F2", "DS-A", "x<y>&z.bam.c4gh", "1.0 MiB", S3_PATH],
+        ["F7", "DS-B", "later.bam.c4gh", "—", "(not recorded)"],
+    ]
+    assert "/srv/archive/end_storage/DS-A/a &amp; &lt;b&gt;.bam.c4gh" in html
+    assert "s3://ega-archive/legampi/DS-A/x&lt;y&gt;&amp;z.bam.c4gh" in html
+    assert [s.attrs["id"] for s in root.find_all("section")][:3] == ["datasets", "archived", "files"]
+
+
+def test_long_locations_are_shortened_in_the_middle_with_the_whole_one_as_title() -> None:
+    long_key = "s3://bucket/" + "/".join(f"level-{i:03d}" for i in range(120)) + "/<the file>.bam.c4gh"
+    short = shorten(long_key)
+    assert len(short) == MAX_LOCATION_CHARS and "…" in short
+    assert short.startswith("s3://bucket/level-000") and short.endswith("/<the file>.bam.c4gh")
+    assert shorten("s3://b/k.c4gh") == "s3://b/k.c4gh"
+    data = base_data()
+    data["archived_files"] = [copy_row("F1", "f.c4gh", long_key), copy_row("F2", "g.c4gh", S3_PATH)]
+    html = render_report(data)
+    root, _ = parse(html)
+    cells = [tr.find_all("td")[-1] for tr in root.find("table", data_testid="table-files").find_all("tr")[1:]]
+    assert [c.text() for c in cells] == [short, S3_PATH]
+    assert cells[0].attrs["title"] == long_key and "title" not in cells[1].attrs
+    assert len(html) < 60_000
+
+
+def test_many_archived_files_list_a_bounded_number_and_say_where_the_rest_are() -> None:
+    data = base_data()
+    n = MAX_ROWS + 7
+    data["archived_files"] = [copy_row(f"F{i:05d}", f"d/f{i:05d}.c4gh", f"/a/d/f{i:05d}.c4gh") for i in range(n)]
+    html = render_report(data)
+    root, _ = parse(html)
+    section = root.find("section", id="files")
+    assert len(rows(section.find("table", data_testid="table-files"))) == MAX_ROWS
+    assert f"Showing {MAX_ROWS} of {n}; 7 more not shown." in section.text()
+    assert "legampi status --json" in section.text()
+    assert "/a/d/f00499.c4gh" in html and "/a/d/f00500.c4gh" not in html
+    assert len(html) < 200_000
+
+
+def test_no_archived_files_no_files_section_and_bad_rows_name_the_field() -> None:
+    root, _ = parse(render_report(base_data()))  # data saved before archived_files existed
+    assert not root.find_all("section", id="files")
+    data = base_data()
+    data["archived_files"] = [copy_row("F1", "f.c4gh", "/a/f.c4gh", size="big")]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"archived_files\[0\]\.size must be an integer"):
+        render_report(data)
+    data["archived_files"] = [{"file_id": "F1"}]
+    with pytest.raises(ValueError, match=r"archived_files\[0\] has no 'dataset_id'"):
+        render_report(data)
+
+
+class FakeRows:
+    """The database's answers collect asks for, as plain rows."""
+
+    def datasets(self, dataset_id: str | None = None) -> list[dict]:
+        return [{"dataset_id": "DS-A", "n_files": 2, "n_bytes": 300} | {k: None for k in DATASET_DATES}]
+
+    def status_counts(self, dataset_id: str | None = None) -> list[dict]:
+        return [{"dataset_id": "DS-A", "status": s, "files": 1, "bytes": 100} for s in ("available", "failed")]
+
+    def files(self, dataset_id: str | None = None) -> list[dict]:
+        none = {k: None for k in FILE_FIELDS}
+        return [
+            none | copy_row("F1", "a.c4gh", "s3://bkt/pre/a.c4gh", size=100) | {"status": "available"},
+            none | copy_row("F2", "b.c4gh", None, size=200) | {"status": "failed", "error": "checksum: md5"},
+        ]
+
+    def jobs(self, limit: int = 20) -> list[dict]:
+        return []
+
+    def job_ranks(self, job_ids: list[str]) -> list[dict]:
+        return []
+
+    def job_failures(self, job_ids: list[str]) -> dict[str, int]:
+        return {}
+
+    def events(self, file_id: str | None = None, dataset_id: str | None = None) -> list[dict]:
+        return []
+
+    def archived_timeline(self, dataset_id: str | None = None) -> list[dict]:
+        return [{"at": "2024-01-01T00:00:00Z", "bytes": 100, "dataset_id": "DS-A"}]
+
+
+def test_collect_gathers_the_archive_path_of_each_available_file() -> None:
+    data = collect(FakeRows())
+    assert data["archived_files"] == [copy_row("F1", "a.c4gh", "s3://bkt/pre/a.c4gh", size=100)]
+    table = parse(render_report(data))[0].find("table", data_testid="table-files")
+    assert rows(table) == [["F1", "DS-A", "a.c4gh", "100 B", "s3://bkt/pre/a.c4gh"]]

@@ -2,11 +2,11 @@
 
 Hydra's mpiexec forwards both signals to every rank, so signalling mpiexec, rank 0, or a single worker
 must all end the same way: files in flight finish and are recorded, claims of files not yet started are
-released (status back to `received`; claims come in batches, so files never claimed stay `pending`), the summary says the job stopped early, exit 0, and a rerun
-finishes the rest. To know exactly which files were in flight, every rank is frozen (SIGSTOP) while the
-signal is sent and until it is pending on the ranks it is meant for.
+released (status back to `received`; claims come in batches, so files never claimed stay `pending`),
+the summary says the job stopped early, exit 0, and a rerun finishes the rest. To know exactly which
+files were in flight, every rank is frozen (SIGSTOP) while the signal is sent and until it is pending
+on the ranks it is meant for.
 """
-
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ the summary says the job stopped early, exit 0, and a rerun finishes the rest. T
 files were in flight, every rank is frozen (SIGSTOP) while the signal is sent and until it is pending
 on the ranks it is meant for.
 """
+
 from __future__ import annotations
 
 import os

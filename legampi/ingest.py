@@ -112,7 +112,7 @@ def process_files(
     p = candidates(db, cfg, opts.branches, opts.branch, opts.retry_failed, opts.dataset, opts.schedule)
     claims = Claims(db, job_id, p.tasks, opts.retry_failed, opts.limit)
     log.info(
-        "job %s: %d candidate file(s), %d byte(s), claimed in batches; %d worker rank(s), schedule %s",
+        "job %s: %d candidate file(s), %d byte(s), to claim in batches; %d worker rank(s), schedule %s",
         job_id,
         len(p.tasks),
         sum(t.size or 0 for t in p.tasks),
@@ -126,7 +126,9 @@ def process_files(
     progress = Progress(0, 0, opts.progress_interval, logger=log)
 
     def more(workers: int) -> list[FileTask]:
+        first = not claims.claimed
         batch = claims.more(workers)
+        log.log(logging.INFO if first else logging.DEBUG, "job %s: %d file(s) claimed", job_id, len(batch))
         recorder.datasets.update((t.file_id, t.dataset_id) for t in batch)
         progress.total_files += len(batch)
         progress.total_bytes += sum(t.size or 0 for t in batch)

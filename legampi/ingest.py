@@ -127,7 +127,11 @@ def process_files(
 
     def more(workers: int) -> list[FileTask]:
         first = not claims.claimed
-        batch = claims.more(workers)
+        try:
+            batch = claims.more(workers)
+        except DatabaseError as exc:  # the claim rolled back: finish what is claimed, the next job takes the rest
+            log.error("job %s: cannot claim more files (database error: %s); finishing those claimed", job_id, exc)
+            return []
         log.log(logging.INFO if first else logging.DEBUG, "job %s: %d file(s) claimed", job_id, len(batch))
         recorder.datasets.update((t.file_id, t.dataset_id) for t in batch)
         progress.total_files += len(batch)

@@ -14,7 +14,7 @@ import pytest
 
 from legampi import config, ingest, manifest, registration
 from legampi.claims import Claims, candidates
-from legampi.db import Database
+from legampi.db import Database, DatabaseError
 from legampi.dispatch import CANCEL, STOP, TASKS, Dispatch
 from legampi.parallel import InProcess
 from tests.conftest import make_workspace
@@ -152,3 +152,24 @@ def test_process_claims_in_batches_and_says_what_others_took(ws: Any, monkeypatc
     assert "2 file(s) were claimed first by other jobs" in out.getvalue()
     assert not ws.db.events(event="released")
     assert sorted(r["status"] for r in ws.db.files()) == ["available"] * (len(SIZES) - 2) + ["processing"] * 2
+
+
+def test_a_database_error_while_claiming_finishes_what_was_claimed(
+    ws: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A later batch's claim fails (rolled back): the job archives what it holds, claims nothing more,
+    and the rest stays for the next job (nothing left `processing`)."""
+    real = Claims.more
+
+    def fail_after_first(self: Claims, workers: int) -> list[Any]:
+        if self.claimed:
+            raise DatabaseError("server closed the connection unexpectedly")
+        return real(self, workers)
+
+    monkeypatch.setattr(Claims, "more", fail_after_first)
+    out = io.StringIO()
+    work = ingest.load_pipeline(ws.cfg, 0)
+    assert ingest.process_files(ws.db, InProcess(work), ws.cfg, ingest.ProcessOptions(), None, out) == 0
+    assert "2 file(s), 2 available, 0 failed" in out.getvalue()
+    assert sorted(r["status"] for r in ws.db.files()) == ["available"] * 2 + ["pending"] * (len(SIZES) - 2)
+    assert "cannot claim more files (database error: server closed the connection" in caplog.text

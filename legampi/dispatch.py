@@ -31,7 +31,22 @@ class Team(Protocol):
     ) -> tuple[Any, int, int]: ...
 
 
+More = Callable[[int], Sequence[Any]]  # a lazy task source: the next tasks for N workers; empty once no more
+
+
 TASKS, RESULT, CANCEL, DROPPED, STOP, STOPPING, RESULT_OF_JOB, AGREE, CRASHED = range(1, 10)
+
+
+def never() -> bool:
+    return False
+
+
+def nothing() -> None:
+    return None
+
+
+def no_size(_task: Any) -> int:
+    return 0
 
 
 class RankFailed(RuntimeError):
@@ -40,6 +55,7 @@ class RankFailed(RuntimeError):
 
 WORKER_BYTES = 64 * 1024 * 1024  # queued on one worker at most (dynamic schedule), beyond its first two
 WORKER_TASKS = 256
+LOW = 3  # a worker holding fewer tasks than this (running, its tail, queued) makes rank 0 ask for more
 CRASH_WAIT = 5.0  # seconds a crashing worker waits for rank 0 to take its report
 log = logging.getLogger("legampi.parallel")
 
@@ -53,10 +69,11 @@ def coordinate(
     schedule: str,
     key: Callable[[Any], int],
     name: Callable[[Any], str],
+    more: More | None = None,
 ) -> None:
-    """Rank 0: hand out TASKS, call on_result for every result (tick while waiting) until every worker
-    is stopped; should_stop cancels what no worker has started."""
-    d = Dispatch(team, tasks, schedule, key, name)
+    """Rank 0: hand out TASKS (then what MORE gives, `Dispatch.refill`), call on_result for every result
+    (tick while waiting) until every worker is stopped; should_stop cancels what no worker has started."""
+    d = Dispatch(team, tasks, schedule, key, name, more)
 
     def idle() -> None:
         tick()
@@ -71,6 +88,7 @@ def coordinate(
             if should_stop():
                 d.cancel()
             if not d.stopping:
+                d.refill()
                 d.feed(src)
         elif tag == DROPPED:  # the worker's queue, given back after CANCEL: never started
             d.settle(src, msg)
@@ -122,17 +140,27 @@ class Dispatch:
     """Rank 0's book in `Team.run`: which worker holds which tasks; feeding, cancelling, stopping."""
 
     def __init__(
-        self, team: Team, tasks: list[Any], schedule: str, key: Callable[[Any], int], name: Callable[[Any], str]
+        self,
+        team: Team,
+        tasks: list[Any],
+        schedule: str,
+        key: Callable[[Any], int],
+        name: Callable[[Any], str],
+        more: More | None = None,
     ) -> None:
-        self.team, self.key = team, key
+        self.team, self.key, self.name = team, key, name
         self.workers = list(range(1, team.size))
-        self.queues = order(tasks, schedule, key, name, len(self.workers))
         self.dynamic = schedule == "dynamic"
+        self.more = more if self.dynamic else None
+        self.queues = order(
+            tasks if self.dynamic else drain(tasks, more, len(self.workers)), schedule, key, name, len(self.workers)
+        )
         self.pending: deque[Any] = self.queues[0] if self.dynamic else deque()
         self.outstanding: dict[int, dict[Any, Any]] = {w: {} for w in self.workers}  # task id -> task, in order
         self.held = dict.fromkeys(self.workers, 0)  # bytes outstanding per worker
         self.active = set(self.workers)
         self.stopping = False
+        self.refill()
         if self.dynamic:  # deal the first files round-robin, one at a time, so small jobs spread over all ranks
             while self.pending and any(self.wants(w) for w in self.workers):
                 for w in self.workers:
@@ -164,6 +192,19 @@ class Dispatch:
             self.outstanding[w].update((ident(t), t) for t in batch)
         if batch:
             self.team.send(batch, w, TASKS)
+
+    def refill(self) -> None:
+        """Take the task source's next tasks once none is left to hand out and some worker runs low
+        (dynamic schedule; each batch in largest-first order after the last)."""
+        if self.more is None or self.stopping or self.pending:
+            return
+        if self.active and not any(len(self.outstanding[w]) < LOW for w in self.active):
+            return
+        batch = list(self.more(len(self.active)))
+        if not batch:
+            self.more = None  # no more: workers stop as their queues empty
+            return
+        self.pending.extend(order(batch, "dynamic", self.key, self.name, 1)[0])
 
     def settle(self, w: int, ids: Sequence[Any]) -> None:
         """Worker W no longer holds these tasks (a result came back, or it dropped them unstarted)."""
@@ -205,6 +246,14 @@ def order(
         raise ValueError(f"unknown schedule {schedule!r}")
     ordered = sorted(tasks, key=name)
     return [deque(t for i, t in enumerate(ordered, 1) if (i - b) % workers == 0) for b in range(1, workers + 1)]
+
+
+def drain(tasks: Sequence[Any], more: More | None, workers: int) -> list[Any]:
+    """TASKS and everything MORE gives (a schedule that splits every task at the start: static)."""
+    out = list(tasks)
+    while more is not None and (batch := list(more(workers))):
+        out += batch
+    return out
 
 
 def tell_rank0(team: Team, what: str) -> None:

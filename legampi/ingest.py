@@ -1,4 +1,4 @@
-"""What rank 0 does around the pipeline: plan and claim, record results in batches, recover after crashes.
+"""What rank 0 does around the pipeline: plan, claim in batches (`claims`), record results, recover after crashes.
 
 Plain Python: it neither knows nor cares how many ranks there are. ``parallel`` moves tasks and results;
 this module decides which files to process and makes the database the checkpoint.
@@ -10,117 +10,22 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from . import archive
 from .backlog import Backlog
+from .claims import Claims, candidates
+from .claims import plan as plan  # re-exported: a whole plan claimed at once (tests)
 from .config import Config
-from .db import Database, DatabaseError, chunks
+from .db import Database, DatabaseError
 from .parallel import Executor, Job, NotReady, execute
-from .progress import Progress, record_crash, skip_reason, with_job
+from .progress import Progress, record_crash
 from .recorder import Recorder
 from .recovery import recover
 from .stream import FileResult, FileTask
-from .workspace import branch_file_names, make_job_id, scan
+from .workspace import make_job_id
 
 log = logging.getLogger("legampi.ingest")
-
-
-PLAN_COLUMNS = (
-    "file_id",
-    "dataset_id",
-    "file_name",
-    "status",
-    "md5",
-    "sha256",
-    "transfer_checksum",
-    "transfer_checksum_type",
-    "claimed_by",
-    "claimed_at",
-    "error",
-)
-
-
-@dataclass
-class Plan:
-    tasks: list[FileTask]
-    unregistered: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # registered but not eligible (e.g. failed, claimed)
-
-
-def plan(
-    db: Database,
-    cfg: Config,
-    job_id: str,
-    branches: int = 1,
-    branch: int = 1,
-    retry_failed: bool = False,
-    dataset: str | None = None,
-    limit: int | None = None,
-) -> Plan:
-    """List processing, join with the database, claim eligible files for this job in one transaction.
-
-    With --branches, the share is taken over the sorted names of all *registered* files, which every
-    array task sees alike, not over the live listing (workspace.branch_file_names says why).
-    """
-    listing = {file_name: st.st_size for file_name, st in scan(cfg.workspaces.processing)}
-    registered = db.file_names() if branches > 1 else []
-    file_names = branch_file_names(listing, registered, branches, branch)
-    eligible = ("pending", "received") + (("failed",) if retry_failed else ())
-    out = Plan([])
-    # One transaction for all claims; read in chunks so rank 0's peak memory stays near one small task
-    # per file, whatever the listing size.
-    with db.transaction():
-        _claim_chunks(db, out, file_names, listing, job_id, eligible, retry_failed, dataset, limit)
-    for file_name in out.unregistered:
-        log.warning("unregistered file in processing, left alone: %s", cfg.workspaces.processing / file_name)
-    if any(" claimed by job " in x for x in out.skipped):
-        jobs = {j["job_id"]: j for j in db.running_jobs()}
-        out.skipped = [with_job(x, jobs) for x in out.skipped]
-    return out
-
-
-def _claim_chunks(
-    db: Database,
-    out: Plan,
-    file_names: list[str],
-    listing: dict[str, int],
-    job_id: str,
-    eligible: tuple[str, ...],
-    retry_failed: bool,
-    dataset: str | None,
-    limit: int | None,
-) -> None:
-    """Claim the eligible ones among FILE_NAMES, 1000 at a time, and add them to OUT as tasks."""
-    for chunk in chunks([n for n in file_names if not archive.is_temp_name(n)], 1000):
-        rows = {r["file_name"]: r for r in db.files(names=chunk, columns=PLAN_COLUMNS)}
-        wanted = []
-        for file_name in chunk:
-            r = rows.get(file_name)
-            if r is None:
-                out.unregistered.append(file_name)
-            elif r["status"] in eligible and (dataset is None or r["dataset_id"] == dataset):
-                wanted.append(r)
-            elif r["status"] != "available":
-                out.skipped.append(skip_reason(r))
-        if limit is not None:
-            wanted = wanted[: max(0, limit - len(out.tasks))]
-        got = set(db.claim([r["file_id"] for r in wanted], job_id, retry_failed=retry_failed))
-        out.tasks += [
-            FileTask(
-                r["file_id"],
-                r["dataset_id"],
-                r["file_name"],
-                r["md5"],
-                r["sha256"],
-                listing[r["file_name"]],
-                r["transfer_checksum"],
-                r["transfer_checksum_type"],
-            )
-            for r in wanted
-            if r["file_id"] in got
-        ]
 
 
 @dataclass
@@ -186,8 +91,9 @@ def load_pipeline(cfg: Config, rank: int) -> Callable[[FileTask], Any]:
 def process_files(
     db: Database, ex: Executor, cfg: Config, opts: ProcessOptions, connect: Any = None, out: Any = None
 ) -> int:
-    """Rank 0's `process`: refuse a job the configuration cannot do, recover, plan and claim, run the
-    claimed files through EX, record every result, release what was not started, print the summary."""
+    """Rank 0's `process`: refuse a job the configuration cannot do, recover, list the candidates, claim
+    them in batches as EX's workers need them (jobs sharing a backlog each take a part), record every
+    result, release what was claimed but not started, print the summary."""
     import sys
 
     from .preflight import job_problems
@@ -203,13 +109,13 @@ def process_files(
     if opts.recover_first:
         for line in recover(db, cfg, job_id).lines():
             log.info("recover: %s", line)
-    p = plan(db, cfg, job_id, opts.branches, opts.branch, opts.retry_failed, opts.dataset, opts.limit)
-    total = sum(t.size or 0 for t in p.tasks)
+    p = candidates(db, cfg, opts.branches, opts.branch, opts.retry_failed, opts.dataset, opts.schedule)
+    claims = Claims(db, job_id, p.tasks, opts.retry_failed, opts.limit)
     log.info(
-        "job %s: %d file(s) claimed, %d byte(s), %d worker rank(s), schedule %s",
+        "job %s: %d candidate file(s), %d byte(s), to claim in batches; %d worker rank(s), schedule %s",
         job_id,
         len(p.tasks),
-        total,
+        sum(t.size or 0 for t in p.tasks),
         max(ex.ranks - 1, 1),
         opts.schedule,
     )
@@ -217,11 +123,24 @@ def process_files(
     recorder.summary.skipped = p.skipped
     for line in p.skipped:
         log.info("skipped %s", line)
-    recorder.datasets = {t.file_id: t.dataset_id for t in p.tasks}
-    progress = Progress(len(p.tasks), total, opts.progress_interval, logger=log)
+    progress = Progress(0, 0, opts.progress_interval, logger=log)
+
+    def more(workers: int) -> list[FileTask]:
+        first = not claims.claimed
+        try:
+            batch = claims.more(workers)
+        except DatabaseError as exc:  # the claim rolled back: finish what is claimed, the next job takes the rest
+            log.error("job %s: cannot claim more files (database error: %s); finishing those claimed", job_id, exc)
+            return []
+        log.log(logging.INFO if first else logging.DEBUG, "job %s: %d file(s) claimed", job_id, len(batch))
+        recorder.datasets.update((t.file_id, t.dataset_id) for t in batch)
+        progress.total_files += len(batch)
+        progress.total_bytes += sum(t.size or 0 for t in batch)
+        return batch
 
     def on_result(r: FileResult) -> None:
         recorder.add(r)
+        claims.note(r.bytes_read)
         if r.error_kind != "config":
             progress.add(r.bytes_read, r.status == "failed")
 
@@ -231,19 +150,19 @@ def process_files(
 
     t0 = time.monotonic()
     with record_crash(recorder, job_id):
-        _run(ex, p.tasks, on_result, tick, opts, recorder)
+        _run(ex, more, on_result, tick, opts, recorder)
     recorder.flush()
     progress.close()
     recorder.summary.seconds = time.monotonic() - t0
-    return _finish(recorder, p.tasks, job_id, opts, out or sys.stdout)
+    recorder.summary.taken = claims.taken
+    return _finish(recorder, claims.claimed, job_id, opts, out or sys.stdout)
 
 
-def _run(
-    ex: Executor, tasks: list[FileTask], on_result: Any, tick: Any, opts: ProcessOptions, recorder: Recorder
-) -> None:
-    """Every claimed file through EX; a signal or a `config` failure starts no new file."""
+def _run(ex: Executor, more: Any, on_result: Any, tick: Any, opts: ProcessOptions, recorder: Recorder) -> None:
+    """Every file MORE claims (in batches, as the workers need them) through EX; a signal or a `config`
+    failure starts (and claims) no new file."""
     ex.run(
-        tasks,
+        [],
         on_result,
         tick=tick,
         # a signal, or a `config` failure: no new files, in-flight ones finish
@@ -251,6 +170,7 @@ def _run(
         schedule=opts.schedule,
         key=lambda t: t.size or 0,
         name=lambda t: t.rel,
+        more=more,
     )
 
 

@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-from .dispatch import AGREE, RESULT_OF_JOB, coordinate, is_future, order, serve, tell_rank0
+from . import dispatch as ds
+from .dispatch import AGREE, RESULT_OF_JOB, More, coordinate, drain, is_future, order, serve, tell_rank0
 from .transport import Doorbell, quiet_transport_defaults
 from .transport import LostRank as LostRank  # re-exported: the executor face's errors
 from .transport import StopFlag as StopFlag
@@ -50,18 +51,6 @@ class NotReady(Exception):
     """A rank cannot prepare its part of a job (database, keys): every rank stops before any task (exit 2)."""
 
 
-def _never() -> bool:
-    return False
-
-
-def _nothing() -> None:
-    return None
-
-
-def _no_size(_task: Any) -> int:
-    return 0
-
-
 # ---------------------------------------------------------------------- the executor face
 @dataclass
 class Job(Generic[S]):
@@ -77,7 +66,7 @@ class Job(Generic[S]):
     open: Callable[[], S]
     load: Callable[[int], Work]
     coordinate: Callable[[S, Executor], int]
-    should_stop: Callable[[], bool] = _never
+    should_stop: Callable[[], bool] = ds.never
 
 
 class Executor:
@@ -90,15 +79,18 @@ class Executor:
         tasks: Sequence[Any],
         on_result: Callable[[Any], None],
         *,
-        tick: Callable[[], None] = _nothing,
-        should_stop: Callable[[], bool] = _never,
+        tick: Callable[[], None] = ds.nothing,
+        should_stop: Callable[[], bool] = ds.never,
         schedule: str = "dynamic",
-        key: Callable[[Any], int] = _no_size,
+        key: Callable[[Any], int] = ds.no_size,
         name: Callable[[Any], str] = str,
+        more: More | None = None,
     ) -> None:
         """Run every task (once per job): on_result for each result as it arrives, tick while waiting.
         should_stop: start no new task (those in flight finish; the rest never get a result). Schedules:
-        dynamic (largest KEY first, to whoever is free) or static (the seed's formula over NAME order)."""
+        dynamic (largest KEY first, to whoever is free) or static (the seed's formula over NAME order).
+        more(n): a lazy source, called for the next tasks for n workers when the queues run low (dynamic;
+        static takes all at the start) until it gives none: jobs sharing a backlog claim as they go."""
         raise NotImplementedError
 
 
@@ -113,14 +105,19 @@ class InProcess(Executor):
         tasks: Sequence[Any],
         on_result: Callable[[Any], None],
         *,
-        tick: Callable[[], None] = _nothing,
-        should_stop: Callable[[], bool] = _never,
+        tick: Callable[[], None] = ds.nothing,
+        should_stop: Callable[[], bool] = ds.never,
         schedule: str = "dynamic",
-        key: Callable[[Any], int] = _no_size,
+        key: Callable[[Any], int] = ds.no_size,
         name: Callable[[Any], str] = str,
+        more: More | None = None,
     ) -> None:
-        queue = order(list(tasks), schedule, key, name, 1)[0]
-        while queue and not should_stop():
+        queue = order(list(tasks) if schedule == "dynamic" else drain(tasks, more, 1), schedule, key, name, 1)[0]
+        while not should_stop():
+            if not queue and more is not None and schedule == "dynamic":  # a lazy source: its next batch
+                queue.extend(order(list(more(1)), schedule, key, name, 1)[0])
+            if not queue:
+                return
             out = self.work(queue.popleft())
             on_result(out.result() if is_future(out) else out)
             tick()
@@ -137,16 +134,17 @@ class _Coordinator(Executor):
         tasks: Sequence[Any],
         on_result: Callable[[Any], None],
         *,
-        tick: Callable[[], None] = _nothing,
-        should_stop: Callable[[], bool] = _never,
+        tick: Callable[[], None] = ds.nothing,
+        should_stop: Callable[[], bool] = ds.never,
         schedule: str = "dynamic",
-        key: Callable[[Any], int] = _no_size,
+        key: Callable[[Any], int] = ds.no_size,
         name: Callable[[Any], str] = str,
+        more: More | None = None,
     ) -> None:
         if self.used:
             raise RuntimeError("Executor.run runs once per job: the workers stop when it returns")
         self.used = True
-        self.team.run(list(tasks), None, on_result, tick, should_stop, schedule, key, name)
+        self.team.run(list(tasks), None, on_result, tick, should_stop, schedule, key, name, more)
 
 
 class Session(Generic[S]):
@@ -369,18 +367,19 @@ class Team:
         tasks: Sequence[Any] | None,
         work: Work | None,
         on_result: Callable[[Any], None] = lambda _r: None,
-        tick: Callable[[], None] = _nothing,
-        should_stop: Callable[[], bool] = _never,
+        tick: Callable[[], None] = ds.nothing,
+        should_stop: Callable[[], bool] = ds.never,
         schedule: str = "dynamic",
-        key: Callable[[Any], int] = _no_size,
+        key: Callable[[Any], int] = ds.no_size,
         name: Callable[[Any], str] = str,
+        more: More | None = None,
     ) -> None:
         """The dispatch loop on a team of several: rank 0 hands out TASKS, on_result for each result (tick
         while waiting); workers run WORK until rank 0 stops them. (One rank: `InProcess`.)"""
         if self.size == 1:
             raise ValueError("one rank: tasks run in-process (parallel.InProcess), not through Team.run")
         if self.rank == 0:
-            coordinate(self, list(tasks or ()), on_result, tick, should_stop, schedule, key, name)
+            coordinate(self, list(tasks or ()), on_result, tick, should_stop, schedule, key, name, more)
             return
         if work is None:
             raise ValueError("worker ranks need a work function")

@@ -38,6 +38,7 @@ class Summary:
     released: int = 0
     stopped: bool = False
     skipped: list[str] = field(default_factory=list)  # files in processing this job left alone, and why
+    taken: int = 0  # candidates another job claimed before this one could (theirs: not an error)
 
     def add(self, r: FileResult) -> None:
         """Fold one result in (rank 0 keeps these totals, not every result: memory stays O(failures))."""
@@ -75,6 +76,8 @@ class Summary:
         if self.released:
             out.append(f"  {self.released} claimed file(s) not started were released for the next run")
         out += [f"  FAILED {f}" for f in self.failures]
+        if self.taken:
+            out.append(f"  {self.taken} file(s) were claimed first by other jobs sharing the backlog")
         if self.skipped:
             out.append(f"  {len(self.skipped)} file(s) in processing skipped:")
             out += [f"  SKIPPED {x}" for x in self.skipped[:SKIPPED_SHOWN]]

@@ -3,14 +3,16 @@
 A registered file is known by its *file name*: its path relative to receiving, kept unchanged when it
 moves to processing (and quarantine), and the `file_name` of manifests and the database. This module
 holds the one check of such a name (`check_file_name`), the one listing of a folder (`scan`), the one
-move between folders (`move_into`) and the seed's one split of a listing between runs (`share`), with
-what Slurm tells a run about itself (`array_share`, `make_job_id`). What a file is called in
+move between folders (`move_into`), the seed's one split of a listing (`share`, the static schedule),
+the split of registered files between array tasks (`share_of`), with what Slurm tells a run about
+itself (`array_share`, `make_job_id`). What a file is called in
 end_storage (archive names, temp names) is archive.py's business: it builds on the check here.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -157,8 +159,8 @@ def move_into(src: Path, dst: Path) -> None:
 def share(items: Iterable[T], branches: int, branch: int, key: Callable[[T], str] | None = None) -> list[T]:
     """The seed's split: item number ``branch + branches*n`` (1-based) of ITEMS sorted (by KEY).
 
-    The one place the formula lives: monitor and process array tasks take their share of file names
-    with it, and it is the static schedule's split of tasks between worker ranks.
+    The one place the formula lives: the static schedule's split of tasks between worker ranks. Array
+    tasks do not use it (a listing shifts when files are registered): they use `share_of`.
     """
     if branches < 1 or not 1 <= branch <= branches:
         raise ValueError(f"--branch must be between 1 and --branches ({branches}), got {branch}")
@@ -166,20 +168,30 @@ def share(items: Iterable[T], branches: int, branch: int, key: Callable[[T], str
     return [item for i, item in enumerate(ordered, 1) if (i - branch) % branches == 0]
 
 
-def branch_file_names(listed: Iterable[str], registered: Iterable[str], branches: int, branch: int) -> list[str]:
-    """The LISTED file names (processing) that array task BRANCH of BRANCHES takes, sorted.
+def share_of(file_id: str, branches: int) -> int:
+    """The array task (1..BRANCHES) whose share holds the file FILE_ID, whenever any task asks.
 
-    The share is taken over all REGISTERED file names, which every array task sees alike and which
-    keep their place after a file is archived (its row stays), not over the live listing, which
-    shrinks as other tasks archive files: a rerun hands every file to the same task. Unregistered
-    files are in nobody's share; branch 1 alone takes them (to report them once).
+    Not a position in a listing: a file registered between two tasks' plans shifts every later name by
+    one, so in that round a file can fall into no task's share (or two). A file id is given once, at
+    registration, and never changes; this number depends on it alone, so every task puts each file,
+    whenever registered, in exactly one share, and archiving or registering others never moves it.
+    File ids are text (EGA stable ids) with no registration number to count by, so the number is the
+    id's sha256 modulo BRANCHES: shares are even on average (N files: about N/BRANCHES each), not exact.
     """
-    ordered = sorted(listed)
-    if branches <= 1:
-        return ordered
-    registered = list(registered)
-    mine, known = set(share(registered, branches, branch)), set(registered)
-    return [n for n in ordered if n in mine or (branch == 1 and n not in known)]
+    if branches < 1:
+        raise ValueError(f"--branches must be at least 1, got {branches}")
+    digest = hashlib.sha256(file_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") % branches + 1
+
+
+def in_share(file_id: str | None, branches: int, branch: int) -> bool:
+    """Whether array task BRANCH of BRANCHES takes this file (`share_of`). An unregistered file (no id)
+    is in branch 1's share alone, so that it is reported once."""
+    if branches < 1 or not 1 <= branch <= branches:
+        raise ValueError(f"--branch must be between 1 and --branches ({branches}), got {branch}")
+    if file_id is None:
+        return branch == 1
+    return branches == 1 or share_of(file_id, branches) == branch
 
 
 def array_share(branches: int | None, branch: int | None, env: Mapping[str, str] | None = None) -> tuple[int, int]:

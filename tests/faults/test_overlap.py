@@ -2,14 +2,18 @@
 
 Two jobs start together and each claims part of the files (--limit), so both sets of workers stream at
 the same time; a third starts while they are writing temp files, so its recovery step runs beside live
-jobs (it must leave their temp files and claims alone) and it takes what is left.
+jobs (it must leave their temp files and claims alone) and it takes what is left. Jobs claim in
+batches as their workers need them (issue 14): two jobs started together on one backlog each archive a
+share, and a job started while another is frozen mid-run takes what that one has not claimed.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
+from typing import Any
 
 from tests.faults.conftest import (
     PG_ONLY,
@@ -82,3 +86,59 @@ def test_recover_beside_a_live_job_leaves_it_alone(workspace) -> None:
     assert rc == 0, f"{out}\n{err}"
     assert f"{len(files)} available" in out, out
     assert_safe(ws, files, complete=True)
+
+
+def _job_files(ws: Any, out: str) -> tuple[str, set[str]]:
+    """The job id a `process` summary names, and the files its job recorded available."""
+    m = re.search(r"^job (\S+): (\d+) file\(s\)", out, re.M)
+    assert m, out
+    return m.group(1), {e["file_id"] for e in events(ws, "available") if e["job_id"] == m.group(1)}
+
+
+def _each_once(ws: Any, files: list[dict[str, Any]]) -> None:
+    """Every file claimed, archived and recorded exactly once, nothing released or failed."""
+    want = {e["name"]: 1 for e in files}
+    assert collections.Counter(e["file_id"] for e in events(ws, "available")) == want
+    assert collections.Counter(e["file_id"] for e in events(ws, "claimed")) == want, "a file claimed twice"
+    assert not events(ws, "released") and not events(ws, "failed")
+    assert_safe(ws, files, complete=True)  # one archived copy per file, recorded, sources removed
+
+
+def test_two_jobs_started_together_share_the_backlog(workspace) -> None:
+    """Issue 14: neither job claims everything at its start; each archives a part, none twice."""
+    ws = workspace
+    files = add_files(ws, "t", 24, 6 << 20, block=os.urandom(1 << 20))
+    jobs = [start_mpi(ws, 2, "process", tag=f"together{i}") for i in (1, 2)]
+    results = [finish(j, timeout=300) for j in jobs]
+    for rc, out, err in results:
+        assert rc == 0, f"exit {rc}\n{out}\n{err}"
+    took = dict(_job_files(ws, out) for _rc, out, _err in results)
+    assert len(took) == 2 and all(took.values()), f"a job took nothing: {took}"
+    a, b = took.values()
+    assert not a & b and a | b == {e["name"] for e in files}
+    _each_once(ws, files)
+
+
+def test_a_job_started_mid_run_takes_what_is_not_claimed(workspace) -> None:
+    """A job frozen mid-run holds only its batches: a second job started then archives the rest of the
+    backlog while the first is stopped, and the first then finishes only what it had claimed."""
+    ws = workspace
+    files = add_files(ws, "m", 16, 4 << 20, block=os.urandom(1 << 20))
+    first = start_mpi(ws, 2, "process", tag="first")
+    ranks = wait_ranks(first, 2)
+    poll(lambda: temp_files(ws), "the first job to write a temp file")
+    freeze(ranks.values())
+    try:
+        held = {e["file_id"] for e in events(ws, "claimed")}
+        assert len(held) < len(files), f"the first job claimed every file at once: {held}"
+        rc, out, err = finish(start_mpi(ws, 2, "process", tag="second"), timeout=300)
+        assert rc == 0, f"exit {rc}\n{out}\n{err}"
+        _second, took = _job_files(ws, out)
+        assert took == {e["name"] for e in files} - held, "the second job took more or less than the unclaimed"
+    finally:
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGCONT)
+    rc, out, err = finish(first, timeout=300)
+    assert rc == 0, f"exit {rc}\n{out}\n{err}"
+    assert _job_files(ws, out)[1] == held
+    _each_once(ws, files)

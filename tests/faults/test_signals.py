@@ -2,9 +2,10 @@
 
 Hydra's mpiexec forwards both signals to every rank, so signalling mpiexec, rank 0, or a single worker
 must all end the same way: files in flight finish and are recorded, claims of files not yet started are
-released (status back to `received`), the summary says the job stopped early, exit 0, and a rerun
-finishes the rest. To know exactly which files were in flight, every rank is frozen (SIGSTOP) while the
-signal is sent and until it is pending on the ranks it is meant for.
+released (status back to `received`; claims come in batches, so files never claimed stay `pending`),
+the summary says the job stopped early, exit 0, and a rerun finishes the rest. To know exactly which
+files were in flight, every rank is frozen (SIGSTOP) while the signal is sent and until it is pending
+on the ranks it is meant for.
 """
 
 from __future__ import annotations
@@ -103,11 +104,14 @@ def test_stop_signal_finishes_in_flight_and_releases_the_rest(workspace, target:
             )
     rest = [r for n, r in rows.items() if n not in available]
     assert rest, "every file was done: the signal came too late to test releasing"
+    # claims come in batches: the rest were claimed and released (`received`) or never claimed (`pending`)
+    claimed = {e["file_id"] for e in events(ws, "claimed")}
     for r in rest:
-        assert r["status"] == "received" and r["claimed_by"] is None, r
+        assert r["status"] == ("received" if r["file_id"] in claimed else "pending") and r["claimed_by"] is None, r
     released = {e["file_id"] for e in events(ws, "released")}
-    assert {r["file_name"] for r in rest} <= released
-    assert f"{len(rest)} claimed file(s) not started were released" in out, out
+    given_back = [r for r in rest if r["file_id"] in claimed]
+    assert {r["file_id"] for r in given_back} == released
+    assert not given_back or f"{len(given_back)} claimed file(s) not started were released" in out, out
     assert_safe(ws, files)
 
     rerun = ws.mpi(3, "process")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from legampi import archive
-from legampi.workspace import share
+from legampi.workspace import share_of
 
 if TYPE_CHECKING:  # conftest modules are not importable under every pytest import mode
     from conftest import SlurmCluster, Workspace
@@ -323,8 +323,7 @@ def test_usr1_stops_cleanly_and_rerun_finishes(
 # ---------------------------------------------------------------------- ingest-array.sbatch
 @postgresql_only
 def test_array_tasks_take_their_shares(slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path) -> None:
-    # keep_processed: the processing listing stays the same while the shares run, so each share is
-    # exactly the seed formula over it (see test_array_shares_shift_when_sources_are_removed).
+    # each task takes the files whose id falls in its share (workspace.share_of), whatever the listing
     _set_option(workspace, "workspaces", "keep_processed = true")
     entries = _dataset(workspace, 11, 20_000)
     names = sorted(e["name"] for e in entries)
@@ -346,7 +345,9 @@ def test_array_tasks_take_their_shares(slurm_cluster: SlurmCluster, workspace: W
     took: dict[str, set[str]] = {}
     for ev, job in zip(done, _slurm_jobs(done), strict=True):
         took.setdefault(job, set()).add(file_name[ev["file_id"]])
-    assert took == {f"{array_id}_1": set(share(names, 2, 1)), f"{array_id}_2": set(share(names, 2, 2))}
+    by_id = {f["file_name"]: f["file_id"] for f in _status(workspace)["files"]}
+    shares = {b: {n for n in names if share_of(by_id[n], 2) == b} for b in (1, 2)}
+    assert took == {f"{array_id}_{b}": shares[b] for b in (1, 2) if shares[b]}
 
 
 @sqlite_only

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-NAMES = ("bookkeeping", "memory", "rank0", "ingest", "datagen", "baselines", "memcage", "startup")
+NAMES = ("bookkeeping", "memory", "rank0", "ingest", "datagen", "baselines", "memcage", "startup", "overlap")
 
 
 @pytest.fixture
@@ -89,3 +89,20 @@ def test_sidecar_reading_skips_the_provenance_line(bench: SimpleNamespace, tmp_p
     Path(f"{out}.sha256").write_text('# legampi-provenance {"file_id": "F1"}\n' + "ab" * 32 + "  x.c4gh\n")
     assert ingest._sidecar(str(out)) == "ab" * 32
     assert ingest._sidecar(str(tmp_path / "none.c4gh")) is None
+
+
+@pytest.mark.parametrize("smoke", [True, False])
+def test_overlap_report(bench: SimpleNamespace, capsys: pytest.CaptureFixture[str], smoke: bool) -> None:
+    """benchmarks/overlap.py: the ratio 2 jobs / 1 job and each job's share; a smoke run says it only checks."""
+    import overlap
+
+    a = SimpleNamespace(files=4, size_bytes=1000, ranks=2, repeat=1, dbs=["sqlite"], smoke=smoke)
+    rows = [
+        {"db": "sqlite", "contender": "1 job", "round": 0, "wall": 2.0, "shares": [4], "problems": []},
+        {"db": "sqlite", "contender": "2 jobs", "round": 0, "wall": 1.5, "shares": [1, 3], "problems": []},
+    ]
+    summary = overlap.report(a, rows)
+    out = capsys.readouterr().out
+    assert summary["by_db"]["sqlite"]["ratio"] == 0.75 and summary["failed"] == 0
+    assert "ratio 2/1 0.75" in out and "[[1, 3]]" in out
+    assert ("smoke run: checks only" in out) == smoke

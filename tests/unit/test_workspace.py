@@ -14,12 +14,13 @@ from legampi.manifest import ManifestError
 from legampi.workspace import (
     UnsafeName,
     array_share,
-    branch_file_names,
     check_file_name,
+    in_share,
     make_job_id,
     move_into,
     scan,
     share,
+    share_of,
 )
 
 # ---------------------------------------------------------------------- the share formula
@@ -65,26 +66,32 @@ def test_share_by_key_splits_tasks_like_names() -> None:
     assert [t["name"] for t in share(tasks, 2, 2, key=lambda t: t["name"])] == ["f2", "f4"]
 
 
-def test_a_branch_keeps_its_files_when_others_are_archived() -> None:
-    """The README's promise: the share is over registered names, so archiving (and removing) other
-    files from processing changes no task's share of what is left."""
-    registered = [f"ds/{i:02d}.c4gh" for i in range(1, 14)]
-    before = {b: branch_file_names(registered, registered, 3, b) for b in (1, 2, 3)}
-    assert sorted(n for b in before.values() for n in b) == registered
-    archived = set(before[2][:2] + before[3][:1] + registered[::4])  # gone from processing, still registered
-    left = [n for n in registered if n not in archived]
-    for b in (1, 2, 3):
-        assert branch_file_names(left[::-1], registered, 3, b) == [n for n in before[b] if n not in archived]
-    # over the live listing instead, the shares would shift: that is what branch_file_names avoids
-    assert any(share(left, 3, b) != [n for n in before[b] if n not in archived] for b in (1, 2, 3))
+def test_array_shares_are_disjoint_and_cover_every_file() -> None:
+    ids = [f"EGAF{i:011d}" for i in range(1, 301)]
+    for branches in (1, 2, 3, 7):
+        shares = {b: [i for i in ids if in_share(i, branches, b)] for b in range(1, branches + 1)}
+        assert sorted(x for s in shares.values() for x in s) == ids  # union = all, none twice
+        assert all(len(s) > len(ids) / branches / 2 for s in shares.values()), "about even on average"
+
+
+def test_a_file_keeps_its_share_whatever_is_registered_or_archived_in_between() -> None:
+    """Issue 17: a share by listing position moves when a file is registered between two tasks' plans;
+    by file id it depends on the file alone, so every task, whenever it plans, agrees on each file."""
+    first = [f"ds/{i:02d}" for i in range(1, 14)]
+    before = {i: share_of(i, 3) for i in first}
+    later = sorted(first + ["ds/00-new", "ds/05a-new", "ds/99-new"])  # registered between two plans
+    assert {i: share_of(i, 3) for i in first} == before
+    assert all(sum(in_share(i, 3, b) for b in (1, 2, 3)) == 1 for i in later)
+    # by position (the seed's formula over all registered names) a file would change task: the old way
+    moved = [n for n in first if n not in share(later, 3, next(b for b in (1, 2, 3) if n in share(first, 3, b)))]
+    assert moved, "the positional share would have shifted"
 
 
 def test_unregistered_files_go_to_branch_one_only_and_one_branch_takes_all() -> None:
-    registered = ["a", "b", "c", "d"]
-    listed = ["b", "zz-unregistered", "c", "a"]
-    assert branch_file_names(listed, registered, 2, 1) == ["a", "c", "zz-unregistered"]
-    assert branch_file_names(listed, registered, 2, 2) == ["b"]
-    assert branch_file_names(listed, [], 1, 1) == sorted(listed)
+    assert [b for b in (1, 2, 3) if in_share(None, 3, b)] == [1]
+    assert in_share("EGAF1", 1, 1) and in_share(None, 1, 1)
+    with pytest.raises(ValueError, match="--branch must be between 1 and --branches"):
+        in_share("EGAF1", 3, 4)
 
 
 # ---------------------------------------------------------------------- array shares and job ids

@@ -22,6 +22,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from . import archive
@@ -37,10 +39,20 @@ LOST_DATABASE = 4  # exit status: the tracking database stayed away; nothing del
 MODE_ENV = "LEGAMPI_RECORDER"  # "inline": write on rank 0's loop thread (benchmark baseline); else a thread
 QUEUE_BATCHES = 4  # the queue holds at most this many batches: back-pressure on the loop, memory flat
 _WAIT = 0.1  # seconds between checks for a dead recorder thread while waiting on it
+SWITCH_INTERVAL = 0.0005  # seconds: rank 0's GIL hand-over between the loop and the recorder thread
+UNLINK_THREADS = 8  # a batch's sources are removed this many at a time (metadata round trips overlap)
 
 
 def threaded_by_default() -> bool:
     return os.environ.get(MODE_ENV, "thread").strip().lower() != "inline"
+
+
+def _unlink(src: Path) -> OSError | None:
+    try:
+        src.unlink(missing_ok=True)
+    except OSError as exc:  # reported by the caller, with the file's name
+        return exc
+    return None
 
 
 class Recorder:
@@ -76,6 +88,7 @@ class Recorder:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(max(64, QUEUE_BATCHES * cfg.func.batch_size))
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None  # what ended the thread: raised on rank 0's thread
+        self._unlinker: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ rank 0's loop (main thread)
     def add(self, result: FileResult) -> None:
@@ -121,6 +134,9 @@ class Recorder:
             self._put(("stop", None))
             self._thread.join()
             self._raise_failure()
+        if self._unlinker is not None:
+            self._unlinker.shutdown()
+            self._unlinker = None
         self.threaded = False
         self._write()
 
@@ -129,6 +145,9 @@ class Recorder:
             self._do(kind, result)
             return
         if self._thread is None:
+            # The two threads share the GIL: a short switch interval keeps the loop from waiting up to
+            # 5 ms (Python's default) behind the recorder's CPU work whenever a result arrives.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
             self._thread = threading.Thread(target=self._serve, name="legampi-recorder", daemon=True)
             self._thread.start()
         self._put((kind, result))
@@ -255,14 +274,21 @@ class Recorder:
             self._remove_sources(recorded)
 
     def _remove_sources(self, recorded: list[FileResult]) -> None:
+        """Unlink the committed batch's sources; on the recorder thread by UNLINK_THREADS at once (an unlink
+        is one metadata round trip on a parallel filesystem: in turn they would cap the files/s)."""
         removed, folders = [], set()
-        for r in recorded:
-            src = self.cfg.workspaces.processing / r.rel
-            try:
-                src.unlink(missing_ok=True)
+        srcs = [self.cfg.workspaces.processing / r.rel for r in recorded]
+        if self.threaded and len(srcs) > 1:
+            if self._unlinker is None:
+                self._unlinker = ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="legampi-unlink")
+            outcomes = list(self._unlinker.map(_unlink, srcs))
+        else:
+            outcomes = [_unlink(src) for src in srcs]
+        for r, src, exc in zip(recorded, srcs, outcomes, strict=True):
+            if exc is None:
                 folders.add(src.parent)
                 removed.append(Event(r.file_id, None, "source-removed", "available", str(src)))
-            except OSError as exc:
+            else:
                 log.error("archived and recorded, but cannot remove source %s: %s", src, exc)
         for folder in folders:  # one fsync per folder and batch, not per file
             archive.fsync_dir(folder)

@@ -84,6 +84,8 @@ if rank == "0":
     for _name in ("add", "tick", "_write", "_serve"):
         _clocked(legampi.recorder.Recorder, _name, _name.strip("_"))
     _clocked(legampi.db.Database, "record_results", "db")
+    import legampi.transport
+    _clocked(legampi.transport.Doorbell, "wait", "idle")  # the loop asleep, waiting for a message
 """
 AFTER = r"""
 _run1 = legampi.parallel.Team.run
@@ -109,6 +111,9 @@ recorder per thread; data generation, init-db and register are not timed). Per r
   r0 loop          what rank 0's dispatch-loop thread spends per result: its own CPU + the time it waits
                    inside the recorder (the commit and the unlinks with --recorder inline; only the queue
                    with the recorder thread). 1 / this is the loop's ceiling in results/s
+  loop busy        the loop's wall minus its sleep in the doorbell's select (waiting for a message): an
+                   upper bound of the same, which also counts the loop's waits for rank 0's GIL anywhere
+                   and its own descheduling on these oversubscribed cores
   loop CPU         the loop thread's CPU alone (time.thread_time around Team.run)
   in recorder      the loop thread's wall inside Recorder.add/tick (inline: includes the batch writes)
   of which msg     loop CPU outside Recorder.add/tick: probing, receiving, handing out, doorbells, progress
@@ -222,6 +227,7 @@ def one_run(
             cpu_per_result_ms=1000 * r0["loop_cpu"] / n,
             loop_cpu_per_result_ms=1000 * lt / n,
             loop_ms_per_result=1000 * (lt + max(held_wall - held_cpu, 0.0)) / n,
+            busy_ms_per_result=1000 * (r0["loop_wall"] - r0.get("idle_wall", 0.0)) / n,
             held_ms_per_result=1000 * held_wall / n,
             rec_cpu_per_result_ms=1000 * r0.get("rec_serve_cpu", 0.0) / n,
             db_cpu_per_result_ms=1000 * (r0.get("db_cpu", 0.0) + r0.get("rec_db_cpu", 0.0)) / n,
@@ -308,6 +314,7 @@ NUMERIC = (
     "cpu_per_result_ms",
     "loop_cpu_per_result_ms",
     "loop_ms_per_result",
+    "busy_ms_per_result",
     "held_ms_per_result",
     "rec_cpu_per_result_ms",
     "db_cpu_per_result_ms",
@@ -358,6 +365,7 @@ COLUMNS = [
     ("files", "files", "{}"),
     ("recorder", "recorder", "{}"),
     ("loop_ms_per_result", "r0 loop ms/result", "{:.3f}"),
+    ("busy_ms_per_result", "loop busy", "{:.3f}"),
     ("loop_cpu_per_result_ms", "loop CPU", "{:.3f}"),
     ("held_ms_per_result", "in recorder", "{:.3f}"),
     ("msg_cpu_per_result_ms", "of which msg", "{:.3f}"),
@@ -370,6 +378,14 @@ COLUMNS = [
     ("r0_hwm_mib", "r0 peak MiB", "{:.1f}"),
     ("load_before", "load", "{:.1f}"),
 ]
+
+
+def ab_factors(cells: list[dict], kind: str, files: int, key: str) -> list[float]:
+    """KEY inline / KEY thread for each -n where both runs of KIND over FILES files succeeded."""
+    ok = [c for c in cells if c["db"] == kind and c["files"] == files and not c["problems"]]
+    thread = {c["ranks"]: c[key] for c in ok if c.get("recorder") == "thread"}
+    inline = [c for c in ok if c.get("recorder") == "inline" and thread.get(c["ranks"])]
+    return [round(c[key] / thread[c["ranks"]], 2) for c in inline]
 
 
 def report(a: argparse.Namespace, cells: list[dict]) -> dict:
@@ -406,18 +422,8 @@ def report(a: argparse.Namespace, cells: list[dict]) -> dict:
                 s["kib_per_file"] = per_file * 1024
         both = summary.get(kind, {})
         if "thread" in both and "inline" in both:
-            pairs = [
-                (i["loop_ms_per_result"], t["loop_ms_per_result"])
-                for i in cells
-                for t in cells
-                if i["db"] == t["db"] == kind
-                and (i.get("recorder"), t.get("recorder")) == ("inline", "thread")
-                and i["ranks"] == t["ranks"]
-                and i["files"] == t["files"] == a.files
-                and not i["problems"]
-                and not t["problems"]
-            ]
-            both["factor_per_n"] = [round(x / y, 2) for x, y in pairs if y]
+            both["factor_per_n"] = ab_factors(cells, kind, a.files, "loop_ms_per_result")
+            both["busy_factor_per_n"] = ab_factors(cells, kind, a.files, "busy_ms_per_result")
             both["factor"] = statistics.median(both["factor_per_n"]) if both["factor_per_n"] else None
     for kind, modes in summary.items():
         for mode, s in modes.items():
@@ -438,7 +444,8 @@ def report(a: argparse.Namespace, cells: list[dict]) -> dict:
         if modes.get("factor") is not None:
             print(
                 f"{kind}: the recorder thread takes rank 0's loop per result down x{modes['factor']:.2f} "
-                f"(inline / thread, median over -n; per -n: {modes['factor_per_n']})"
+                f"(inline / thread, median over -n; per -n: {modes['factor_per_n']}); loop busy per -n: "
+                f"{modes['busy_factor_per_n']}"
             )
     for c in cells:
         for p in c["problems"]:
@@ -513,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {kind} -n {n} {files} files, recorder {mode}: "
                     + (
-                        f"r0 loop {c['loop_ms_per_result']:.3f} ms/result (CPU {c['loop_cpu_per_result_ms']:.3f}), "
+                        f"r0 loop {c['loop_ms_per_result']:.3f} ms/result (CPU {c['loop_cpu_per_result_ms']:.3f}, "
+                        f"busy {c['busy_ms_per_result']:.3f}), "
                         f"all threads {c['cpu_per_result_ms']:.3f}, loop {c['loop_wall']:.1f} s, "
                         f"load {c['load_before']:.1f}"
                         if not c["problems"]

@@ -101,16 +101,25 @@ ANCHOR = "legampi.parallel.Team.run = _timed_run"
 WRAPPER = bookkeeping.RANK_WRAPPER.replace(ANCHOR, HOOKS + ANCHOR + "\n" + AFTER)
 assert WRAPPER != bookkeeping.RANK_WRAPPER, "bookkeeping.RANK_WRAPPER changed: update the hook anchor"
 bookkeeping.RANK_WRAPPER = WRAPPER  # bookkeeping.run_process reads its module global at call time
-RECORDER_ENV = "LEGAMPI_RECORDER"  # legampi.recorder.MODE_ENV: "inline" is the old path (the A/B baseline)
+# rank 0's modes (the A/B switches, read by every rank from the environment mpiexec passes on):
+# legampi.recorder.MODE_ENV and legampi.dispatch.HANDOUT_ENV
+MODES = {
+    "inline": {"LEGAMPI_RECORDER": "inline", "LEGAMPI_HANDOUT": "single"},  # rank 0 before issue 18
+    "thread": {"LEGAMPI_HANDOUT": "single"},  # the recorder thread, one file per hand-out message
+    "batched": {},  # legampi's default: the recorder thread and hand-outs batched per message
+}
 
 TASKS, RESULT = 1, 2  # legampi.parallel's tags (not imported: mpi4py stays out of the harness)
 
 EPILOG = """\
 what is measured (every rank in bookkeeping's wrapper; rank 0 also counts its messages and clocks its
 recorder per thread; data generation, init-db and register are not timed). Per result, in ms:
+  mode             inline: rank 0 before issue 18 (batch writes and unlinks on the loop thread, one file
+                   per hand-out message); thread: the recorder thread; batched: the recorder thread and
+                   hand-outs batched per message (legampi's default)
   r0 loop          what rank 0's dispatch-loop thread spends per result: its own CPU + the time it waits
-                   inside the recorder (the commit and the unlinks with --recorder inline; only the queue
-                   with the recorder thread). 1 / this is the loop's ceiling in results/s
+                   inside the recorder (inline: the commit and the unlinks; thread: only the queue).
+                   1 / this is the loop's ceiling in results/s
   loop busy        the loop's wall minus its sleep in the doorbell's select (waiting for a message): an
                    upper bound of the same, which also counts the loop's waits for rank 0's GIL anywhere
                    and its own descheduling on these oversubscribed cores
@@ -127,9 +136,9 @@ recorder per thread; data generation, init-db and register are not timed). Per r
   r0 peak MiB      rank 0's VmHWM; per rank = slope over -n at fixed files, per file = slope over files
   batch write alone  the same files registered, claimed and recorded with Database.record_results in
                    batches of [func_conf] batch_size in this process, no MPI: the database's own rows/s
---recorder thread,inline runs both modes interleaved (A, B, A, B, ...) in this one process of measurement;
-the summary prints the factor inline / thread of "r0 loop". With --repeat N every cell is the median of
-N runs. Load average is read before and after each run.
+--modes inline,thread,batched runs the modes interleaved (A, B, C, A, B, C, ...) in this one process of
+measurement; the summary prints the factors of "r0 loop" and "loop busy" between them, per -n. With
+--repeat N every cell is the median of N runs. Load average is read before and after each run.
 
 examples:
   python benchmarks/rank0_scaling.py --smoke                 # -n 8, 200 files, SQLite, one run: < 1 min
@@ -155,10 +164,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--memory-files", type=int, default=None, help="also run the smallest -n with this many files (per-file slope)"
     )
     p.add_argument(
-        "--recorder",
-        default="thread,inline",
-        help="comma list of thread,inline: rank 0's recorder on its own thread (legampi's default) and/or "
-        "inline in the dispatch loop (the old path, LEGAMPI_RECORDER=inline); runs interleaved (default both)",
+        "--modes",
+        default="inline,thread,batched",
+        help="comma list of rank 0's modes, run interleaved: inline (before issue 18), thread (recorder "
+        "thread), batched (recorder thread + batched hand-outs, the default); default all three",
     )
     p.add_argument("--smoke", action="store_true", help="-n 8, 200 files, SQLite, one run")
     p.add_argument("--workdir", type=Path, help="work folder (default: a new temporary folder)")
@@ -167,12 +176,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--note", default="")
     a = p.parse_args(argv)
     if a.smoke:
-        a.ranks, a.files, a.db, a.repeat, a.memory_files, a.recorder = "8", 200, "sqlite", 1, None, "thread"
+        a.ranks, a.files, a.db, a.repeat, a.memory_files, a.modes = "8", 200, "sqlite", 1, None, "batched"
     a.rank_list = [int(x) for x in a.ranks.split(",") if x.strip()]
     a.dbs = [x.strip() for x in a.db.split(",") if x.strip()]
-    a.modes = [x.strip() for x in a.recorder.split(",") if x.strip()]
-    if not a.modes or set(a.modes) - {"thread", "inline"}:
-        p.error("--recorder takes thread and/or inline")
+    a.modes = [x.strip() for x in a.modes.split(",") if x.strip()]
+    if not a.modes or set(a.modes) - set(MODES):
+        p.error(f"--modes takes {', '.join(MODES)}")
     if any(n < 2 for n in a.rank_list) or a.files < 1 or a.repeat < 1:
         p.error("--ranks must be >= 2, --files and --repeat >= 1")
     if a.memory_files is None and not a.smoke:
@@ -182,12 +191,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def one_run(
-    a: argparse.Namespace, work: Path, kind: str, ranks: int, keys, entries: list[Entry], mode: str = "thread"
+    a: argparse.Namespace, work: Path, kind: str, ranks: int, keys, entries: list[Entry], mode: str = "batched"
 ) -> dict:
-    """One verified `mpiexec -n RANKS legampi process` over ENTRIES with the recorder MODE (thread or
-    inline); rank 0's figures."""
+    """One verified `mpiexec -n RANKS legampi process` over ENTRIES with rank 0 in MODE (MODES); rank 0's
+    figures."""
     base = work / f"run-{kind}-n{ranks}-f{len(entries)}-{mode}"
-    row: dict = {"db": kind, "ranks": ranks, "files": len(entries), "recorder": mode, "problems": []}
+    row: dict = {"db": kind, "ranks": ranks, "files": len(entries), "mode": mode, "problems": []}
     with database(kind, base, a.pg_dsn) as url:
         conf, spaces = prepare(base, keys, url)
         link_all(work / "inbox", spaces["processing"], entries)
@@ -201,11 +210,15 @@ def one_run(
             row["problems"].append(f"register exit {reg.code}: {tail(reg.log)}")
             return row
         row["load_before"] = os.getloadavg()[0]
-        os.environ[RECORDER_ENV] = mode  # inherited by mpiexec and every rank
+        saved = {k: os.environ.pop(k, None) for m in MODES.values() for k in m}
+        os.environ.update(MODES[mode])  # inherited by mpiexec and every rank
         try:
             pr = run_process(conf, ranks, base / "usage", base / "process.log")
         finally:
-            os.environ.pop(RECORDER_ENV, None)
+            for k, v in saved.items():
+                os.environ.pop(k, None)
+                if v is not None:
+                    os.environ[k] = v
         row["load_after"] = os.getloadavg()[0]
         row["wall"] = pr.wall
         if pr.code != 0:
@@ -363,7 +376,7 @@ COLUMNS = [
     ("db", "db", "{}"),
     ("ranks", "-n", "{}"),
     ("files", "files", "{}"),
-    ("recorder", "recorder", "{}"),
+    ("mode", "mode", "{}"),
     ("loop_ms_per_result", "r0 loop ms/result", "{:.3f}"),
     ("busy_ms_per_result", "loop busy", "{:.3f}"),
     ("loop_cpu_per_result_ms", "loop CPU", "{:.3f}"),
@@ -380,12 +393,11 @@ COLUMNS = [
 ]
 
 
-def ab_factors(cells: list[dict], kind: str, files: int, key: str) -> list[float]:
-    """KEY inline / KEY thread for each -n where both runs of KIND over FILES files succeeded."""
+def ab_factors(cells: list[dict], kind: str, files: int, key: str, a_mode: str, b_mode: str) -> list[float]:
+    """KEY in A_MODE / KEY in B_MODE for each -n where both cells of KIND over FILES files succeeded."""
     ok = [c for c in cells if c["db"] == kind and c["files"] == files and not c["problems"]]
-    thread = {c["ranks"]: c[key] for c in ok if c.get("recorder") == "thread"}
-    inline = [c for c in ok if c.get("recorder") == "inline" and thread.get(c["ranks"])]
-    return [round(c[key] / thread[c["ranks"]], 2) for c in inline]
+    b = {c["ranks"]: c[key] for c in ok if c.get("mode") == b_mode}
+    return [round(c[key] / b[c["ranks"]], 2) for c in ok if c.get("mode") == a_mode and b.get(c["ranks"])]
 
 
 def report(a: argparse.Namespace, cells: list[dict]) -> dict:
@@ -401,7 +413,7 @@ def report(a: argparse.Namespace, cells: list[dict]) -> dict:
     summary: dict = {}
     for kind in a.dbs:
         for mode in a.modes:
-            ok = [c for c in cells if c["db"] == kind and c.get("recorder") == mode and not c["problems"]]
+            ok = [c for c in cells if c["db"] == kind and c.get("mode") == mode and not c["problems"]]
             full = [c for c in ok if c["files"] == a.files]
             if not full:
                 continue
@@ -421,16 +433,20 @@ def report(a: argparse.Namespace, cells: list[dict]) -> dict:
             if per_file is not None:
                 s["kib_per_file"] = per_file * 1024
         both = summary.get(kind, {})
-        if "thread" in both and "inline" in both:
-            both["factor_per_n"] = ab_factors(cells, kind, a.files, "loop_ms_per_result")
-            both["busy_factor_per_n"] = ab_factors(cells, kind, a.files, "busy_ms_per_result")
-            both["factor"] = statistics.median(both["factor_per_n"]) if both["factor_per_n"] else None
+        both["factors"] = {
+            f"{x}/{y}": {
+                "loop": ab_factors(cells, kind, a.files, "loop_ms_per_result", x, y),
+                "busy": ab_factors(cells, kind, a.files, "busy_ms_per_result", x, y),
+            }
+            for x, y in (("inline", "thread"), ("thread", "batched"), ("inline", "batched"))
+            if x in a.modes and y in a.modes
+        }
     for kind, modes in summary.items():
         for mode, s in modes.items():
-            if not isinstance(s, dict):
+            if mode not in MODES:
                 continue
             line = (
-                f"{kind}, recorder {mode}: rank 0's loop {s['rank0_loop_ms_per_result']:.3f} ms per result "
+                f"{kind}, {mode}: rank 0's loop {s['rank0_loop_ms_per_result']:.3f} ms per result "
                 f"(capacity ~{s['rank0_loop_capacity_results_per_s']:.0f} results/s), all threads "
                 f"{s['rank0_cpu_ms_per_result']:.3f} ms CPU, recorder thread "
                 f"{s['recorder_thread_cpu_ms_per_result']:.3f} ms CPU, "
@@ -441,15 +457,15 @@ def report(a: argparse.Namespace, cells: list[dict]) -> dict:
             if s.get("kib_per_file") is not None:
                 line += f", +{s['kib_per_file']:.2f} KiB per file"
             print(line)
-        if modes.get("factor") is not None:
-            print(
-                f"{kind}: the recorder thread takes rank 0's loop per result down x{modes['factor']:.2f} "
-                f"(inline / thread, median over -n; per -n: {modes['factor_per_n']}); loop busy per -n: "
-                f"{modes['busy_factor_per_n']}"
-            )
+        for pair, f in modes.get("factors", {}).items():
+            if f["loop"]:
+                print(
+                    f"{kind}: {pair}: rank 0's loop per result x{statistics.median(f['loop']):.2f} "
+                    f"(median over -n; per -n: {f['loop']}), loop busy per -n: {f['busy']}"
+                )
     for c in cells:
         for p in c["problems"]:
-            print(f"FAILED {c['db']} -n {c['ranks']} recorder {c.get('recorder')}: {p}", file=sys.stderr)
+            print(f"FAILED {c['db']} -n {c['ranks']} mode {c.get('mode')}: {p}", file=sys.stderr)
     if a.smoke:
         print("smoke run: checks only (one small run); the calibration figures come from full runs (docs/scaling.md)")
     return summary
@@ -488,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": a.size_bytes,
             "dbs": a.dbs,
             "repeat": a.repeat,
-            "recorder": a.modes,
+            "modes": a.modes,
         },
     }
     print(f"work folder: {work}{' (kept)' if a.keep else ''}; load average {os.getloadavg()[0]:.1f}")
@@ -512,13 +528,13 @@ def main(argv: list[str] | None = None) -> int:
                         runs[mode].append(one_run(a, work, kind, n, keys, entries[:files], mode))
                     except Exception as exc:  # noqa: BLE001 - a broken run is a failed row, not hidden
                         runs[mode].append(
-                            {"db": kind, "ranks": n, "files": files, "recorder": mode, "problems": [repr(exc)]}
+                            {"db": kind, "ranks": n, "files": files, "mode": mode, "problems": [repr(exc)]}
                         )
             for mode in a.modes:
                 cells.append(median_row(runs[mode]))
                 c = cells[-1]
                 print(
-                    f"  {kind} -n {n} {files} files, recorder {mode}: "
+                    f"  {kind} -n {n} {files} files, {mode}: "
                     + (
                         f"r0 loop {c['loop_ms_per_result']:.3f} ms/result (CPU {c['loop_cpu_per_result_ms']:.3f}, "
                         f"busy {c['busy_ms_per_result']:.3f}), "

@@ -224,10 +224,10 @@ def table(cal: Calibration, site: Cluster) -> list[dict]:
 def load_calibration(path: Path, db: str, cal_threaded: bool = True) -> Calibration:
     """Rank 0's per-result CPU split and the database's rows/s from a rank0_scaling.py JSON."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    mode = "thread" if cal_threaded else "inline"
-    cells = [c for c in data["results"] if c["db"] == db and not c["problems"] and c.get("recorder", "inline") == mode]
+    mode = "batched" if cal_threaded else "inline"  # rank0_scaling.py's modes; older JSON: inline
+    cells = [c for c in data["results"] if c["db"] == db and not c["problems"] and c.get("mode", "inline") == mode]
     if not cells:
-        raise SystemExit(f"{path}: no successful {db} rows with the {mode} recorder")
+        raise SystemExit(f"{path}: no successful {db} rows in rank 0 mode {mode}")
     med = sorted(cells, key=lambda c: c.get("loop_ms_per_result", c["cpu_per_result_ms"]))[len(cells) // 2]
     # the batch write alone (no MPI) when the JSON has it; else the (oversubscribed) in-job figure
     alone = [r["rows_per_s"] for r in data.get("batch_write_alone", []) if r["db"] == db and not r["problems"]]

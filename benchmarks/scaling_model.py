@@ -41,8 +41,8 @@ class Calibration:
     # rank 0, per result, CPU seconds on the development VM's core (rank0_scaling.py --recorder
     # thread,inline; docs/scaling.md's calibration): the loop thread's messages and its per-file part
     r0_msg_s: float = 0.10e-3  # per message: probe, receive, hand out, doorbells, progress
-    r0_file_s: float = 0.015e-3  # per file on the loop thread: summary, queue (inline: + log line 0.05 ms)
-    r0_rec_cpu_s: float = 0.10e-3  # the recorder thread's CPU per file (log line, SQL, unlink calls)
+    r0_file_s: float = 0.05e-3  # per file on the loop thread: summary, queue, GIL waits (inline: log line)
+    r0_rec_cpu_s: float = 0.075e-3  # the recorder thread's CPU per file (log line, SQL, unlink calls)
     r0_db_s: float = 1 / 4400  # the batch write, wall per row (the writing thread waits for the commit)
     files_per_message: float = 1.0  # hand-outs per TASKS message in steady state (measured: 1)
     unlink_off_rank0: bool = True  # issue 18: sources removed on the recorder thread, UNLINK_THREADS at once
@@ -234,13 +234,16 @@ def load_calibration(path: Path, db: str, cal_threaded: bool = True) -> Calibrat
     rows = sorted(alone or [c["db_rows_per_s"] for c in cells if c.get("db_rows_per_s")])
     db_rate = rows[len(rows) // 2]
     per_file = med.get("file_cpu_per_result_ms")
+    if "loop_ms_per_result" in med:  # the loop's per-file part includes its waits in the recorder (GIL, queue)
+        per_file = max(med["loop_ms_per_result"] - med["msg_cpu_per_result_ms"], per_file or 0.0)
     return replace(
         Calibration(),
         r0_msg_s=med["msg_cpu_per_result_ms"] / 1000,
         r0_file_s=(per_file if per_file is not None else Calibration.r0_file_s * 1000) / 1000,
         r0_db_s=1 / db_rate,
         db_rows_per_s=db_rate,
-        files_per_message=med["files"] / max(med.get("task_msgs") or med["files"], 1),
+        # results still come one per message; batched hand-outs are already in the measured message cost
+        files_per_message=1.0,
         r0_rec_cpu_s=med.get("rec_cpu_per_result_ms", 0.0) / 1000,
         unlink_off_rank0=cal_threaded,
         db_overlapped=cal_threaded,

@@ -2,8 +2,10 @@
 """Scaling model: how fast one legampi job can go with W worker ranks, and which limit stops it.
 
 A bottleneck (operational-law) model, the analytic form of a discrete-event simulation of the dispatch
-loop: every file passes through a worker (streaming + its per-file fsyncs and metadata operations), rank 0
-(receive the result, hand out the next file, record the row, remove the source), the tracking database
+loop: every file passes through a worker (streaming + its per-file fsyncs and metadata operations), rank 0's
+loop thread (receive the result, hand out the next file, queue the result), rank 0's recorder thread
+(record the row, remove the source; --inline-recorder: both on the loop thread, as before issue 18),
+rank 0's GIL (the two threads' CPU together), the tracking database
 (rows committed in batches), the parallel filesystem's metadata server (namespace operations and
 directory fsyncs) and the filesystem's bandwidth (every byte read once and written once). Each is a
 server with a capacity; a job's makespan is at least the demand on each divided by its capacity, and at
@@ -36,14 +38,16 @@ KIB, MIB, GB = 1024, 1024 * 1024, 10**9
 class Calibration:
     """Measured costs (defaults: docs/scaling.md's figures; --calibration reads a rank0_scaling JSON)."""
 
-    # rank 0, per result, CPU seconds on the development VM's core (rank0_scaling.py, -n 16/32/64:
-    # 0.216 ms in all, median of 6 cells; split at -n 16: messages 0.12-0.14, per file 0.05, batch 0.04)
+    # rank 0, per result, CPU seconds on the development VM's core (rank0_scaling.py --recorder
+    # thread,inline; docs/scaling.md's calibration): the loop thread's messages and its per-file part
     r0_msg_s: float = 0.10e-3  # per message: probe, receive, hand out, doorbells, progress
-    r0_file_s: float = 0.05e-3  # per file whatever the batching: its log line, summary, buffer
-    r0_db_s: float = 1 / 4400  # the batch write, wall per row (rank 0 waits for the commit)
+    r0_file_s: float = 0.05e-3  # per file on the loop thread: summary, queue, GIL waits (inline: log line)
+    r0_rec_cpu_s: float = 0.075e-3  # the recorder thread's CPU per file (log line, SQL, unlink calls)
+    r0_db_s: float = 1 / 4400  # the batch write, wall per row (the writing thread waits for the commit)
     files_per_message: float = 1.0  # hand-outs per TASKS message in steady state (measured: 1)
-    unlink_off_rank0: bool = False  # the fix: sources removed off rank 0's thread
-    db_overlapped: bool = False  # the fix: the batch write in a thread, overlapped with messaging
+    unlink_off_rank0: bool = True  # issue 18: sources removed on the recorder thread, UNLINK_THREADS at once
+    db_overlapped: bool = True  # issue 18: the batch write on the recorder thread, overlapped with messaging
+    unlink_threads: int = 8  # legampi.recorder.UNLINK_THREADS
     # workers: per-core streaming rate (legampi full mode, 418 MB/s over 2 workers) and the CPU part of
     # a file's fixed cost (bookkeeping.py: 1,265 files/s with 2 workers on 2 cores = 1.6 ms per file)
     core_bytes_per_s: float = 209e6
@@ -127,18 +131,35 @@ def worker_seconds(size: float, cal: Calibration, site: Cluster) -> float:
 
 
 def rank0_seconds_per_file(cal: Calibration, site: Cluster) -> float:
-    """Rank 0 is one thread: message handling, the batch write and the source unlink all queue on it."""
+    """Rank 0's loop thread: message handling, plus (inline recorder) the batch write and the unlink."""
     per_msg = cal.r0_msg_s / max(cal.files_per_message, 1.0)
     unlink = 0.0 if cal.unlink_off_rank0 else site.rank0_md_ops * site.mds_op_latency_s
     db = 0.0 if cal.db_overlapped else cal.r0_db_s
     return per_msg + cal.r0_file_s + db + unlink
 
 
+def recorder_seconds_per_file(cal: Calibration, site: Cluster) -> float:
+    """Rank 0's recorder thread: waits for each batch's commit, then unlinks UNLINK_THREADS at a time."""
+    if not (cal.unlink_off_rank0 or cal.db_overlapped):
+        return 0.0
+    unlink = site.rank0_md_ops * site.mds_op_latency_s / max(cal.unlink_threads, 1) if cal.unlink_off_rank0 else 0
+    return (cal.r0_db_s if cal.db_overlapped else 0.0) + unlink + cal.r0_rec_cpu_s
+
+
+def gil_seconds_per_file(cal: Calibration) -> float:
+    """Rank 0's two threads share one interpreter lock: their CPU together is one core's worth."""
+    rec = cal.r0_rec_cpu_s if (cal.unlink_off_rank0 or cal.db_overlapped) else 0.0
+    return cal.r0_msg_s / max(cal.files_per_message, 1.0) + cal.r0_file_s + rec
+
+
 def limits(mix: Mix, cal: Calibration, site: Cluster) -> dict[str, float]:
     """Each ceiling as a minimum makespan in seconds (independent of W except 'workers' and 'nodes')."""
     n, total = mix.count, mix.total
     return {
-        "rank 0 (one thread: messages + batch write + unlink)": n * rank0_seconds_per_file(cal, site),
+        "rank 0's loop thread (messages; inline recorder: + batch write + unlink)": n
+        * rank0_seconds_per_file(cal, site),
+        "rank 0's recorder thread (commit wait + unlinks)": n * recorder_seconds_per_file(cal, site),
+        "rank 0's GIL (both threads' CPU)": n * gil_seconds_per_file(cal),
         "database commit rate": n / cal.db_rows_per_s,
         "metadata server": n * (site.worker_md_ops + 1 + site.rank0_md_ops) / site.mds_ops_per_s,
         "filesystem bandwidth": 2 * total / site.fs_bytes_per_s,
@@ -200,25 +221,32 @@ def table(cal: Calibration, site: Cluster) -> list[dict]:
     return out
 
 
-def load_calibration(path: Path, db: str) -> Calibration:
+def load_calibration(path: Path, db: str, cal_threaded: bool = True) -> Calibration:
     """Rank 0's per-result CPU split and the database's rows/s from a rank0_scaling.py JSON."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    cells = [c for c in data["results"] if c["db"] == db and not c["problems"]]
+    mode = "batched" if cal_threaded else "inline"  # rank0_scaling.py's modes; older JSON: inline
+    cells = [c for c in data["results"] if c["db"] == db and not c["problems"] and c.get("mode", "inline") == mode]
     if not cells:
-        raise SystemExit(f"{path}: no successful {db} rows")
-    med = sorted(cells, key=lambda c: c["cpu_per_result_ms"])[len(cells) // 2]
+        raise SystemExit(f"{path}: no successful {db} rows in rank 0 mode {mode}")
+    med = sorted(cells, key=lambda c: c.get("loop_ms_per_result", c["cpu_per_result_ms"]))[len(cells) // 2]
     # the batch write alone (no MPI) when the JSON has it; else the (oversubscribed) in-job figure
     alone = [r["rows_per_s"] for r in data.get("batch_write_alone", []) if r["db"] == db and not r["problems"]]
     rows = sorted(alone or [c["db_rows_per_s"] for c in cells if c.get("db_rows_per_s")])
     db_rate = rows[len(rows) // 2]
     per_file = med.get("file_cpu_per_result_ms")
+    if "loop_ms_per_result" in med:  # the loop's per-file part includes its waits in the recorder (GIL, queue)
+        per_file = max(med["loop_ms_per_result"] - med["msg_cpu_per_result_ms"], per_file or 0.0)
     return replace(
         Calibration(),
         r0_msg_s=med["msg_cpu_per_result_ms"] / 1000,
         r0_file_s=(per_file if per_file is not None else Calibration.r0_file_s * 1000) / 1000,
         r0_db_s=1 / db_rate,
         db_rows_per_s=db_rate,
-        files_per_message=med["files"] / max(med.get("task_msgs") or med["files"], 1),
+        # results still come one per message; batched hand-outs are already in the measured message cost
+        files_per_message=1.0,
+        r0_rec_cpu_s=med.get("rec_cpu_per_result_ms", 0.0) / 1000,
+        unlink_off_rank0=cal_threaded,
+        db_overlapped=cal_threaded,
     )
 
 
@@ -302,19 +330,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fixed",
         action="store_true",
-        help="model the proposed fix: 32 files per message, source removal and the batch write off rank 0's thread",
+        help="model the next proposed fix: 32 files per message (hand-outs and results batched)",
+    )
+    p.add_argument(
+        "--inline-recorder",
+        action="store_true",
+        help="model rank 0 before issue 18: the batch write and source removal on the loop thread",
     )
     p.add_argument("--svg", type=Path, help="write the throughput plot here")
     p.add_argument("--json", type=Path, help="write every figure here")
     a = p.parse_args(argv)
-    cal = load_calibration(a.calibration, a.db) if a.calibration else Calibration()
+    if a.calibration:
+        cal = load_calibration(a.calibration, a.db, not a.inline_recorder)
+    elif a.inline_recorder:  # docs/scaling.md's figures before issue 18 (log line on the loop thread)
+        cal = Calibration(r0_file_s=0.05e-3, r0_rec_cpu_s=0.0, unlink_off_rank0=False, db_overlapped=False)
+    else:
+        cal = Calibration()
     site = Cluster()
     if a.mds_ops:
         site.mds_ops_per_s = a.mds_ops
     if a.db_rows:
         cal.db_rows_per_s, cal.r0_db_s = a.db_rows, 1 / a.db_rows
     if a.fixed:
-        cal.files_per_message, cal.unlink_off_rank0, cal.db_overlapped = 32.0, True, True
+        cal.files_per_message = 32.0
     if a.files_per_message:
         cal.files_per_message = a.files_per_message
     CAL_IN_USE[:] = [cal, site]
@@ -328,8 +366,14 @@ def main(argv: list[str] | None = None) -> int:
         f"site: {site.nodes} nodes x {site.ranks_per_node} ranks, metadata {site.mds_ops_per_s:,.0f} ops/s "
         f"({1e3 * site.mds_op_latency_s:.1f} ms/RPC), fsync {1e3 * site.fsync_latency_s:.1f} ms, "
         f"filesystem {site.fs_bytes_per_s / 1e9:.0f} GB/s, NIC {site.node_bytes_per_s / 1e9:.1f} GB/s/node; "
-        f"rank 0 busy {1e3 * rank0_seconds_per_file(cal, site):.2f} ms/file "
+        f"rank 0's loop thread {1e3 * rank0_seconds_per_file(cal, site):.2f} ms/file "
         f"= {1 / rank0_seconds_per_file(cal, site):,.0f} files/s"
+        + (
+            f", recorder thread {1e3 * recorder_seconds_per_file(cal, site):.2f} ms/file, "
+            f"GIL {1e3 * gil_seconds_per_file(cal):.2f} ms/file"
+            if cal.db_overlapped or cal.unlink_off_rank0
+            else ""
+        )
     )
     results = table(cal, site)
     print_results(results, "throughput against ranks (bottleneck model)")

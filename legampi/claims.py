@@ -143,10 +143,11 @@ class Claims:
             nbytes = max(nbytes, int(self.done_bytes / seconds * CLAIM_AHEAD))
         return min(files, MAX_FILES), nbytes
 
-    def more(self, workers: int) -> list[FileTask]:
-        """Claim the next batch for WORKERS workers, in candidate order; [] once none is left for us."""
+    def more(self, workers: int, db: Database | None = None) -> list[FileTask]:
+        """Claim the next batch for WORKERS workers, in candidate order; [] once none is left for us.
+        DB: the connection to claim on, when another thread owns ours (`Recorder.call` passes it)."""
         files, nbytes = self.batch(workers)
-        return self._claim(files, nbytes)
+        return self._claim(files, nbytes, db or self.db)
 
     def all(self) -> list[FileTask]:
         """Claim every candidate left (the static schedule; `plan`), MAX_FILES per transaction."""
@@ -155,7 +156,7 @@ class Claims:
             out += batch
         return out
 
-    def _claim(self, files: int, nbytes: int) -> list[FileTask]:
+    def _claim(self, files: int, nbytes: int, db: Database | None = None) -> list[FileTask]:
         """Up to FILES candidates (fewer once NBYTES are reached, if NBYTES; at least one), claimed;
         candidates others took meanwhile are replaced by the next ones."""
         out: list[FileTask] = []
@@ -171,7 +172,7 @@ class Claims:
                 t = self.waiting.popleft()
                 picked.append(t)
                 size += t.size or 0
-            got = set(self.db.claim([t.file_id for t in picked], self.job_id, retry_failed=self.retry_failed))
+            got = set((db or self.db).claim([t.file_id for t in picked], self.job_id, retry_failed=self.retry_failed))
             mine = [t for t in picked if t.file_id in got]
             self.taken += len(picked) - len(mine)
             size -= sum(t.size or 0 for t in picked if t.file_id not in got)

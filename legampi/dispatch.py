@@ -10,6 +10,7 @@ alone, and this module sees MPI only as the Team's attribute.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ class RankFailed(RuntimeError):
 WORKER_BYTES = 64 * 1024 * 1024  # queued on one worker at most (dynamic schedule), beyond its first two
 WORKER_TASKS = 256
 LOW = 3  # a worker holding fewer tasks than this (running, its tail, queued) makes rank 0 ask for more
+HANDOUT_ENV = "LEGAMPI_HANDOUT"  # "single": refill a worker after every result (benchmarks' A/B baseline)
 CRASH_WAIT = 5.0  # seconds a crashing worker waits for rank 0 to take its report
 log = logging.getLogger("legampi.parallel")
 
@@ -160,12 +162,26 @@ class Dispatch:
         self.held = dict.fromkeys(self.workers, 0)  # bytes outstanding per worker
         self.active = set(self.workers)
         self.stopping = False
+        # Refill a worker once half of what it was last topped up to is done, in one message (tiny files:
+        # ~128 per TASKS message instead of one per result); "single": after every result, as before.
+        self.single = os.environ.get(HANDOUT_ENV, "").strip().lower() == "single"
+        self.topped = dict.fromkeys(self.workers, 0)  # tasks outstanding on each worker after its last top-up
         self.refill()
-        if self.dynamic:  # deal the first files round-robin, one at a time, so small jobs spread over all ranks
+        if self.dynamic:  # deal the first files round-robin, so small jobs spread over all ranks
+            dealt: list[tuple[int, list[Any]]] = []  # in dealing order, one file each
             while self.pending and any(self.wants(w) for w in self.workers):
-                for w in self.workers:
-                    if self.wants(w):
-                        self.feed(w, most=1)
+                dealt += [(w, self._take(w, 1)) for w in self.workers if self.wants(w)]
+            if self.single:  # one message per file, as before
+                for w, part in dealt:
+                    self.team.send(part, w, TASKS)
+            else:  # one message per worker
+                per: dict[int, list[Any]] = {}
+                for w, one in dealt:
+                    per.setdefault(w, []).extend(one)
+                for w, part in per.items():
+                    self.team.send(part, w, TASKS)
+            for w in self.workers:
+                self.topped[w] = len(self.outstanding[w])
         for w in self.workers:
             self.feed(w)
             self.finish_if_idle(w)
@@ -178,14 +194,23 @@ class Dispatch:
             n < 2 or (n < WORKER_TASKS and self.held[w] + self.key(self.pending[0]) <= WORKER_BYTES)
         )
 
-    def feed(self, w: int, most: int | None = None) -> None:
+    def _take(self, w: int, most: int | None = None) -> list[Any]:
+        """Move up to MOST tasks (as many as W wants) from pending to W's book; the caller sends them."""
+        batch: list[Any] = []
+        while self.wants(w) and (most is None or len(batch) < most):
+            t = self.pending.popleft()
+            batch.append(t)
+            self.outstanding[w][ident(t)] = t
+            self.held[w] += self.key(t)
+        return batch
+
+    def feed(self, w: int) -> None:
         if self.dynamic:
-            batch: list[Any] = []
-            while self.wants(w) and (most is None or len(batch) < most):
-                t = self.pending.popleft()
-                batch.append(t)
-                self.outstanding[w][ident(t)] = t
-                self.held[w] += self.key(t)
+            n = len(self.outstanding[w])
+            if not self.single and n >= 2 and n > self.topped[w] // 2:
+                return  # enough queued: wait until half is done, then top up in one message
+            batch = self._take(w)
+            self.topped[w] = len(self.outstanding[w])
         else:
             batch = list(self.queues[w - 1])
             self.queues[w - 1].clear()

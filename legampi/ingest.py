@@ -55,7 +55,8 @@ def run_process(
     and records (`process_files`), the workers stream files. OPTIONS are `ProcessOptions`' fields.
 
     Exit status: 0 when every file handed out was archived (or the job was stopped by a signal and
-    released what it had not started), 1 when some failed, 2 when the job could not start.
+    released what it had not started), 1 when some failed, 2 when the job could not start, 4 when the
+    tracking database was lost mid-run (recorder.LOST_DATABASE).
     """
     opts = ProcessOptions(**options)
     job: Job[Database] = Job(
@@ -128,7 +129,7 @@ def process_files(
     def more(workers: int) -> list[FileTask]:
         first = not claims.claimed
         try:
-            batch = claims.more(workers)
+            batch = recorder.call(lambda db: claims.more(workers, db))  # the recorder thread owns the connection
         except DatabaseError as exc:  # the claim rolled back: finish what is claimed, the next job takes the rest
             log.error("job %s: cannot claim more files (database error: %s); finishing those claimed", job_id, exc)
             return []
@@ -151,7 +152,7 @@ def process_files(
     t0 = time.monotonic()
     with record_crash(recorder, job_id):
         _run(ex, more, on_result, tick, opts, recorder)
-    recorder.flush()
+    recorder.close()
     progress.close()
     recorder.summary.seconds = time.monotonic() - t0
     recorder.summary.taken = claims.taken
@@ -159,14 +160,14 @@ def process_files(
 
 
 def _run(ex: Executor, more: Any, on_result: Any, tick: Any, opts: ProcessOptions, recorder: Recorder) -> None:
-    """Every file MORE claims (in batches, as the workers need them) through EX; a signal or a `config`
-    failure starts (and claims) no new file."""
+    """Every file MORE claims (in batches, as the workers need them) through EX; a signal, a `config`
+    failure or a lost database starts (and claims) no new file."""
     ex.run(
         [],
         on_result,
         tick=tick,
-        # a signal, or a `config` failure: no new files, in-flight ones finish
-        should_stop=lambda: opts.should_stop() or recorder.config_problem is not None,
+        # a signal, a `config` failure or a lost database: no new files, in-flight ones finish
+        should_stop=lambda: opts.should_stop() or recorder.should_stop(),
         schedule=opts.schedule,
         key=lambda t: t.size or 0,
         name=lambda t: t.rel,
@@ -178,6 +179,8 @@ def _finish(recorder: Recorder, tasks: list[FileTask], job_id: str, opts: Proces
     """Release the claimed files that were not started, end the job row, print the summary; the status."""
     import sys
 
+    if recorder.lost is not None:  # nothing can be released or ended in a database that is gone
+        return recorder.end_lost(out)
     leftover = [t.file_id for t in tasks if t.file_id not in recorder.done]
     summary = recorder.summary
     config_problem = recorder.config_problem

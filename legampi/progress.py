@@ -166,7 +166,7 @@ def record_crash(recorder: Any, job_id: str) -> Iterator[None]:
         yield
     except RankFailed as exc:
         try:
-            recorder.flush()
+            recorder.close()
             lines = [*recorder.summary.lines(), f"  CRASHED {exc}"]
             recorder.db.job_end(job_id, 1, "\n".join(lines), recorder.summary.rank_rows())
         except Exception as e:  # noqa: BLE001 - the database may be the problem; the report is in the log

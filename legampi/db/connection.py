@@ -115,8 +115,8 @@ class Connection:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         """Run one statement; a driver error becomes a DatabaseError naming the database."""
-        cur = self.conn.cursor()
         try:
+            cur = self.conn.cursor()  # a closed connection fails here (psycopg2: InterfaceError)
             cur.execute(self._sql(sql), tuple(params))
         except Exception as exc:
             raise self._wrap(exc) from exc

@@ -81,7 +81,7 @@ def test_dispatch_asks_for_more_when_no_task_waits_and_a_worker_runs_low() -> No
     team, source = FakeTeam(), Source([1, 2, 3, 4], [5, 6])
     d = Dispatch(team, [], "dynamic", lambda t: t, str, source)  # type: ignore[arg-type]
     assert source.calls == [2]  # the first batch, for both workers
-    assert team.sent == [(1, TASKS, [4]), (2, TASKS, [3]), (1, TASKS, [2]), (2, TASKS, [1])]
+    assert team.sent == [(1, TASKS, [4, 2]), (2, TASKS, [3, 1])]  # dealt round-robin, one message per worker
     d.settle(1, [4])  # a result from worker 1: nothing waits, it holds one task
     d.refill()
     d.feed(1)
@@ -139,10 +139,10 @@ def test_process_claims_in_batches_and_says_what_others_took(ws: Any, monkeypatc
     ws.db.job_start("other", "process", "h", 2)
     real = Claims.more
 
-    def more_after_another_job(self: Claims, workers: int) -> list[Any]:
+    def more_after_another_job(self: Claims, workers: int, db: Any = None) -> list[Any]:
         if self.waiting and not self.claimed:  # another job takes the next two just before our first batch
             ws.db.claim([t.file_id for t in list(self.waiting)[:2]], "other")
-        return real(self, workers)
+        return real(self, workers, db)
 
     monkeypatch.setattr(Claims, "more", more_after_another_job)
     out = io.StringIO()
@@ -161,10 +161,10 @@ def test_a_database_error_while_claiming_finishes_what_was_claimed(
     and the rest stays for the next job (nothing left `processing`)."""
     real = Claims.more
 
-    def fail_after_first(self: Claims, workers: int) -> list[Any]:
+    def fail_after_first(self: Claims, workers: int, db: Any = None) -> list[Any]:
         if self.claimed:
             raise DatabaseError("server closed the connection unexpectedly")
-        return real(self, workers)
+        return real(self, workers, db)
 
     monkeypatch.setattr(Claims, "more", fail_after_first)
     out = io.StringIO()

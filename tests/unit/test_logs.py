@@ -65,7 +65,7 @@ def _recorder(tmp_path: Path):
     from legampi.ingest import Recorder
 
     cfg = SimpleNamespace(func=SimpleNamespace(batch_size=1000), workspaces=SimpleNamespace(keep_processed=True))
-    rec = Recorder(db=None, cfg=cfg, job_id="job-7")  # type: ignore[arg-type]
+    rec = Recorder(db=None, cfg=cfg, job_id="job-7", threaded=False)  # type: ignore[arg-type]
     rec.datasets = {"F1": "EGAD1", "F2": "EGAD1"}
     return rec
 

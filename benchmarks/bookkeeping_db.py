@@ -213,6 +213,12 @@ def run(kind: str, url: str, base: Path, n: int, profile: bool = False) -> dict[
     """One run on a fresh database at URL (schema created here); returns the row (with 'problems')."""
     from legampi.db import Database
 
+    import legampi.ingest  # noqa: F401 - imported before the clock starts: module loading is not bookkeeping
+    import legampi.manifest  # noqa: F401
+    import legampi.monitor  # noqa: F401
+    import legampi.registration  # noqa: F401
+    import legampi.status  # noqa: F401
+
     row: dict[str, Any] = {"db": kind, "files": n, "problems": []}
     cfg = _config(base, url)
     names = _names(n)

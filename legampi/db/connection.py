@@ -58,6 +58,12 @@ def _iso(value: Any) -> Any:
     return value
 
 
+# PostgreSQL type OIDs of `timestamp` and `timestamptz` (pg_type): the columns `query` turns into ISO text.
+_PG_TIMESTAMPS = frozenset((1114, 1184))
+# Below this many new rows a table's statistics are left to autovacuum (analyze_after_growth).
+_ANALYZE_MIN_ROWS = 1000
+
+
 def chunks(seq: Sequence[_T], n: int) -> Iterator[Sequence[_T]]:
     """Slices of at most N items: statements stay under the backends' parameter limits."""
     for i in range(0, len(seq), n):
@@ -123,10 +129,24 @@ class Connection:
         return cur  # type: ignore[no-any-return]  # the driver's cursor (conn is untyped)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows as dicts keyed by column name, timestamps as ISO strings on both backends."""
+        """Rows as dicts keyed by column name, timestamps as ISO strings on both backends.
+
+        Only PostgreSQL's timestamp columns (told by their type in the cursor's description) are
+        converted: SQLite stores the ISO strings already, and a value-by-value check cost more than
+        the query on large reads (status, monitor passes)."""
         cur = self.execute(sql, params)
         names = [d[0] for d in cur.description]
-        return [{k: _iso(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+        rows = cur.fetchall()
+        stamps = [i for i, d in enumerate(cur.description) if d[1] in _PG_TIMESTAMPS]
+        if not stamps:
+            return [dict(zip(names, row, strict=True)) for row in rows]
+        out = []
+        for row in rows:
+            values = list(row)
+            for i in stamps:
+                values[i] = _iso(values[i])
+            out.append(dict(zip(names, values, strict=True)))
+        return out
 
     def _wrap(self, exc: Exception) -> Exception:
         if isinstance(exc, sqlite3.Error):
@@ -176,6 +196,57 @@ class Connection:
                 + (f" {conflict}" if conflict else "")
             )
             self.execute(sql, [v for row in chunk for v in row])
+
+    def update_from_values(
+        self,
+        table: str,
+        key: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        extra_sets: Sequence[tuple[str, Any]] = (),
+        where: str = "",
+    ) -> None:
+        """Many rows' new values in one statement per 1,000 rows (``UPDATE ... FROM (VALUES ...)``, which
+        SQLite 3.33+ and PostgreSQL share) instead of one UPDATE per row: each row is (KEY value, value of
+        each of COLUMNS), COLUMNS are (name, SQL type) so PostgreSQL casts the VALUES' untyped text;
+        EXTRA_SETS are columns set to one value for all rows; WHERE narrows which rows change."""
+        if not rows:
+            return
+        width = 1 + len(columns)
+        sets = [f"{c} = CAST(v.column{i + 2} AS {t})" for i, (c, t) in enumerate(columns)]
+        sets += [f"{c} = ?" for c, _v in extra_sets]
+        for chunk in chunks(list(rows), 1000):
+            sql = (
+                f"UPDATE {table} SET {', '.join(sets)} FROM (VALUES "
+                + ",".join(["(" + marks(width) + ")"] * len(chunk))
+                + f") AS v WHERE {table}.{key} = v.column1"
+                + (f" AND {where}" if where else "")
+            )
+            keyed, keys = self.key_filter(table, key, [row[0] for row in chunk])
+            self.execute(sql + keyed, [*(v for _c, v in extra_sets), *(x for row in chunk for x in row), *keys])
+
+    def key_filter(self, table: str, key: str, keys: Sequence[Any]) -> tuple[str, list[Any]]:
+        """What to add to an ``UPDATE TABLE ... FROM (VALUES ...) WHERE TABLE.KEY = v.column1`` on
+        PostgreSQL: the same keys again as an IN list. PostgreSQL plans the join with VALUES as a hash
+        join over a sequential scan of TABLE (a whole-table read per batch, whose cost grows with the
+        archive); the IN list makes it an index scan on KEY. SQLite already loops over VALUES and
+        probes KEY's index, so nothing is added there."""
+        if self.backend != "postgresql":
+            return "", []
+        return f" AND {table}.{key} IN ({marks(len(keys))})", list(keys)
+
+    def analyze_after_growth(self, table: str, added: int) -> None:
+        """PostgreSQL: refresh the planner's statistics of TABLE now when ADDED rows are 10 % or more of
+        the rows it last counted (autovacuum's own rule, applied at once instead of within its next
+        minute). With stale statistics a freshly filled table looks nearly empty, and every keyed
+        UPDATE or IN-list read that follows (monitor passes, claims, results) scans it whole.
+        SQLite's planner uses its indexes without statistics: nothing to do there."""
+        if self.backend != "postgresql" or added < _ANALYZE_MIN_ROWS:
+            return
+        rows = self.query("SELECT reltuples FROM pg_class WHERE oid = CAST(? AS regclass)", (table,))
+        known = float(rows[0]["reltuples"]) if rows else -1.0
+        if known < 0 or added >= 0.1 * known:
+            self.execute(f"ANALYZE {table}")
 
     def add_events(self, events: Iterable[Event], job_id: str | None = None, at: str | None = None) -> None:
         """Append audit events, all stamped with one time (AT, or now) and JOB_ID."""

@@ -70,12 +70,13 @@ class ResultsMixin(JobsMixin, FilesMixin):
             ]
             for chunk in chunks(ok, 200):
                 ph = ",".join(["(" + marks(len(_RESULT_COLUMNS)) + ")"] * len(chunk))
+                keyed, keys = self.key_filter("file", "file_id", [x.file_id for x in chunk])
                 self.execute(
                     f"UPDATE file SET {_RESULT_SETS}, md5 = coalesce(file.md5, CAST(v.column3 AS TEXT)), "
                     f"sha256 = coalesce(file.sha256, CAST(v.column4 AS TEXT)), "
                     f"claimed_by = NULL, claimed_at = NULL, updated_at = ? FROM (VALUES {ph}) AS v "
-                    f"WHERE file.file_id = v.column1",
-                    [ts, *(v for x in chunk for v in _result_values(x))],
+                    f"WHERE file.file_id = v.column1{keyed}",
+                    [ts, *(v for x in chunk for v in _result_values(x)), *keys],
                 )
             self.add_events(
                 [Event(x.file_id, rows[x.file_id]["dataset_id"], x.status, x.status, _result_details(x)) for x in ok],

@@ -606,10 +606,11 @@ def report_db_only(a: argparse.Namespace, rows: list[dict]) -> int:
     phases = bookkeeping_db.PHASES
     table = [
         [r["db"], str(r["files"]), *(_f(r.get(f"{p}_s"), "{:.3f}") for p in phases), _f(r.get("total_s"), "{:.3f}"),
-         _f(r.get("fps")), "ok" if not r["problems"] else "FAILED"]
+         _f(r.get("cpu_s"), "{:.3f}"), _f(r.get("server_cpu_s"), "{:.3f}"), _f(r.get("fps")),
+         "ok" if not r["problems"] else "FAILED"]
         for r in rows
     ]  # fmt: skip
-    print_table(table, ["db", "files", *phases, "total s", "files/s", "check"])
+    print_table(table, ["db", "files", *phases, "total s", "CPU s", "server CPU s", "files/s", "check"])
     for r in rows:
         for p in r["problems"]:
             print(f"FAILED {r['db']}: {p}", file=sys.stderr)

@@ -195,10 +195,29 @@ def check(db: Any, n: int) -> list[str]:
     return problems
 
 
+def _server_cpu(db: Any) -> Callable[[], float]:
+    """CPU seconds so far of the PostgreSQL backend serving DB, read from /proc (a local server), or a
+    clock that stays at 0 (SQLite runs in this process; a remote server's CPU cannot be read)."""
+    if db.backend != "postgresql":
+        return lambda: 0.0
+    pid = db.query("SELECT pg_backend_pid() AS pid")[0]["pid"]
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = Path(f"/proc/{pid}/stat")
+
+    def read() -> float:
+        try:
+            fields = stat.read_text(encoding="ascii").rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    return read
+
+
 def _timed(
-    row: dict[str, Any], phase: str, fn: Callable[[], Any], prof: cProfile.Profile | None
+    row: dict[str, Any], phase: str, fn: Callable[[], Any], prof: cProfile.Profile | None, server: Callable[[], float]
 ) -> Any:
-    t0 = time.perf_counter()
+    t0, c0, s0 = time.perf_counter(), time.process_time(), server()
     if prof is not None:
         prof.enable()
     try:
@@ -207,6 +226,8 @@ def _timed(
         if prof is not None:
             prof.disable()
         row[f"{phase}_s"] = round(time.perf_counter() - t0, 4)
+        row[f"{phase}_cpu_s"] = round(time.process_time() - c0, 4)  # this process (with SQLite: all of it)
+        row[f"{phase}_server_cpu_s"] = round(server() - s0, 4)  # the PostgreSQL backend serving it
 
 
 def run(kind: str, url: str, base: Path, n: int, profile: bool = False) -> dict[str, Any]:
@@ -229,12 +250,13 @@ def run(kind: str, url: str, base: Path, n: int, profile: bool = False) -> dict[
     job_id = f"bench-{os.getpid()}"
     try:
         db.init_schema(cfg.func.extensions)
-        _timed(row, "register", lambda: _phase_register(db, cfg, manifest), prof)
-        row["monitor_passes"] = _timed(row, "monitor", lambda: _phase_monitor(db, cfg, names), prof)
-        claimed = _timed(row, "claim", lambda: _phase_claim(db, names, job_id), prof)
+        srv = _server_cpu(db)
+        _timed(row, "register", lambda: _phase_register(db, cfg, manifest), prof, srv)
+        row["monitor_passes"] = _timed(row, "monitor", lambda: _phase_monitor(db, cfg, names), prof, srv)
+        claimed = _timed(row, "claim", lambda: _phase_claim(db, names, job_id), prof, srv)
         results = _results(claimed, base)  # what the workers would send: not bookkeeping, not timed
-        _timed(row, "record", lambda: _phase_record(db, cfg, results, job_id), prof)
-        _timed(row, "status", lambda: _phase_status(db), prof)
+        _timed(row, "record", lambda: _phase_record(db, cfg, results, job_id), prof, srv)
+        _timed(row, "status", lambda: _phase_status(db), prof, srv)
         row["problems"] += check(db, n)
     except Exception as exc:  # noqa: BLE001 - a broken run is reported as a failed row, not hidden
         row["problems"].append(f"{type(exc).__name__}: {exc}")
@@ -242,6 +264,8 @@ def run(kind: str, url: str, base: Path, n: int, profile: bool = False) -> dict[
         db.close()
     total = sum(row.get(f"{p}_s", 0.0) for p in PHASES)
     row["total_s"] = round(total, 4)
+    row["cpu_s"] = round(sum(row.get(f"{p}_cpu_s", 0.0) for p in PHASES), 4)
+    row["server_cpu_s"] = round(sum(row.get(f"{p}_server_cpu_s", 0.0) for p in PHASES), 4)
     row["fps"] = n / total if total and not row["problems"] else None
     for p in PHASES:
         if row.get(f"{p}_s"):

@@ -68,7 +68,7 @@ def run_pass(
     file_names = share(listing, branches, branch) if branches > 1 else sorted(listing)
     tracking = db.tracking()
     # only the columns a pass reads (every pass reads every file in receiving: keep the rows small)
-    rows = db.files(names=file_names, columns=("file_id", "dataset_id", "file_name", "status"))
+    rows = db.files(names=file_names, columns=("file_id", "dataset_id", "file_name", "status", "size"))
     registered = {f["file_name"]: f for f in rows}
     now = clock()
     report = PassReport()

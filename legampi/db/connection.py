@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
@@ -58,8 +59,35 @@ def _iso(value: Any) -> Any:
     return value
 
 
-# PostgreSQL type OIDs of `timestamp` and `timestamptz` (pg_type): the columns `query` turns into ISO text.
-_PG_TIMESTAMPS = frozenset((1114, 1184))
+# PostgreSQL type OIDs (pg_type) of `timestamp`, which `query` turns into ISO text, and of `timestamptz`,
+# every timestamp column of the schema, which the connection reads as ISO text at once (_stamps_as_text).
+_PG_TIMESTAMPS = frozenset((1114,))
+_PG_TIMESTAMPTZ = 1184
+# timestamptz as PostgreSQL writes it in a UTC session with DateStyle ISO: the seconds' fraction has
+# no trailing zeros (none at all on a whole second) and the offset is "+00".
+_PG_UTC_TEXT = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?\+00")
+
+
+def _stamps_as_text(pg: Any) -> None:
+    """Read this connection's timestamptz values as the ISO strings SQLite returns, straight from
+    PostgreSQL's text: building a datetime per value and formatting it again cost more than the query
+    on large reads (a monitor pass reads every tracked file's two timestamps). The session's time zone
+    is UTC so the text needs no arithmetic; text in any other form (a pooler that drops the setting)
+    takes the driver's own parser and `_iso`."""
+    import psycopg2.extensions as ext
+
+    pg.cursor().execute("SET TIME ZONE 'UTC'")
+
+    def cast(value: str | None, cur: Any) -> str | None:
+        if value is None:
+            return None
+        m = _PG_UTC_TEXT.fullmatch(value)
+        if m is None:
+            return _iso(ext.PYDATETIMETZ(value, cur))  # type: ignore[no-any-return]
+        day, clock, frac = m.groups()
+        return f"{day}T{clock}.{(frac or '').ljust(6, '0')}+00:00"
+
+    ext.register_type(ext.new_type((_PG_TIMESTAMPTZ,), "LEGAMPI_TIMESTAMPTZ_ISO", cast), pg)
 # Below this many new rows a table's statistics are left to autovacuum (analyze_after_growth).
 _ANALYZE_MIN_ROWS = 1000
 
@@ -109,6 +137,11 @@ class Connection:
                 msg = msg.replace(cfg.password.reveal(), "<hidden>")
             raise DatabaseError(f"cannot connect to PostgreSQL {label}: {msg}") from None
         pg.autocommit = True
+        try:
+            _stamps_as_text(pg)
+        except psycopg2.Error as exc:
+            pg.close()
+            raise DatabaseError(f"cannot set up the PostgreSQL session {label}: {type(exc).__name__}") from None
         return cls(pg, "postgresql", label)
 
     def close(self) -> None:

@@ -43,14 +43,15 @@ class TrackingMixin(FilesMixin):
             )
             for chunk in chunks(list(forget), 500):
                 self.execute(f"DELETE FROM trackingtable WHERE name IN ({marks(len(chunk))})", chunk)
-            moved_names = {f["file_name"] for f in moved}
             # a size from the manifest is kept; the observed size only fills a gap, and only once the
-            # transfer has finished (a growing file's first partial size must not stick)
+            # transfer has finished (a growing file's first partial size must not stick). A moved row read
+            # with its size known is skipped: a known size is never unset (amend only replaces it).
+            gaps = {f["file_name"] for f in moved if f.get("size") is None}
             self.update_from_values(
                 "file",
                 "file_name",
                 (("size", "BIGINT"),),
-                [(name, size) for name, size in sizes.items() if name in moved_names],
+                [(name, size) for name, size in sizes.items() if name in gaps],
                 where="file.size IS NULL",
             )
             seen = self.files(names=[r[0] for r in new_rows], columns=("dataset_id",)) if new_rows else []

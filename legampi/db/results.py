@@ -63,22 +63,24 @@ class ResultsMixin(JobsMixin, FilesMixin):
             return []
         ts = now()
         with self.transaction():
-            # one statement per 200 results writes them and says which rows it changed (RETURNING): the
-            # rows still claimed by this job, so no separate read of the claims is needed
-            mine = "" if job_id is None else " AND file.claimed_by = ?"
-            dataset_of: dict[str, str] = {}
-            for chunk in chunks(results, 200):
+            ids = [x.file_id for x in results]
+            rows = {r["file_id"]: r for r in self.files(file_ids=ids, columns=("file_id", "dataset_id", "claimed_by"))}
+            ok = [
+                x for x in results if x.file_id in rows and (job_id is None or rows[x.file_id]["claimed_by"] == job_id)
+            ]
+            # (the claims are read first, not filtered in the UPDATE: PostgreSQL's statistics from before
+            # the claims say no row has this claimed_by, and it then plans a nested loop over VALUES)
+            for chunk in chunks(ok, 200):
                 ph = ",".join(["(" + marks(len(_RESULT_COLUMNS)) + ")"] * len(chunk))
                 keyed, keys = self.key_filter("file", "file_id", [x.file_id for x in chunk])
-                cur = self.execute(
+                self.execute(
                     f"UPDATE file SET {_RESULT_SETS}, md5 = coalesce(file.md5, CAST(v.column3 AS TEXT)), "
                     f"sha256 = coalesce(file.sha256, CAST(v.column4 AS TEXT)), "
                     f"claimed_by = NULL, claimed_at = NULL, updated_at = ? FROM (VALUES {ph}) AS v "
-                    f"WHERE file.file_id = v.column1{mine}{keyed} RETURNING file.file_id, file.dataset_id",
-                    [ts, *(v for x in chunk for v in _result_values(x)), *([] if job_id is None else [job_id]), *keys],
+                    f"WHERE file.file_id = v.column1{keyed}",
+                    [ts, *(v for x in chunk for v in _result_values(x)), *keys],
                 )
-                dataset_of.update((r[0], r[1]) for r in cur.fetchall())
-            ok = [x for x in results if x.file_id in dataset_of]
+            dataset_of = {x.file_id: rows[x.file_id]["dataset_id"] for x in ok}
             self.add_events(
                 [Event(x.file_id, dataset_of[x.file_id], x.status, x.status, _result_details(x)) for x in ok],
                 job_id,

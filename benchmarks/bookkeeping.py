@@ -452,6 +452,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pg-dsn", default=PG_DSN, help=f"PostgreSQL database for the throwaway schema (default {PG_DSN})")
     p.add_argument("--mode", choices=["full", "header"], default="full", help="[crypto] reencrypt")
     p.add_argument("--profile", action="store_true", help="cProfile ranks 0 and 1; print top functions")
+    p.add_argument(
+        "--one-commit",
+        action="store_true",
+        help="with --db-only: each batch's source-removed events written with the next batch's results "
+        "(record_results(..., events=...)), one commit per batch instead of two",
+    )
     p.add_argument("--smoke", action="store_true", help="300 files on both databases, seconds")
     p.add_argument(
         "--db-only",
@@ -576,7 +582,7 @@ def main_db_only(a: argparse.Namespace) -> int:
         "argv": sys.argv[1:],
         "note": a.note,
         "machine": machine_info(),
-        "config": {"files": a.files, "dbs": a.dbs, "profile": a.profile},
+        "config": {"files": a.files, "dbs": a.dbs, "profile": a.profile, "one_commit": a.one_commit},
     }
     print(f"work folder: {work}{' (kept)' if a.keep else ''}")
     rows = []
@@ -585,7 +591,7 @@ def main_db_only(a: argparse.Namespace) -> int:
             base = work / f"run-{kind}"
             try:
                 with database(kind, base, a.pg_dsn) as url:
-                    rows.append(bookkeeping_db.run(kind, url, base, a.files, a.profile))
+                    rows.append(bookkeeping_db.run(kind, url, base, a.files, a.profile, a.one_commit))
             except Exception as exc:  # noqa: BLE001 - a broken run is reported as a failed row, not hidden
                 rows.append({"db": kind, "files": a.files, "problems": [f"{type(exc).__name__}: {exc}"]})
     finally:
@@ -602,7 +608,10 @@ def report_db_only(a: argparse.Namespace, rows: list[dict]) -> int:
     """The --db-only table: seconds per phase and files/s overall; 1 on a failed check (or a missed
     target with --fail-on-target, never in a smoke run)."""
     goal = bookkeeping_db.TARGET_FILES_PER_S
-    print(f"\n== bookkeeping alone (database only): {a.files} files; seconds per phase" + target(a, f">= {goal:.0f} files/s"))
+    print(
+        f"\n== bookkeeping alone (database only): {a.files} files; seconds per phase"
+        + target(a, f">= {goal:.0f} files/s")
+    )
     phases = bookkeeping_db.PHASES
     table = [
         [r["db"], str(r["files"]), *(_f(r.get(f"{p}_s"), "{:.3f}") for p in phases), _f(r.get("total_s"), "{:.3f}"),

@@ -78,16 +78,19 @@ def _stamps_as_text(pg: Any) -> None:
 
     pg.cursor().execute("SET TIME ZONE 'UTC'")
 
-    def cast(value: str | None, cur: Any) -> str | None:
+    def cast(value: str | bytes | None, cur: Any) -> str | None:
         if value is None:
             return None
-        m = _PG_UTC_TEXT.fullmatch(value)
+        text = value.decode("ascii") if isinstance(value, bytes) else value
+        m = _PG_UTC_TEXT.fullmatch(text)
         if m is None:
-            return _iso(ext.PYDATETIMETZ(value, cur))  # type: ignore[no-any-return]
+            return _iso(ext.PYDATETIMETZ(text, cur))  # type: ignore[no-any-return]
         day, clock, frac = m.groups()
         return f"{day}T{clock}.{(frac or '').ljust(6, '0')}+00:00"
 
     ext.register_type(ext.new_type((_PG_TIMESTAMPTZ,), "LEGAMPI_TIMESTAMPTZ_ISO", cast), pg)
+
+
 # Below this many new rows a table's statistics are left to autovacuum (analyze_after_growth).
 _ANALYZE_MIN_ROWS = 1000
 

@@ -54,15 +54,20 @@ R = TypeVar("R", bound=Result)
 class ResultsMixin(JobsMixin, FilesMixin):
     """record_results (process, recovery) and record_rekeys (rekey)."""
 
-    def record_results(self, results: Sequence[R], job_id: str | None) -> list[R]:
+    def record_results(self, results: Sequence[R], job_id: str | None, events: Sequence[Event] = ()) -> list[R]:
         """Write a batch of FileResults in one transaction; returns those recorded as available.
 
         Only rows still claimed by this job are updated (a released or re-claimed file is not overwritten).
+        EVENTS (e.g. the previous batch's `source-removed`) are appended in the same transaction: one
+        commit, so one log flush (fsync) per batch instead of two.
         """
         if not results:
+            if events:
+                self.add_events(events, job_id)
             return []
         ts = now()
         with self.transaction():
+            self.add_events(events, job_id, ts)
             ids = [x.file_id for x in results]
             rows = {r["file_id"]: r for r in self.files(file_ids=ids, columns=("file_id", "dataset_id", "claimed_by"))}
             ok = [

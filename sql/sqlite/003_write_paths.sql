@@ -1,4 +1,4 @@
--- legampi schema migration 003 (version 2 -> 3), PostgreSQL: one index for "files of a dataset in a status".
+-- legampi schema migration 003 (version 2 -> 3), SQLite: what a job's batched writes need (issue 15).
 -- Applied by `legampi init-db` after 002_archive_names.sql.
 --
 -- Every recorded batch asks whether a dataset still has files waiting (its date_processing_end is set

@@ -8,7 +8,6 @@ the final name appears only through os.link, which never replaces an existing fi
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import os
 import re
@@ -342,14 +341,7 @@ def _longest_temp(final: str) -> str:
     return temp_name(final).replace(f"{TEMP_MARKER}{os.getpid()}-", f"{TEMP_MARKER}{PID_MAX_LIMIT}-", 1)
 
 
-@functools.lru_cache(maxsize=1)
-def _longest_temp_around() -> tuple[str, str]:
-    """What _longest_temp puts before and after a name (computed once: register checks every name)."""
-    before, after = _longest_temp("\x00").split("\x00")
-    return before, after
-
-
-def _bytes(name: str) -> int:
+def _nbytes(name: str) -> int:
     return len(os.fsencode(name))
 
 
@@ -369,19 +361,19 @@ def name_limits_problem(
     arch = PurePosixPath(arch_name if arch_name is not None else archive_name(file_name, extensions))
     leaf = arch.name
     derived = [leaf, *(leaf + s for s in SIDECAR_SUFFIXES)]
-    before, after = _longest_temp_around()
+    before, after = _longest_temp("\x00").split("\x00")  # one temp name, not one per derived name
     places = [
         ("processing", processing, src.parent, [src.name, f".{src.name}{MOVE_MARKER}{PID_MAX_LIMIT}"]),
         # each temp name is longer than the name it stands for: the longest derived name's temp is the longest
-        ("end_storage", end_storage, arch.parent, [before + max(derived, key=_bytes) + after]),
+        ("end_storage", end_storage, arch.parent, [before + max(derived, key=_nbytes) + after]),
     ]
     if quarantine is not None:
         places.append(("quarantine", quarantine, src.parent, [src.name + QUARANTINE_SUFFIX]))
     for label, fs, parent, names in places:
         dirs = [] if str(parent) == "." else list(parent.parts)
-        longest = max(names, key=_bytes)
+        longest = max(names, key=_nbytes)
         for part in [*dirs, longest]:
-            n = _bytes(part)
+            n = _nbytes(part)
             if fs.name_max is not None and n > fs.name_max:
                 what = "folder name" if part in dirs else "longest name legampi derives from it"
                 return (

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Run as a script: this folder is first on sys.path, so the siblings import.
+import bookkeeping_db
 import datagen
 from datagen import KeySet
 from ingest import _tool, machine_info, write_legampi_config
@@ -451,7 +452,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pg-dsn", default=PG_DSN, help=f"PostgreSQL database for the throwaway schema (default {PG_DSN})")
     p.add_argument("--mode", choices=["full", "header"], default="full", help="[crypto] reencrypt")
     p.add_argument("--profile", action="store_true", help="cProfile ranks 0 and 1; print top functions")
+    p.add_argument(
+        "--one-commit",
+        action="store_true",
+        help="with --db-only: each batch's source-removed events written with the next batch's results "
+        "(record_results(..., events=...)), one commit per batch instead of two",
+    )
     p.add_argument("--smoke", action="store_true", help="300 files on both databases, seconds")
+    p.add_argument(
+        "--db-only",
+        action="store_true",
+        help="bookkeeping alone: the tracking-database work per file through legampi's code, no file IO, "
+        f"crypto or MPI (bookkeeping_db.py; target >= {bookkeeping_db.TARGET_FILES_PER_S:.0f} files/s)",
+    )
     p.add_argument("--fail-on-target", action="store_true", help=f"exit 1 below {TARGET_FILES_PER_S:.0f} files/s")
     p.add_argument("--workdir", type=Path, help="work folder (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -516,6 +529,8 @@ def bench_one(a: argparse.Namespace, work: Path, kind: str, keys: KeySet, entrie
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.db_only:
+        return main_db_only(a)
     work = workdir_for(a.workdir, "legampi-bookkeeping-")
     result: dict = {
         "benchmark": "bookkeeping",
@@ -556,6 +571,69 @@ def main(argv: list[str] | None = None) -> int:
     code = report(a, rows)
     write_json(a.json, "bookkeeping", result)
     return code
+
+
+def main_db_only(a: argparse.Namespace) -> int:
+    """--db-only: each database in turn, fresh, in this process (bookkeeping_db.py says what is timed)."""
+    work = workdir_for(a.workdir, "legampi-bookkeeping-")
+    result: dict = {
+        "benchmark": "bookkeeping-db-only",
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "note": a.note,
+        "machine": machine_info(),
+        "config": {"files": a.files, "dbs": a.dbs, "profile": a.profile, "one_commit": a.one_commit},
+    }
+    print(f"work folder: {work}{' (kept)' if a.keep else ''}")
+    rows = []
+    try:
+        for kind in a.dbs:
+            base = work / f"run-{kind}"
+            try:
+                with database(kind, base, a.pg_dsn) as url:
+                    rows.append(bookkeeping_db.run(kind, url, base, a.files, a.profile, a.one_commit))
+            except Exception as exc:  # noqa: BLE001 - a broken run is reported as a failed row, not hidden
+                rows.append({"db": kind, "files": a.files, "problems": [f"{type(exc).__name__}: {exc}"]})
+    finally:
+        if not a.keep:
+            shutil.rmtree(work)
+    result["results"] = rows
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    code = report_db_only(a, rows)
+    write_json(a.json, "bookkeeping-db-only", result)
+    return code
+
+
+def report_db_only(a: argparse.Namespace, rows: list[dict]) -> int:
+    """The --db-only table: seconds per phase and files/s overall; 1 on a failed check (or a missed
+    target with --fail-on-target, never in a smoke run)."""
+    goal = bookkeeping_db.TARGET_FILES_PER_S
+    print(
+        f"\n== bookkeeping alone (database only): {a.files} files; seconds per phase"
+        + target(a, f">= {goal:.0f} files/s")
+    )
+    phases = bookkeeping_db.PHASES
+    table = [
+        [r["db"], str(r["files"]), *(_f(r.get(f"{p}_s"), "{:.3f}") for p in phases), _f(r.get("total_s"), "{:.3f}"),
+         _f(r.get("cpu_s"), "{:.3f}"), _f(r.get("server_cpu_s"), "{:.3f}"), _f(r.get("fps")),
+         "ok" if not r["problems"] else "FAILED"]
+        for r in rows
+    ]  # fmt: skip
+    print_table(table, ["db", "files", *phases, "total s", "CPU s", "server CPU s", "files/s", "check"])
+    for r in rows:
+        for p in r["problems"]:
+            print(f"FAILED {r['db']}: {p}", file=sys.stderr)
+        if r.get("profile_text"):
+            print(f"\n-- profile {r['db']} (cProfile over the timed phases, top by own time)\n{r['profile_text']}")
+    missed = [r["db"] for r in rows if not r["problems"] and (r.get("fps") or 0) < goal]
+    if a.smoke:
+        missed = []
+        print(SMOKE_NOTE)
+    elif missed:
+        print(f"below target ({goal:.0f} files/s, database only) on: {', '.join(missed)}")
+    if any(r["problems"] for r in rows):
+        return 1
+    return 1 if missed and a.fail_on_target else 0
 
 
 def _f(x: float | None, fmt: str = "{:.0f}") -> str:

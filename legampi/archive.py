@@ -341,31 +341,39 @@ def _longest_temp(final: str) -> str:
     return temp_name(final).replace(f"{TEMP_MARKER}{os.getpid()}-", f"{TEMP_MARKER}{PID_MAX_LIMIT}-", 1)
 
 
+def _nbytes(name: str) -> int:
+    return len(os.fsencode(name))
+
+
 def name_limits_problem(
     file_name: str,
     extensions: tuple[str, ...] | list[str],
     processing: FsLimits,
     end_storage: FsLimits,
     quarantine: FsLimits | None = None,
+    arch_name: str | None = None,
 ) -> str | None:
     """Why REL can never be archived within these file systems' limits, or None when every name legampi
     derives from it fits: the source and monitor's move temp in processing; the archive name, its
-    sidecars and rekey marker and the temp names of all of them in end_storage; a quarantined copy."""
+    sidecars and rekey marker and the temp names of all of them in end_storage; a quarantined copy.
+    ARCH_NAME: archive_name(file_name, extensions) when the caller has it already."""
     src = check_rel(file_name)
-    arch = PurePosixPath(archive_name(file_name, extensions))
+    arch = PurePosixPath(arch_name if arch_name is not None else archive_name(file_name, extensions))
     leaf = arch.name
     derived = [leaf, *(leaf + s for s in SIDECAR_SUFFIXES)]
+    before, after = _longest_temp("\x00").split("\x00")  # one temp name, not one per derived name
     places = [
         ("processing", processing, src.parent, [src.name, f".{src.name}{MOVE_MARKER}{PID_MAX_LIMIT}"]),
-        ("end_storage", end_storage, arch.parent, derived + [_longest_temp(n) for n in derived]),
+        # each temp name is longer than the name it stands for: the longest derived name's temp is the longest
+        ("end_storage", end_storage, arch.parent, [before + max(derived, key=_nbytes) + after]),
     ]
     if quarantine is not None:
         places.append(("quarantine", quarantine, src.parent, [src.name + QUARANTINE_SUFFIX]))
     for label, fs, parent, names in places:
         dirs = [] if str(parent) == "." else list(parent.parts)
-        longest = max(names, key=lambda n: len(os.fsencode(n)))
+        longest = max(names, key=_nbytes)
         for part in [*dirs, longest]:
-            n = len(os.fsencode(part))
+            n = _nbytes(part)
             if fs.name_max is not None and n > fs.name_max:
                 what = "folder name" if part in dirs else "longest name legampi derives from it"
                 return (

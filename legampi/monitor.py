@@ -67,7 +67,9 @@ def run_pass(
     listing = dict(scan(receiving))
     file_names = share(listing, branches, branch) if branches > 1 else sorted(listing)
     tracking = db.tracking()
-    registered = {f["file_name"]: f for f in db.files(names=file_names)}
+    # only the columns a pass reads (every pass reads every file in receiving: keep the rows small)
+    rows = db.files(names=file_names, columns=("file_id", "dataset_id", "file_name", "status", "size"))
+    registered = {f["file_name"]: f for f in rows}
     now = clock()
     report = PassReport()
     upserts, moved, sizes = [], [], {}

@@ -35,7 +35,7 @@ def prepare(entries: list[dict[str, Any]], cfg: Config, source: str) -> list[dic
         where = f"{source}:{e['line']}"
         try:
             arch = archive.archive_name(e["file_name"], exts)
-            problem = archive.name_limits_problem(e["file_name"], exts, processing, end_storage, quarantine)
+            problem = archive.name_limits_problem(e["file_name"], exts, processing, end_storage, quarantine, arch)
             problem = problem or (storage.key_problem(s3, arch) if s3 else None)
         except IngestError as exc:
             raise ManifestError(f"{where}: {exc.message}") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
@@ -56,6 +57,42 @@ def _iso(value: Any) -> Any:
             value = value.replace(tzinfo=_dt.timezone.utc)
         return value.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
     return value
+
+
+# PostgreSQL type OIDs (pg_type) of `timestamp`, which `query` turns into ISO text, and of `timestamptz`,
+# every timestamp column of the schema, which the connection reads as ISO text at once (_stamps_as_text).
+_PG_TIMESTAMPS = frozenset((1114,))
+_PG_TIMESTAMPTZ = 1184
+# timestamptz as PostgreSQL writes it in a UTC session with DateStyle ISO: the seconds' fraction has
+# no trailing zeros (none at all on a whole second) and the offset is "+00".
+_PG_UTC_TEXT = re.compile(r"(\d{4}-\d\d-\d\d) (\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?\+00")
+
+
+def _stamps_as_text(pg: Any) -> None:
+    """Read this connection's timestamptz values as the ISO strings SQLite returns, straight from
+    PostgreSQL's text: building a datetime per value and formatting it again cost more than the query
+    on large reads (a monitor pass reads every tracked file's two timestamps). The session's time zone
+    is UTC so the text needs no arithmetic; text in any other form (a pooler that drops the setting)
+    takes the driver's own parser and `_iso`."""
+    import psycopg2.extensions as ext
+
+    pg.cursor().execute("SET TIME ZONE 'UTC'")
+
+    def cast(value: str | bytes | None, cur: Any) -> str | None:
+        if value is None:
+            return None
+        text = value.decode("ascii") if isinstance(value, bytes) else value
+        m = _PG_UTC_TEXT.fullmatch(text)
+        if m is None:
+            return _iso(ext.PYDATETIMETZ(text, cur))  # type: ignore[no-any-return]
+        day, clock, frac = m.groups()
+        return f"{day}T{clock}.{(frac or '').ljust(6, '0')}+00:00"
+
+    ext.register_type(ext.new_type((_PG_TIMESTAMPTZ,), "LEGAMPI_TIMESTAMPTZ_ISO", cast), pg)
+
+
+# Below this many new rows a table's statistics are left to autovacuum (analyze_after_growth).
+_ANALYZE_MIN_ROWS = 1000
 
 
 def chunks(seq: Sequence[_T], n: int) -> Iterator[Sequence[_T]]:
@@ -103,6 +140,11 @@ class Connection:
                 msg = msg.replace(cfg.password.reveal(), "<hidden>")
             raise DatabaseError(f"cannot connect to PostgreSQL {label}: {msg}") from None
         pg.autocommit = True
+        try:
+            _stamps_as_text(pg)
+        except psycopg2.Error as exc:
+            pg.close()
+            raise DatabaseError(f"cannot set up the PostgreSQL session {label}: {type(exc).__name__}") from None
         return cls(pg, "postgresql", label)
 
     def close(self) -> None:
@@ -123,10 +165,24 @@ class Connection:
         return cur  # type: ignore[no-any-return]  # the driver's cursor (conn is untyped)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Rows as dicts keyed by column name, timestamps as ISO strings on both backends."""
+        """Rows as dicts keyed by column name, timestamps as ISO strings on both backends.
+
+        Only PostgreSQL's timestamp columns (told by their type in the cursor's description) are
+        converted: SQLite stores the ISO strings already, and a value-by-value check cost more than
+        the query on large reads (status, monitor passes)."""
         cur = self.execute(sql, params)
         names = [d[0] for d in cur.description]
-        return [{k: _iso(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+        rows = cur.fetchall()
+        stamps = [i for i, d in enumerate(cur.description) if d[1] in _PG_TIMESTAMPS]
+        if not stamps:
+            return [dict(zip(names, row, strict=True)) for row in rows]
+        out = []
+        for row in rows:
+            values = list(row)
+            for i in stamps:
+                values[i] = _iso(values[i])
+            out.append(dict(zip(names, values, strict=True)))
+        return out
 
     def _wrap(self, exc: Exception) -> Exception:
         if isinstance(exc, sqlite3.Error):
@@ -176,6 +232,57 @@ class Connection:
                 + (f" {conflict}" if conflict else "")
             )
             self.execute(sql, [v for row in chunk for v in row])
+
+    def update_from_values(
+        self,
+        table: str,
+        key: str,
+        columns: Sequence[tuple[str, str]],
+        rows: Sequence[Sequence[Any]],
+        extra_sets: Sequence[tuple[str, Any]] = (),
+        where: str = "",
+    ) -> None:
+        """Many rows' new values in one statement per 1,000 rows (``UPDATE ... FROM (VALUES ...)``, which
+        SQLite 3.33+ and PostgreSQL share) instead of one UPDATE per row: each row is (KEY value, value of
+        each of COLUMNS), COLUMNS are (name, SQL type) so PostgreSQL casts the VALUES' untyped text;
+        EXTRA_SETS are columns set to one value for all rows; WHERE narrows which rows change."""
+        if not rows:
+            return
+        width = 1 + len(columns)
+        sets = [f"{c} = CAST(v.column{i + 2} AS {t})" for i, (c, t) in enumerate(columns)]
+        sets += [f"{c} = ?" for c, _v in extra_sets]
+        for chunk in chunks(list(rows), 1000):
+            sql = (
+                f"UPDATE {table} SET {', '.join(sets)} FROM (VALUES "
+                + ",".join(["(" + marks(width) + ")"] * len(chunk))
+                + f") AS v WHERE {table}.{key} = v.column1"
+                + (f" AND {where}" if where else "")
+            )
+            keyed, keys = self.key_filter(table, key, [row[0] for row in chunk])
+            self.execute(sql + keyed, [*(v for _c, v in extra_sets), *(x for row in chunk for x in row), *keys])
+
+    def key_filter(self, table: str, key: str, keys: Sequence[Any]) -> tuple[str, list[Any]]:
+        """What to add to an ``UPDATE TABLE ... FROM (VALUES ...) WHERE TABLE.KEY = v.column1`` on
+        PostgreSQL: the same keys again as an IN list. PostgreSQL plans the join with VALUES as a hash
+        join over a sequential scan of TABLE (a whole-table read per batch, whose cost grows with the
+        archive); the IN list makes it an index scan on KEY. SQLite already loops over VALUES and
+        probes KEY's index, so nothing is added there."""
+        if self.backend != "postgresql":
+            return "", []
+        return f" AND {table}.{key} IN ({marks(len(keys))})", list(keys)
+
+    def analyze_after_growth(self, table: str, added: int) -> None:
+        """PostgreSQL: refresh the planner's statistics of TABLE now when ADDED rows are 10 % or more of
+        the rows it last counted (autovacuum's own rule, applied at once instead of within its next
+        minute). With stale statistics a freshly filled table looks nearly empty, and every keyed
+        UPDATE or IN-list read that follows (monitor passes, claims, results) scans it whole.
+        SQLite's planner uses its indexes without statistics: nothing to do there."""
+        if self.backend != "postgresql" or added < _ANALYZE_MIN_ROWS:
+            return
+        rows = self.query("SELECT reltuples FROM pg_class WHERE oid = CAST(? AS regclass)", (table,))
+        known = float(rows[0]["reltuples"]) if rows else -1.0
+        if known < 0 or added >= 0.1 * known:
+            self.execute(f"ANALYZE {table}")
 
     def add_events(self, events: Iterable[Event], job_id: str | None = None, at: str | None = None) -> None:
         """Append audit events, all stamped with one time (AT, or now) and JOB_ID."""

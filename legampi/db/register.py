@@ -68,6 +68,7 @@ class RegisterMixin(FilesMixin):
                 conflict="ON CONFLICT (dataset_id) DO NOTHING",
             )
             self._insert_new(dataset_id, new, source, ts)
+            self.analyze_after_growth("file", len(new))
             for where, old, diff in changes:
                 self._amend_row(old, diff, where, in_processing or (lambda _name: False), done, ts)
             self.refresh_dataset_totals([dataset_id])

@@ -24,7 +24,7 @@ from .connection import Connection, DatabaseError, chunks
 
 log = logging.getLogger("legampi.db")
 
-SCHEMA_VERSION = 2  # the last step in sql/<backend>/ (tests/unit/test_db_layer.py checks it)
+SCHEMA_VERSION = 3  # the last step in sql/<backend>/ (tests/unit/test_db_layer.py checks it)
 BACKENDS = ("sqlite", "postgresql")
 _STEP = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 

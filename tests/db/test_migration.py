@@ -69,7 +69,7 @@ def test_init_db_upgrades_version_1_in_place(bare_workspace: Workspace, dbh: Sim
         assert after[table] == before[table], table
     assert [row[:-3] for row in after["file"]] == before["file"]
     assert [row[:-1] for row in after["job"]] == before["job"]
-    assert [r[0] for r in after["schema_version"]] == [1, 2]
+    assert [r[0] for r in after["schema_version"]] == [1, SCHEMA_VERSION]
     db = dbh.connect(ws.db_url)
     got = {r["file_id"]: r for r in db.files()}
     for fid, _name, status, arch in FILES:

@@ -12,7 +12,18 @@ from types import SimpleNamespace
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-NAMES = ("bookkeeping", "memory", "rank0", "ingest", "datagen", "baselines", "memcage", "startup", "overlap")
+NAMES = (
+    "bookkeeping",
+    "bookkeeping_db",
+    "memory",
+    "rank0",
+    "ingest",
+    "datagen",
+    "baselines",
+    "memcage",
+    "startup",
+    "overlap",
+)
 
 
 @pytest.fixture
@@ -79,6 +90,28 @@ def test_bookkeeping_report(bench: SimpleNamespace, capsys: pytest.CaptureFixtur
         assert bench.bookkeeping.SMOKE_NOTE in out
     else:
         assert code == 1 and "below target (300 files/s end to end) on: sqlite" in out
+
+
+@pytest.mark.parametrize("smoke", [True, False])
+def test_bookkeeping_db_only_report(bench: SimpleNamespace, capsys: pytest.CaptureFixture[str], smoke: bool) -> None:
+    a = SimpleNamespace(smoke=smoke, files=300, fail_on_target=True)
+    rows = [{"db": "sqlite", "files": 300, "fps": 100.0, "total_s": 3.0, "problems": []}]
+    code = bench.bookkeeping.report_db_only(a, rows)
+    out = capsys.readouterr().out
+    if smoke:
+        assert code == 0 and "(target" not in out and "below target" not in out
+        assert bench.bookkeeping.SMOKE_NOTE in out
+    else:
+        assert code == 1 and "below target (5000 files/s, database only) on: sqlite" in out
+
+
+def test_bookkeeping_db_only_smoke_runs_and_checks(bench: SimpleNamespace, tmp_path: Path) -> None:
+    """The database-only mode on SQLite, 50 files: every phase ran and the final state passed its checks."""
+    import bookkeeping_db
+
+    row = bookkeeping_db.run("sqlite", f"sqlite:///{tmp_path / 'b.db'}", tmp_path, 50)
+    assert row["problems"] == [] and row["fps"] > 0
+    assert all(row[f"{p}_s"] >= 0 for p in bookkeeping_db.PHASES) and row["monitor_passes"] == 4
 
 
 def test_sidecar_reading_skips_the_provenance_line(bench: SimpleNamespace, tmp_path: Path) -> None:

@@ -85,6 +85,7 @@ class Recorder:
         self.last_beat = time.monotonic()
         self.config_problem: str | None = None  # first `config` failure: the job stops (see add)
         self.lost: str | None = None  # why the database is gone for good: the job stops, deletes nothing
+        self.removed: list[Event] = []  # `source-removed` events not yet written: they ride the next batch
         self.unrecorded = 0  # archived files whose rows could not be written once the database was lost
         self.threaded = threaded_by_default() if threaded is None else threaded
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(max(64, QUEUE_BATCHES * cfg.func.batch_size))
@@ -119,7 +120,7 @@ class Recorder:
     def flush(self) -> None:
         """Write everything received so far; returns once it is written (or the database is lost)."""
         if not self.threaded:
-            self._write()
+            self._drain()
             return
         if self._thread is None:
             return
@@ -154,7 +155,7 @@ class Recorder:
             self._unlinker.shutdown()
             self._unlinker = None
         self.threaded = False
-        self._write()
+        self._drain()
 
     def _handle(self, kind: str, result: FileResult) -> None:
         if not self.threaded:
@@ -193,10 +194,10 @@ class Recorder:
                     self._on_time()
                     continue
                 if kind == "stop":
-                    self._write()
+                    self._drain()
                     return
                 if kind == "flush":
-                    self._write()
+                    self._drain()
                     item.set()
                 elif kind == "call":  # the caller waits on the future; its error is the caller's
                     fn, fut = item
@@ -286,7 +287,8 @@ class Recorder:
             self.unrecorded += sum(r.status == "available" for r in batch)
             return
         try:
-            recorded = self._with_retry(lambda: self.db.record_results(batch, self.job_id))
+            recorded = self._with_retry(lambda: self.db.record_results(batch, self.job_id, self.removed))
+            self.removed = []  # committed with the batch: one commit (one log fsync) per batch, not two
         except DatabaseError as exc:
             self._lose(exc)
             self.unrecorded += sum(r.status == "available" for r in batch)
@@ -314,9 +316,15 @@ class Recorder:
                 log.error("archived and recorded, but cannot remove source %s: %s", src, exc)
         for folder in folders:  # one fsync per folder and batch, not per file
             archive.fsync_dir(folder)
-        if removed:
+        self.removed += removed  # written with the next batch, or by `_drain` at the end
+
+    def _drain(self) -> None:
+        """Everything: the buffered batch, then the audit events no later batch will carry."""
+        self._write()
+        if self.removed and self.lost is None:
             try:
-                self._with_retry(lambda: self.db.add_events(removed, self.job_id))
+                self._with_retry(lambda: self.db.add_events(self.removed, self.job_id))
+                self.removed = []
             except DatabaseError as exc:  # the rows are committed: only their audit events are missing
                 self._lose(exc)
 

@@ -29,11 +29,12 @@ class FakeDb:
         self.gate.set()
         self.closed = 0
 
-    def record_results(self, batch: list[FileResult], job_id: str) -> list[FileResult]:
+    def record_results(self, batch: list[FileResult], job_id: str, events: Any = ()) -> list[FileResult]:
         self.threads.add(threading.current_thread().name)
         self.gate.wait()
         if self.fail is not None:
             raise self.fail
+        self.events += events  # the previous batch's source-removed events, in this batch's transaction
         for r in batch:
             assert (self.processing / r.rel).exists(), f"{r.rel}: source removed before its row committed"
         self.committed += [r.file_id for r in batch]

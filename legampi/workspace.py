@@ -12,7 +12,6 @@ end_storage (archive names, temp names) is archive.py's business: it builds on t
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import re

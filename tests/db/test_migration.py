@@ -1,6 +1,6 @@
 """`legampi init-db` upgrades a version-1 database in place: rows survive, the new columns exist, the
-archive names of registered files are filled and every file gets its registration number (file_number). The version-1 schema is the one legampi 77a6f9d
-shipped, kept as fixtures/schema-v1-<backend>.sql."""
+archive names of registered files are filled and every file gets its registration number (file_number).
+The version-1 schema is the one legampi 77a6f9d shipped, kept as fixtures/schema-v1-<backend>.sql."""
 
 from __future__ import annotations
 

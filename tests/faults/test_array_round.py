@@ -3,8 +3,9 @@
 
 Shares go by the design card's formula, file number = branch + branches*n, where the file number is
 the file's registration number (file_number, given by the database; `workspace.share_of`), so a file
-registered between two tasks' plans moves no other file: every file ready before a round is archived in that round by exactly one task (its own
-share's), and a second round (the periodic array again) archives the rest; none lost, none twice.
+registered between two tasks' plans moves no other file: every file ready before a round is archived
+in that round by exactly one task (its own share's), and a second round (the periodic array again)
+archives the rest; none lost, none twice.
 """
 
 from __future__ import annotations

@@ -9,8 +9,7 @@ import re
 from pathlib import Path
 
 from legampi.db import DATASET_COLUMNS, DATASET_DATES, SCHEMA_VERSION, migrations, split_sql
-from legampi.db.schema import ABSENT_VERSIONS
-from legampi.db.schema import BACKENDS, sql_root
+from legampi.db.schema import ABSENT_VERSIONS, BACKENDS, sql_root
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "legampi"

@@ -8,4 +8,5 @@ python benchmarks/s3.py --smoke
 python benchmarks/rank0_scaling.py --smoke
 python benchmarks/smallfiles.py --smoke
 python benchmarks/overlap.py --smoke
+python benchmarks/file_number.py --smoke
 python -m pytest -q -p no:cacheprovider tests "$@"

@@ -35,6 +35,7 @@ PLAN_COLUMNS = (
     "claimed_by",
     "claimed_at",
     "error",
+    "file_number",
 )
 CLAIM_AHEAD = 2.0  # seconds of work (at the rate seen so far) a batch holds: what other jobs cannot take
 FIRST_FILES = 2  # per worker in a batch before any result: every worker's minimum queue in dispatch
@@ -61,8 +62,10 @@ def candidates(
     """The files in processing this job may claim, in schedule order (dynamic: largest first; static:
     by name), with the unregistered ones (reported by branch 1 alone) and the skipped ones and why.
 
-    Array shares are by file id (`workspace.share_of`), which every task computes alike whenever it
-    plans, so a file registered while tasks plan is in exactly one share."""
+    Array task BRANCH of BRANCHES takes the files whose file number = branch + branches*n, the file
+    number being the file's registration number (file_number; `workspace.in_share`): given once by
+    the database, so a file registered while tasks plan is in exactly one share. The share is taken
+    here, not in SQL: rows are read by name to tell the unregistered files anyway."""
     listing = {file_name: st.st_size for file_name, st in scan(cfg.workspaces.processing)}
     eligible = ("pending", "received") + (("failed",) if retry_failed else ())
     out = Plan([])
@@ -71,7 +74,7 @@ def candidates(
         rows = {r["file_name"]: r for r in db.files(names=chunk, columns=PLAN_COLUMNS)}
         for file_name in chunk:
             r = rows.get(file_name)
-            if not in_share(None if r is None else r["file_id"], branches, branch):
+            if not in_share(None if r is None else r["file_number"], branches, branch):
                 continue
             if r is None:
                 out.unregistered.append(file_name)

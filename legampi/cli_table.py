@@ -60,8 +60,9 @@ SHARE = (
     arg(
         "--branches",
         type=int,
-        help="split the sorted listing into N shares (seed formula "
-        "branch + branches*n); default: the Slurm array task's share, else everything",
+        help="take share --branch of N by the seed formula, number branch + branches*n (process: the "
+        "file's registration number, file_number; monitor: its place in the sorted listing); "
+        "default: the Slurm array task's share, else everything",
     ),
     arg("--branch", type=int, help="which share, 1..N"),
 )

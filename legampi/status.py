@@ -109,6 +109,7 @@ class FileStatus:
     """One registered file as `status` lists it (field order is the JSON's key order)."""
 
     file_id: str
+    file_number: int | None  # registration number: array task branch of branches takes branch + branches*n
     dataset_id: str
     file_name: str
     status: str
@@ -137,11 +138,12 @@ class FileStatus:
 
 
 FILE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(FileStatus))
+_OPTIONAL = ("plain_size", "file_number")
 
 
 def _file_status(row: Mapping[str, Any]) -> FileStatus:
-    """A file row as FileStatus; a row without plain_size (an older caller's) has it unknown."""
-    values: dict[str, Any] = {k: row.get(k) if k == "plain_size" else row[k] for k in FILE_FIELDS}
+    """A file row as FileStatus; a row without plain_size or file_number (an older caller's) has it unknown."""
+    values: dict[str, Any] = {k: row.get(k) if k in _OPTIONAL else row[k] for k in FILE_FIELDS}
     return FileStatus(**values)
 
 

@@ -76,11 +76,11 @@ def status(cfg: Config, args: argparse.Namespace) -> int:
         print()
         print_table(
             [
-                [f.dataset_id, f.file_id, f.file_name, f.status, human(f.size), human(f.plain_size)]
+                [f.dataset_id, f.file_id, f.file_number, f.file_name, f.status, human(f.size), human(f.plain_size)]
                 + [f.archive_path or "", f.error or ""]
                 for f in status.files
             ],
-            ["dataset", "file", "name", "status", "transferred", "plaintext", "archive", "error"],
+            ["dataset", "file", "number", "name", "status", "transferred", "plaintext", "archive", "error"],
         )
     if unregistered:
         print(f"\n{len(unregistered)} unregistered file(s) in receiving (not in any manifest, never moved):")

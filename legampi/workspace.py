@@ -3,16 +3,15 @@
 A registered file is known by its *file name*: its path relative to receiving, kept unchanged when it
 moves to processing (and quarantine), and the `file_name` of manifests and the database. This module
 holds the one check of such a name (`check_file_name`), the one listing of a folder (`scan`), the one
-move between folders (`move_into`), the seed's one split of a listing (`share`, the static schedule),
-the split of registered files between array tasks (`share_of`), with what Slurm tells a run about
-itself (`array_share`, `make_job_id`). What a file is called in
+move between folders (`move_into`), the seed's formula ``branch + branches*n`` (`share_of`) applied
+to positions in a listing (`share`, the static schedule) and to registration numbers (`in_share`,
+array tasks), with what Slurm tells a run about itself (`array_share`, `make_job_id`). What a file is called in
 end_storage (archive names, temp names) is archive.py's business: it builds on the check here.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -159,39 +158,40 @@ def move_into(src: Path, dst: Path) -> None:
 def share(items: Iterable[T], branches: int, branch: int, key: Callable[[T], str] | None = None) -> list[T]:
     """The seed's split: item number ``branch + branches*n`` (1-based) of ITEMS sorted (by KEY).
 
-    The one place the formula lives: the static schedule's split of tasks between worker ranks. Array
-    tasks do not use it (a listing shifts when files are registered): they use `share_of`.
-    """
-    if branches < 1 or not 1 <= branch <= branches:
-        raise ValueError(f"--branch must be between 1 and --branches ({branches}), got {branch}")
+    The static schedule's split of tasks between worker ranks, numbered by position. Array tasks use
+    the same formula on a number that does not shift when files are registered (`in_share`)."""
+    _check_branch(branches, branch)
     ordered = sorted(items, key=key) if key is not None else sorted(items)  # type: ignore[type-var]
-    return [item for i, item in enumerate(ordered, 1) if (i - branch) % branches == 0]
+    return [item for i, item in enumerate(ordered, 1) if share_of(i, branches) == branch]
 
 
-def share_of(file_id: str, branches: int) -> int:
-    """The array task (1..BRANCHES) whose share holds the file FILE_ID, whenever any task asks.
+def share_of(file_number: int, branches: int) -> int:
+    """The branch (1..BRANCHES) whose share holds number FILE_NUMBER: the design card's formula, file
+    number = ``branch + branches*n`` (n = 0, 1, ...), i.e. ``(file_number - branch) % branches == 0``.
 
-    Not a position in a listing: a file registered between two tasks' plans shifts every later name by
-    one, so in that round a file can fall into no task's share (or two). A file id is given once, at
-    registration, and never changes; this number depends on it alone, so every task puts each file,
-    whenever registered, in exactly one share, and archiving or registering others never moves it.
-    File ids are text (EGA stable ids) with no registration number to count by, so the number is the
-    id's sha256 modulo BRANCHES: shares are even on average (N files: about N/BRANCHES each), not exact.
+    For array tasks the file number is the file's registration number (``file.file_number``), given
+    once by the database and never changed: every task puts each file in exactly one share, whenever it
+    plans, and registering or archiving other files never moves it (a position in a listing would).
     """
     if branches < 1:
         raise ValueError(f"--branches must be at least 1, got {branches}")
-    digest = hashlib.sha256(file_id.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") % branches + 1
+    if file_number < 1:
+        raise ValueError(f"file numbers start at 1, got {file_number}")
+    return (file_number - 1) % branches + 1
 
 
-def in_share(file_id: str | None, branches: int, branch: int) -> bool:
-    """Whether array task BRANCH of BRANCHES takes this file (`share_of`). An unregistered file (no id)
-    is in branch 1's share alone, so that it is reported once."""
+def in_share(file_number: int | None, branches: int, branch: int) -> bool:
+    """Whether array task BRANCH of BRANCHES takes the file with registration number FILE_NUMBER
+    (`share_of`). An unregistered file (no number) is in branch 1's share alone, so it is reported once."""
+    _check_branch(branches, branch)
+    if file_number is None:
+        return branch == 1
+    return share_of(file_number, branches) == branch
+
+
+def _check_branch(branches: int, branch: int) -> None:
     if branches < 1 or not 1 <= branch <= branches:
         raise ValueError(f"--branch must be between 1 and --branches ({branches}), got {branch}")
-    if file_id is None:
-        return branch == 1
-    return branches == 1 or share_of(file_id, branches) == branch
 
 
 def array_share(branches: int | None, branch: int | None, env: Mapping[str, str] | None = None) -> tuple[int, int]:

@@ -9,4 +9,5 @@ python benchmarks/rank0_scaling.py --smoke
 python benchmarks/smallfiles.py --smoke
 python benchmarks/overlap.py --smoke
 python benchmarks/bookkeeping.py --db-only --smoke
+python benchmarks/file_number.py --smoke
 python -m pytest -q -p no:cacheprovider tests "$@"

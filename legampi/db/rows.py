@@ -38,6 +38,7 @@ class FileRow:
     archive_name: str | None  # archive path relative to end_storage (schema version 2)
     transfer_checksum: str | None  # of the file as transferred (encrypted)
     transfer_checksum_type: str | None
+    file_number: int  # registration number, given by the database (version 4): array shares go by it
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> FileRow:

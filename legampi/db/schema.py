@@ -24,7 +24,7 @@ from .connection import Connection, DatabaseError, chunks
 
 log = logging.getLogger("legampi.db")
 
-SCHEMA_VERSION = 3  # the last step in sql/<backend>/ (tests/unit/test_db_layer.py checks it)
+SCHEMA_VERSION = 4  # the last step in sql/<backend>/ (tests/unit/test_db_layer.py checks it)
 BACKENDS = ("sqlite", "postgresql")
 _STEP = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
@@ -51,7 +51,7 @@ def sql_root() -> Traversable:
 
 
 def migrations(backend: str) -> list[Migration]:
-    """Every step for BACKEND in version order; they must run 1, 2, ... SCHEMA_VERSION without a gap."""
+    """Every step for BACKEND in version order: 1, 2, ... SCHEMA_VERSION, without a gap."""
     folder = sql_root() / backend
     steps = sorted(
         (int(m.group(1)), f) for f in folder.iterdir() if f.is_file() and (m := _STEP.match(f.name)) is not None
@@ -124,7 +124,7 @@ class SchemaMixin(Connection):
                 raise DatabaseError(
                     f"{self.label}: schema version {current} is newer than this legampi's {SCHEMA_VERSION}"
                 )
-            for step in steps[current:]:
+            for step in [m for m in steps if m.version > current]:
                 log.debug("schema step %s", step.name)
                 for stmt in step.statements():
                     self.execute(stmt)

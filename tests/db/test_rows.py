@@ -104,12 +104,12 @@ def test_racing_init_db_runs_create_the_schema_once(bare_workspace: Workspace, d
 
 
 def test_fresh_init_runs_every_migration(tmp_path: Path, dbh: SimpleNamespace) -> None:
-    """A fresh database is built by the same steps an upgrade runs: 001 then 002 (columns at the end)."""
+    """A fresh database is built by the same steps an upgrade runs: 001, 002, ... (columns at the end)."""
     db = dbh.connect(f"sqlite:///{tmp_path / 'fresh.db'}")
     try:
         assert db.init_schema() == (None, SCHEMA_VERSION)
         cols = [d[0] for d in db.execute("SELECT * FROM file WHERE 1 = 0").description]
-        assert cols[-3:] == ["archive_name", "transfer_checksum", "transfer_checksum_type"]
+        assert cols[-4:] == ["archive_name", "transfer_checksum", "transfer_checksum_type", "file_number"]
         assert db.schema_version() == SCHEMA_VERSION
     finally:
         db.close()

@@ -1,9 +1,11 @@
 """Issue 17: three array tasks (`process --branches 3 --branch 1|2|3`, concurrent processes) racing
 `legampi monitor`, with transfers arriving in receiving and files registered while the tasks run.
 
-Shares are by file id (`workspace.share_of`), so a file registered between two tasks' plans moves no
-other file: every file ready before a round is archived in that round by exactly one task (its own
-share's), and a second round (the periodic array again) archives the rest; none lost, none twice.
+Shares go by the design card's formula, file number = branch + branches*n, where the file number is
+the file's registration number (file_number, given by the database; `workspace.share_of`), so a file
+registered between two tasks' plans moves no other file: every file ready before a round is archived
+in that round by exactly one task (its own share's), and a second round (the periodic array again)
+archives the rest; none lost, none twice.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def _archived_by(ws: Any, branch_of: dict[str, int]) -> dict[str, int]:
     return {e["file_id"]: branch_of[e["job_id"]] for e in events(ws, "available") if e["job_id"] in branch_of}
 
 
+def _numbers(ws: Any) -> dict[str, int]:
+    """file id -> file_number (registration number)."""
+    return {r["file_id"]: r["file_number"] for r in rows_by_name(ws).values()}
+
+
 def test_array_tasks_racing_the_monitor_archive_each_file_once(workspace) -> None:
     ws = workspace
     block = os.urandom(1 << 20)
@@ -64,7 +71,8 @@ def test_array_tasks_racing_the_monitor_archive_each_file_once(workspace) -> Non
     first = _round(ws, "round1", between)
     done = _archived_by(ws, first)
     assert before <= set(done), f"ready before the round but not archived in it: {before - set(done)}"
-    assert all(share_of(f, BRANCHES) == b for f, b in done.items()), "a file archived outside its task's share"
+    numbers = _numbers(ws)
+    assert all(share_of(numbers[f], BRANCHES) == b for f, b in done.items()), "a file archived outside its share"
     assert collections.Counter(e["file_id"] for e in events(ws, "available")).most_common(1)[0][1] == 1
 
     if todo:  # the tasks ended before any claim was seen (cannot happen: they claim the ready files)
@@ -74,7 +82,10 @@ def test_array_tasks_racing_the_monitor_archive_each_file_once(workspace) -> Non
     second = _round(ws, "round2")
     again = _archived_by(ws, second)
     assert not set(again) & set(done), "a file archived in both rounds"
-    assert all(share_of(f, BRANCHES) == b for f, b in again.items())
+    later = _numbers(ws)
+    assert {f: later[f] for f in numbers} == numbers, "a file's number changed"
+    assert sorted(later.values()) == list(range(1, len(everything) + 1))  # 1..N, none twice
+    assert all(share_of(later[f], BRANCHES) == b for f, b in again.items())
     assert collections.Counter(e["file_id"] for e in events(ws, "available")) == {e["name"]: 1 for e in everything}
     assert not events(ws, "failed")
     assert_safe(ws, everything, complete=True)

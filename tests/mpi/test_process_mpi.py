@@ -164,12 +164,13 @@ def test_failed_file_is_recorded_and_the_job_goes_on(workspace):
 
 
 def test_array_share_takes_seed_share(workspace):
-    """Shares come from the file ids (workspace.share_of), so sequential array tasks still cover every file
-    even though each removes its sources (the live listing shrinks)."""
+    """Shares come from the registration numbers (file number = branch + branches*n; workspace.share_of),
+    so sequential array tasks still cover every file even though each removes its sources (the live
+    listing shrinks)."""
     _dataset(workspace, [100 + i for i in range(7)])
     workspace.legampi("process", "--branches", "3", "--branch", "2")
     st = {f["file_name"]: f["status"] for f in _status(workspace)["files"]}
-    mine = {f["file_name"] for f in _status(workspace)["files"] if share_of(f["file_id"], 3) == 2}
+    mine = {f["file_name"] for f in _status(workspace)["files"] if share_of(f["file_number"], 3) == 2}
     assert {n for n, s in st.items() if s == "available"} == mine
     env = {
         "SLURM_ARRAY_TASK_COUNT": "3",

@@ -323,7 +323,7 @@ def test_usr1_stops_cleanly_and_rerun_finishes(
 # ---------------------------------------------------------------------- ingest-array.sbatch
 @postgresql_only
 def test_array_tasks_take_their_shares(slurm_cluster: SlurmCluster, workspace: Workspace, tmp_path: Path) -> None:
-    # each task takes the files whose id falls in its share (workspace.share_of), whatever the listing
+    # each task takes the files whose file_number = branch + branches*n (workspace.share_of), whatever the listing
     _set_option(workspace, "workspaces", "keep_processed = true")
     entries = _dataset(workspace, 11, 20_000)
     names = sorted(e["name"] for e in entries)
@@ -345,8 +345,8 @@ def test_array_tasks_take_their_shares(slurm_cluster: SlurmCluster, workspace: W
     took: dict[str, set[str]] = {}
     for ev, job in zip(done, _slurm_jobs(done), strict=True):
         took.setdefault(job, set()).add(file_name[ev["file_id"]])
-    by_id = {f["file_name"]: f["file_id"] for f in _status(workspace)["files"]}
-    shares = {b: {n for n in names if share_of(by_id[n], 2) == b} for b in (1, 2)}
+    number = {f["file_name"]: f["file_number"] for f in _status(workspace)["files"]}
+    shares = {b: {n for n in names if share_of(number[n], 2) == b} for b in (1, 2)}
     assert took == {f"{array_id}_{b}": shares[b] for b in (1, 2) if shares[b]}
 
 

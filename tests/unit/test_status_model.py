@@ -133,6 +133,7 @@ def test_json_is_the_status_command_document() -> None:
     f = doc["files"][0]
     assert list(f) == [
         "file_id",
+        "file_number",
         "dataset_id",
         "file_name",
         "status",

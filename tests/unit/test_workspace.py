@@ -66,22 +66,26 @@ def test_share_by_key_splits_tasks_like_names() -> None:
     assert [t["name"] for t in share(tasks, 2, 2, key=lambda t: t["name"])] == ["f2", "f4"]
 
 
-def test_array_shares_are_disjoint_and_cover_every_file() -> None:
-    ids = [f"EGAF{i:011d}" for i in range(1, 301)]
-    for branches in (1, 2, 3, 7):
-        shares = {b: [i for i in ids if in_share(i, branches, b)] for b in range(1, branches + 1)}
-        assert sorted(x for s in shares.values() for x in s) == ids  # union = all, none twice
-        assert all(len(s) > len(ids) / branches / 2 for s in shares.values()), "about even on average"
+@pytest.mark.parametrize("branches", [1, 2, 3, 7])
+def test_array_shares_follow_the_formula_are_disjoint_and_cover_every_file(branches: int) -> None:
+    """Task `branch` takes file numbers branch + branches*n (n = 0, 1, ...): every file once, shares even."""
+    numbers = range(1, 301)
+    shares = {b: [i for i in numbers if in_share(i, branches, b)] for b in range(1, branches + 1)}
+    assert sorted(x for s in shares.values() for x in s) == list(numbers)  # union = all, none twice
+    for b, mine in shares.items():
+        assert mine == list(range(b, 301, branches))  # branch + branches*n
+        assert all(share_of(i, branches) == b and (i - b) % branches == 0 for i in mine)
+    assert max(map(len, shares.values())) - min(map(len, shares.values())) <= 1
 
 
 def test_a_file_keeps_its_share_whatever_is_registered_or_archived_in_between() -> None:
     """Issue 17: a share by listing position moves when a file is registered between two tasks' plans;
-    by file id it depends on the file alone, so every task, whenever it plans, agrees on each file."""
-    first = [f"ds/{i:02d}" for i in range(1, 14)]
-    before = {i: share_of(i, 3) for i in first}
-    later = sorted(first + ["ds/00-new", "ds/05a-new", "ds/99-new"])  # registered between two plans
-    assert {i: share_of(i, 3) for i in first} == before
-    assert all(sum(in_share(i, 3, b) for b in (1, 2, 3)) == 1 for i in later)
+    by registration number it does not: a later file gets a higher number, whatever its name."""
+    first = {f"ds/{i:02d}": i for i in range(1, 14)}  # name -> file_number
+    before = {n: share_of(k, 3) for n, k in first.items()}
+    later = {**first, "ds/00-new": 14, "ds/05a-new": 15, "ds/99-new": 16}  # registered between two plans
+    assert {n: share_of(later[n], 3) for n in first} == before
+    assert all(sum(in_share(k, 3, b) for b in (1, 2, 3)) == 1 for k in later.values())
     # by position (the seed's formula over all registered names) a file would change task: the old way
     moved = [n for n in first if n not in share(later, 3, next(b for b in (1, 2, 3) if n in share(first, 3, b)))]
     assert moved, "the positional share would have shifted"
@@ -89,9 +93,11 @@ def test_a_file_keeps_its_share_whatever_is_registered_or_archived_in_between() 
 
 def test_unregistered_files_go_to_branch_one_only_and_one_branch_takes_all() -> None:
     assert [b for b in (1, 2, 3) if in_share(None, 3, b)] == [1]
-    assert in_share("EGAF1", 1, 1) and in_share(None, 1, 1)
+    assert in_share(1, 1, 1) and in_share(7, 1, 1) and in_share(None, 1, 1)
     with pytest.raises(ValueError, match="--branch must be between 1 and --branches"):
-        in_share("EGAF1", 3, 4)
+        in_share(1, 3, 4)
+    with pytest.raises(ValueError, match="file numbers start at 1"):
+        share_of(0, 3)
 
 
 # ---------------------------------------------------------------------- array shares and job ids

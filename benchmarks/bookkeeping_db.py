@@ -9,7 +9,7 @@ as each command holds one:
   monitor   monitor.run_pass until every file is moved (pass_limit + 1 passes; its folder listing and
             move are replaced by an in-memory listing and a no-op, the database calls are the real ones)
   claim     what `process`'s plan does on rank 0: job_start, then in one transaction Database.files
-            (names, ingest.PLAN_COLUMNS) and Database.claim per 1,000 names
+            (names, claims.PLAN_COLUMNS) and Database.claim per 1,000 names
   record    what the recorder's flush does per batch of [func] batch_size results: record_results
             (result rows, checksums, locations, `available` events, dataset dates), then the
             `source-removed` events; job_end
@@ -142,7 +142,7 @@ def _phase_monitor(db: Any, cfg: Any, names: list[str]) -> int:
 
 def _phase_claim(db: Any, names: list[str], job_id: str) -> list[dict[str, Any]]:
     from legampi.db import chunks
-    from legampi.ingest import PLAN_COLUMNS
+    from legampi.claims import PLAN_COLUMNS
 
     db.job_start(job_id, "process", socket.gethostname(), 3)
     claimed: list[dict[str, Any]] = []

@@ -59,12 +59,13 @@ def _fsync_kind(fd: int) -> str:
     return "fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file"
 
 
-def profile(files: int, workdir: Path, ordered: bool = True) -> dict[str, tuple[float, float]]:
+def profile(files: int, workdir: Path, ordered: bool = True, group: int = 0) -> dict[str, tuple[float, float]]:
     """ms per file and calls per file of each category, over FILES 1 KiB files (process_file in-process).
 
     ordered=False: as if the file system did not order directory operations (a folder fsync after the
-    sidecar link and another after the archive link, as before issue 15)."""
-    from legampi import archive, stream
+    sidecar link and another after the archive link, as before issue 15). group=N: the worker's grouped
+    path (grouping.GroupedWork, N files made durable together), as `legampi process` runs it."""
+    from legampi import archive, grouping, stream
     from legampi import keys as lkeys
     from legampi.formats import crypt4gh as c4gh
 
@@ -92,13 +93,19 @@ def profile(files: int, workdir: Path, ordered: bool = True) -> dict[str, tuple[
         t.wrap(stream, "fingerprint", "key fingerprint"),
         t.wrap(lkeys, "fingerprint", "key fingerprint"),
     ]
+    work = grouping.GroupedWork(ctx, 0, group) if group else None
     t0 = time.perf_counter()
     try:
-        for i, f in enumerate(made):
-            task = stream.FileTask(f"F{i}", "D", f.name, f.md5, f.sha256, f.enc_size)
-            r = stream.process_file(task, ctx)
+        tasks = [stream.FileTask(f"F{i}", "D", f.name, f.md5, f.sha256, f.enc_size) for i, f in enumerate(made)]
+        if work is not None:
+            futures = [work(task) for task in tasks]
+            work.flush()
+            results = [fut.result() for fut in futures]
+        else:
+            results = [stream.process_file(task, ctx) for task in tasks]
+        for r in results:
             if r.status != "available":
-                raise SystemExit(f"profile: {f.name} failed: {r.error}")
+                raise SystemExit(f"profile: {r.rel} failed: {r.error}")
     finally:
         for u in undo:
             u()
@@ -117,19 +124,20 @@ def print_profile(rows: dict[str, tuple[float, float]]) -> None:
         print(f"{k:42} {ms:8.3f} {calls:10.2f}")
 
 
-def ab(files: int, rounds: int) -> None:
-    """Interleaved rounds of the worker pipeline with one folder fsync per file (ordered) and with two."""
-    totals: dict[bool, list[float]] = {True: [], False: []}
+def ab(files: int, rounds: int, group: int = 64) -> None:
+    """Interleaved rounds of the worker pipeline: two folder fsyncs per file, one (ordered), and files
+    made durable in groups of GROUP (grouping.GroupedWork)."""
+    runs = {"two folder fsyncs per file": (False, 0), "one (ordered)": (True, 0), f"groups of {group}": (True, group)}
+    totals: dict[str, list[float]] = defaultdict(list)
     for _ in range(rounds):
-        for ordered in (False, True):
+        for name, (ordered, grouped) in runs.items():
             with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
-                totals[ordered].append(profile(files, Path(d), ordered)["total per file"][0])
+                totals[name].append(profile(files, Path(d), ordered, grouped)["total per file"][0])
     med = {k: statistics.median(v) for k, v in totals.items()}
     print(f"load average {os.getloadavg()[0]:.1f}; {rounds} rounds x {files} files, median ms/file")
-    print(
-        f"two folder fsyncs per file (before) {med[False]:.2f}  one (ordered) {med[True]:.2f}  "
-        f"speed-up {med[False] / med[True]:.2f}x"
-    )
+    first = next(iter(med.values()))
+    for name, ms in med.items():
+        print(f"{name:28} {ms:7.2f} ms/file  speed-up {first / ms:5.2f}x")
 
 
 def threads(size: int, rounds: int, workdir: Path) -> None:
@@ -210,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1GB", help="huge: the one file's size")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--db", default="sqlite", help="legampi database for small/huge (sqlite or a URL)")
+    p.add_argument("--group", type=int, default=64, help="profile/ab: files made durable together (0: one by one)")
     p.add_argument("--smoke", action="store_true", help="profile 40 files and compare on 40 x 1 KiB; seconds")
     a = p.parse_args(argv)
     common = ["--contenders", "ideal,legampi", "--modes", "full", "--legampi-db", a.db, "--no-balance-real"]
@@ -219,10 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         return _ingest(["--files", "40", "--size", "1KiB", "--repeat", "1", "--warmup", "0", *common])
     if a.what == "profile":
         with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
-            print_profile(profile(a.files, Path(d)))
+            print_profile(profile(a.files, Path(d), group=a.group))
         return 0
     if a.what == "ab":
-        ab(a.files, a.repeat)
+        ab(a.files, a.repeat, a.group)
         return 0
     if a.what == "threads":
         with tempfile.TemporaryDirectory(prefix="legampi-huge-") as d:

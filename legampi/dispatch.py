@@ -84,11 +84,15 @@ def coordinate(
 def serve(team: Team, work: Callable[[Any], Any], should_stop: Callable[[], bool]) -> None:
     """A worker: run tasks as they come. WORK may return a Future (the end of the task continuing in a
     thread, e.g. waiting for the disk): its result is sent as soon as it is done, in task order, while
-    the next task runs; at most one such tail is left running when the next task starts."""
+    the next task runs; at most one such tail is left running when the next task starts.
+
+    A WORK with a `flush` method (grouping.GroupedWork) holds some results back until several files are
+    durable together: it is told to flush whenever nothing more is queued here, and bounds its own tails."""
     queue: deque[Any] = deque()
     running: deque[Any] = deque()
     told = False
     status = team.MPI.Status()
+    flush: Callable[[], None] | None = getattr(work, "flush", None)
 
     def deliver(block: bool = False) -> None:
         while running and (block or running[0].done()):
@@ -96,6 +100,8 @@ def serve(team: Team, work: Callable[[Any], Any], should_stop: Callable[[], bool
 
     while True:
         while not queue or told or team.comm.Iprobe(source=0, tag=team.MPI.ANY_TAG, status=status):
+            if flush is not None and (not queue or told):
+                flush()  # nothing more to start now: what is held becomes durable, its results follow
             msg, _src, tag = team.recv(0, idle=deliver)
             if tag == TASKS:
                 queue.extend(msg)
@@ -110,7 +116,7 @@ def serve(team: Team, work: Callable[[Any], Any], should_stop: Callable[[], bool
             told = True  # start nothing new: wait for rank 0's CANCEL (drops the queue), then STOP
             continue
         out = work(queue.popleft())
-        deliver(block=True)
+        deliver(block=flush is None)
         if is_future(out):
             out.add_done_callback(lambda _f: team.bell.ring_self())
             running.append(out)

@@ -4,6 +4,7 @@
     python benchmarks/smallfiles.py --smoke             # seconds: profile 40 files, compare on 40 x 1 KiB
     python benchmarks/smallfiles.py profile --files 2000  # where a worker's time per small file goes
     python benchmarks/smallfiles.py small --repeat 3    # legampi -n 3 vs ideal, 2,000 x 1 KiB (ingest.py)
+    python benchmarks/smallfiles.py small --ab --db postgresql://127.0.0.1/bench  # group_files 0 vs 64
     python benchmarks/smallfiles.py huge --size 1GB     # legampi -n 2 vs ideal (one process), one file
 
 `profile` runs the worker's pipeline (`stream.process_file`) in this process on fresh 1 KiB Crypt4GH
@@ -182,33 +183,60 @@ def threads(size: int, rounds: int, workdir: Path) -> None:
         print(f"{name:32} {size / med / 1e6:8.1f} MB/s  {ideal_s / med:5.2f}x ideal")
 
 
-def small_pg(files: int, rounds: int, url: str, workdir: Path) -> int:
-    """PostgreSQL: ingest.py registers into the database it is given, so each round gets a fresh one
-    (dropped and created again through psql); each round runs ideal and legampi back to back."""
+def small_ab(files: int, rounds: int, db: str, groups: list[int], workdir: Path) -> int:
+    """Rounds of ingest.py runs (ideal and legampi back to back, on the same files), one per `group_files`
+    value in GROUPS in turn (0: every file made durable on its own), so the variants share the machine's
+    load; legampi/ideal per variant. PostgreSQL: ingest.py registers into the database it is given, so
+    each run gets a fresh one (dropped and created again through psql)."""
     import json
     import subprocess
 
-    base, _, name = url.rpartition("/")
-    ratios, code = [], 0
+    base, _, name = db.rpartition("/")
+    ratios: dict[int, list[float]] = defaultdict(list)
+    code = 0
     for i in range(rounds):
-        for sql in (f"drop database if exists {name}", f"create database {name}"):
-            subprocess.run(["psql", "-q", f"{base}/postgres", "-c", sql], check=True)
-        out = workdir / f"round{i}.json"
-        argv = ["--files", str(files), "--size", "1KiB", "-W", "2", "--repeat", "1", "--warmup", "0"]
-        code = max(code, _ingest([*argv, "--json", str(out), *_COMMON, "--legampi-db", url]))
-        ratios.append(json.loads(out.read_text())["ratios"]["legampi/ideal (full)"])
-    print(f"PostgreSQL, {rounds} rounds: legampi/ideal {ratios}; median {statistics.median(ratios):.2f}x")
+        for group in groups:
+            if db.startswith("postgres"):
+                for sql in (f"drop database if exists {name}", f"create database {name}"):
+                    subprocess.run(["psql", "-q", f"{base}/postgres", "-c", sql], check=True)
+            out = workdir / f"round{i}-group{group}.json"
+            argv = ["--files", str(files), "--size", "1KiB", "-W", "2", "--repeat", "1", "--warmup", "0"]
+            code = max(code, _ingest([*argv, "--json", str(out), *_COMMON, "--legampi-db", db], group))
+            ratios[group].append(json.loads(out.read_text())["ratios"]["legampi/ideal (full)"])
+            print(f"load average {os.getloadavg()[0]:.1f} after round {i} group_files={group}", flush=True)
+    which = "PostgreSQL" if db.startswith("postgres") else "SQLite"
+    for group, r in ratios.items():
+        print(f"{which}, group_files={group}, {rounds} rounds: legampi/ideal {r}; median {statistics.median(r):.2f}x")
     return code
 
 
 _COMMON = ["--contenders", "ideal,legampi", "--modes", "full", "--no-balance-real"]
 
 
-def _ingest(argv: list[str]) -> int:
+def _ingest(argv: list[str], group: int | None = None) -> int:
+    """benchmarks/ingest.py's main; GROUP: legampi's [func_conf] group_files (None: its default)."""
+    import configparser
+
     sys.path.insert(0, str(HERE))
     import ingest  # benchmarks/ingest.py
 
-    return int(ingest.main(argv))
+    real = ingest.write_legampi_config
+
+    def write_config(path: Path, *a: Any, **kw: Any) -> Any:
+        spaces = real(path, *a, **kw)
+        if group is not None:
+            cfg = configparser.ConfigParser()
+            cfg.read(path)
+            cfg["func_conf"]["group_files"] = str(group)
+            with open(path, "w", encoding="utf-8") as f:
+                cfg.write(f)
+        return spaces
+
+    ingest.write_legampi_config = write_config
+    try:
+        return int(ingest.main(argv))
+    finally:
+        ingest.write_legampi_config = real
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1GB", help="huge: the one file's size")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--db", default="sqlite", help="legampi database for small/huge (sqlite or a URL)")
-    p.add_argument("--group", type=int, default=64, help="profile/ab: files made durable together (0: one by one)")
+    p.add_argument("--group", type=int, default=64, help="files a worker makes durable together (0: one by one)")
+    p.add_argument("--ab", action="store_true", help="small: rounds alternate --group 0 and --group N")
     p.add_argument("--smoke", action="store_true", help="profile 40 files and compare on 40 x 1 KiB; seconds")
     a = p.parse_args(argv)
     common = ["--contenders", "ideal,legampi", "--modes", "full", "--legampi-db", a.db, "--no-balance-real"]
@@ -237,11 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="legampi-huge-") as d:
             threads(datagen.parse_size(a.size), a.repeat, Path(d))
         return 0
-    if a.what == "small" and a.db.startswith("postgres"):
+    if a.what == "small" and (a.ab or a.db.startswith("postgres")):
+        groups = [0, a.group] if a.ab else [a.group]
         with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
-            return small_pg(a.files, a.repeat, a.db, Path(d))
+            return small_ab(a.files, a.repeat, a.db, groups, Path(d))
     if a.what == "small":  # ingest.py runs legampi with W workers + rank 0: -W 2 is `mpiexec -n 3`
-        return _ingest(["--files", str(a.files), "--size", "1KiB", "-W", "2", "--repeat", str(a.repeat), *common])
+        return _ingest(
+            ["--files", str(a.files), "--size", "1KiB", "-W", "2", "--repeat", str(a.repeat), *common], a.group
+        )
     return _ingest(["--files", "1", "--size", a.size, "-W", "1", "--repeat", str(a.repeat), "--verify", "1", *common])
 
 

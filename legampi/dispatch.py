@@ -124,6 +124,28 @@ def serve(team: Team, work: Callable[[Any], Any], should_stop: Callable[[], bool
             team.send(out, 0, RESULT)
 
 
+def serve_in_process(
+    work: Callable[[Any], Any],
+    queue: deque[Any],
+    on_result: Callable[[Any], None],
+    tick: Callable[[], None],
+    should_stop: Callable[[], bool],
+) -> None:
+    """`serve` and `coordinate` in one process (one rank): results in task order, a Future awaited; a
+    WORK with `flush` is flushed when nothing more will start, and its results taken as they are ready."""
+    flush: Callable[[], None] | None = getattr(work, "flush", None)
+    held: deque[Any] = deque()
+    while queue and not should_stop():
+        held.append(work(queue.popleft()))
+        last = not queue or should_stop()
+        if last and flush is not None:
+            flush()
+        while held and (last or flush is None or not is_future(held[0]) or held[0].done()):
+            out = held.popleft()
+            on_result(out.result() if is_future(out) else out)
+            tick()
+
+
 class Dispatch:
     """Rank 0's book in `Team.run`: which worker holds which tasks; feeding, cancelling, stopping."""
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
-from .dispatch import AGREE, RESULT_OF_JOB, coordinate, is_future, order, serve, tell_rank0
+from .dispatch import AGREE, RESULT_OF_JOB, coordinate, order, serve, serve_in_process, tell_rank0
 from .transport import Doorbell, quiet_transport_defaults
 from .transport import LostRank as LostRank  # re-exported: the executor face's errors
 from .transport import StopFlag as StopFlag
@@ -119,11 +119,7 @@ class InProcess(Executor):
         key: Callable[[Any], int] = _no_size,
         name: Callable[[Any], str] = str,
     ) -> None:
-        queue = order(list(tasks), schedule, key, name, 1)[0]
-        while queue and not should_stop():
-            out = self.work(queue.popleft())
-            on_result(out.result() if is_future(out) else out)
-            tick()
+        serve_in_process(self.work, order(list(tasks), schedule, key, name, 1)[0], on_result, tick, should_stop)
 
 
 class _Coordinator(Executor):

@@ -26,6 +26,20 @@ GROUP_FILE_BYTES = 1 << 20  # files up to this size (as registered) join a group
 GROUP_BYTES = 16 << 20  # a group is synced once its files hold this much
 
 
+class _Held(Future[FileResult]):
+    """A file's result, held until its group is synced; waiting on it syncs the group now (a caller that
+    knows nothing of `flush`, e.g. a wrapped work function, never waits forever)."""
+
+    def __init__(self, work: GroupedWork) -> None:
+        super().__init__()
+        self.work = work
+
+    def result(self, timeout: float | None = None) -> FileResult:
+        if not self.done():
+            self.work.flush()
+        return super().result(timeout)
+
+
 class GroupedWork:
     """`work(task)` for `parallel` (a Future per file) and `flush()` for the serving loop."""
 
@@ -43,7 +57,7 @@ class GroupedWork:
             out = process_file_overlapped(task, self.ctx, rank=self.rank)
             self._next_tail(out)
             return out
-        fut: Future[FileResult] = Future()
+        fut = _Held(self)
         finish = start_file(task, self.ctx, rank=self.rank)
         with self.group.collect(fut):
             res = finish()  # checked and written; its commit joined the group (or it failed: nothing to sync)

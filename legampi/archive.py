@@ -155,13 +155,6 @@ def orders_dir_ops(path: Path) -> bool:
     return fs_type(path) in ORDERED_DIR_FS
 
 
-def start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing FD's dirty pages now, without waiting (Linux: fadvise DONTNEED
-    starts writeback; the pages are dropped once clean). The fsync that follows waits for them; with a
-    group's files all started first, one journal commit covers them all instead of one per file."""
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-
-
 def fsync_dir(path: Path) -> None:
     """Make a directory entry change (link, unlink, rename) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -214,9 +207,9 @@ class TempArchiveFile:
         return self.hasher.hexdigest()
 
     def start_writeback(self) -> None:
-        """Start writing the finished file's data (so that one journal commit covers a group's files)."""
+        """Start writing the finished file's data, without waiting (groupsync.start_writeback)."""
         if self._fd is not None:
-            start_writeback(self._fd)
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def sync(self) -> None:
         """fsync and close the finished temp file (once)."""

@@ -133,6 +133,13 @@ class Group:
             e.tmp.abort()
 
 
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing FD's dirty pages now, without waiting (Linux: fadvise DONTNEED
+    starts writeback; the pages are dropped once clean). The fsync that follows waits for them; with a
+    group's files all started first, one journal commit covers their data instead of one per file."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def _start_data(e: _Entry) -> None:
     e.tmp.start_writeback()
 
@@ -151,7 +158,7 @@ def _stage_sidecar(e: _Entry) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(e.side_fd, view) :]
-    archive.start_writeback(e.side_fd)
+    start_writeback(e.side_fd)
 
 
 def _sync_sidecar(e: _Entry) -> None:

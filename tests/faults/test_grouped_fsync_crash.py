@@ -11,15 +11,18 @@ from __future__ import annotations
 import re
 import textwrap
 
+from legampi import archive, checksum
 from tests.faults.conftest import (
     add_files,
     archived_files,
     assert_safe,
     events,
     finish,
+    rows_by_name,
     set_options,
     sha256_file,
     start_mpi,
+    temp_files,
 )
 
 HOOK = textwrap.dedent(
@@ -61,18 +64,28 @@ def test_worker_killed_in_a_group_folder_fsync_loses_nothing_and_rerun_finishes_
     monkeypatch.setenv("LEGAMPI_TEST_KILL_AT_GROUP_FSYNC", "3")
     rc, _out, err = finish(start_mpi(ws, 3, "process", tag="killed"), timeout=120)
     assert rc != 0, f"the job ended 0 though a worker was killed:\n{err}"
-    rows = assert_safe(ws, files)  # recorded => on disk with its sidecar; not recorded => source kept
+    rows = rows_by_name(ws)
     available = {n for n, r in rows.items() if r["status"] == "available"}
+    for e in files:  # recorded => on disk with its sidecar (the checksum it recorded); else the source is kept
+        name, final = e["name"], archive.final_path(ws.end_storage, e["name"], (".c4gh",))
+        if name in available:
+            ok, _expected, found = checksum.check_sidecar(checksum.sidecar_path(final, "sha256"))
+            assert ok and found == rows[name]["archive_checksum"], f"{name}: recorded, not on disk as recorded"
+        else:
+            assert (ws.processing / name).is_file(), f"{name}: LOST: not recorded and its source is gone"
     assert len(available) < len(files), "the kill came after every file was recorded"
     linked = {p.name: (p.stat().st_ino, sha256_file(p)) for p in archived_files(ws) if p.name not in available}
+    assert linked, "no file of the killed group had reached its final name"
     for name in linked:  # the killed group's files that reached their names: with provenance, source kept
         assert (ws.end_storage / (name + ".sha256")).is_file(), f"{name}: archived without its sidecar"
         assert (ws.processing / name).is_file(), f"{name}: source removed though its row was not recorded"
+    temps = temp_files(ws)
     monkeypatch.delenv("LEGAMPI_TEST_KILL_AT_GROUP_FSYNC")
     rerun = ws.mpi(3, "process")
     assert rerun.returncode == 0, rerun.stderr
     adopted = set(re.findall(r"recorded: (\S+) -> ", rerun.stderr))
     assert adopted == set(linked), f"rerun adopted {adopted}, linked before the kill {set(linked)}"
+    assert all(f"temp removed: {t.name}" in rerun.stderr for t in temps), rerun.stderr  # the dead worker's
     after = {p.name: (p.stat().st_ino, sha256_file(p)) for p in archived_files(ws)}
     assert all(after[n] == ident for n, ident in linked.items()), "an adopted copy was rewritten"
     per_file = {

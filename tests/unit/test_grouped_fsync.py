@@ -240,3 +240,15 @@ def test_big_files_keep_the_overlapped_path_and_results_stay_in_order(ws, plaint
     assert not third.done()
     work.flush()
     assert third.result(timeout=60).status == "available"
+
+
+def test_group_files_0_commits_each_file_on_its_own(ws, plaintexts, h, monkeypatch) -> None:
+    _ordered(ws)
+    inputs = _group_inputs(ws, plaintexts, h, 2)
+    calls: list[tuple[str, str]] = []
+    _trace_group(monkeypatch, calls)
+    work = GroupedWork(ws.ctx(), group_files=0)
+    first = work(inputs[0][0])
+    assert first.result(timeout=60).status == "available"  # no flush needed: the overlapped path
+    assert work(inputs[1][0]).result(timeout=60).status == "available"
+    assert [k for k, _ in calls].count("fsync_dir") == 2  # one folder fsync per file

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--contenders", "ideal,legampi", "--modes", "full", "--legampi-db", a.db, "--no-balance-real"]
     if a.smoke:
         with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
-            print_profile(profile(40, Path(d)))
+            print_profile(profile(40, Path(d), group=a.group))
         return _ingest(["--files", "40", "--size", "1KiB", "--repeat", "1", "--warmup", "0", *common])
     if a.what == "profile":
         with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:

@@ -4,6 +4,7 @@
     python benchmarks/smallfiles.py --smoke             # seconds: profile 40 files, compare on 40 x 1 KiB
     python benchmarks/smallfiles.py profile --files 2000  # where a worker's time per small file goes
     python benchmarks/smallfiles.py small --repeat 3    # legampi -n 3 vs ideal, 2,000 x 1 KiB (ingest.py)
+    python benchmarks/smallfiles.py small --ab --db postgresql://127.0.0.1/bench  # group_files 0 vs 64
     python benchmarks/smallfiles.py huge --size 1GB     # legampi -n 2 vs ideal (one process), one file
 
 `profile` runs the worker's pipeline (`stream.process_file`) in this process on fresh 1 KiB Crypt4GH
@@ -59,12 +60,13 @@ def _fsync_kind(fd: int) -> str:
     return "fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file"
 
 
-def profile(files: int, workdir: Path, ordered: bool = True) -> dict[str, tuple[float, float]]:
+def profile(files: int, workdir: Path, ordered: bool = True, group: int = 0) -> dict[str, tuple[float, float]]:
     """ms per file and calls per file of each category, over FILES 1 KiB files (process_file in-process).
 
     ordered=False: as if the file system did not order directory operations (a folder fsync after the
-    sidecar link and another after the archive link, as before issue 15)."""
-    from legampi import archive, stream
+    sidecar link and another after the archive link, as before issue 15). group=N: the worker's grouped
+    path (grouping.GroupedWork, N files made durable together), as `legampi process` runs it."""
+    from legampi import archive, grouping, stream
     from legampi import keys as lkeys
     from legampi.formats import crypt4gh as c4gh
 
@@ -92,13 +94,19 @@ def profile(files: int, workdir: Path, ordered: bool = True) -> dict[str, tuple[
         t.wrap(stream, "fingerprint", "key fingerprint"),
         t.wrap(lkeys, "fingerprint", "key fingerprint"),
     ]
+    work = grouping.GroupedWork(ctx, 0, group) if group else None
     t0 = time.perf_counter()
     try:
-        for i, f in enumerate(made):
-            task = stream.FileTask(f"F{i}", "D", f.name, f.md5, f.sha256, f.enc_size)
-            r = stream.process_file(task, ctx)
+        tasks = [stream.FileTask(f"F{i}", "D", f.name, f.md5, f.sha256, f.enc_size) for i, f in enumerate(made)]
+        if work is not None:
+            futures = [work(task) for task in tasks]
+            work.flush()
+            results = [fut.result() for fut in futures]
+        else:
+            results = [stream.process_file(task, ctx) for task in tasks]
+        for r in results:
             if r.status != "available":
-                raise SystemExit(f"profile: {f.name} failed: {r.error}")
+                raise SystemExit(f"profile: {r.rel} failed: {r.error}")
     finally:
         for u in undo:
             u()
@@ -117,19 +125,20 @@ def print_profile(rows: dict[str, tuple[float, float]]) -> None:
         print(f"{k:42} {ms:8.3f} {calls:10.2f}")
 
 
-def ab(files: int, rounds: int) -> None:
-    """Interleaved rounds of the worker pipeline with one folder fsync per file (ordered) and with two."""
-    totals: dict[bool, list[float]] = {True: [], False: []}
+def ab(files: int, rounds: int, group: int = 64) -> None:
+    """Interleaved rounds of the worker pipeline: two folder fsyncs per file, one (ordered), and files
+    made durable in groups of GROUP (grouping.GroupedWork)."""
+    runs = {"two folder fsyncs per file": (False, 0), "one (ordered)": (True, 0), f"groups of {group}": (True, group)}
+    totals: dict[str, list[float]] = defaultdict(list)
     for _ in range(rounds):
-        for ordered in (False, True):
+        for name, (ordered, grouped) in runs.items():
             with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
-                totals[ordered].append(profile(files, Path(d), ordered)["total per file"][0])
+                totals[name].append(profile(files, Path(d), ordered, grouped)["total per file"][0])
     med = {k: statistics.median(v) for k, v in totals.items()}
     print(f"load average {os.getloadavg()[0]:.1f}; {rounds} rounds x {files} files, median ms/file")
-    print(
-        f"two folder fsyncs per file (before) {med[False]:.2f}  one (ordered) {med[True]:.2f}  "
-        f"speed-up {med[False] / med[True]:.2f}x"
-    )
+    first = next(iter(med.values()))
+    for name, ms in med.items():
+        print(f"{name:28} {ms:7.2f} ms/file  speed-up {first / ms:5.2f}x")
 
 
 def threads(size: int, rounds: int, workdir: Path) -> None:
@@ -174,33 +183,60 @@ def threads(size: int, rounds: int, workdir: Path) -> None:
         print(f"{name:32} {size / med / 1e6:8.1f} MB/s  {ideal_s / med:5.2f}x ideal")
 
 
-def small_pg(files: int, rounds: int, url: str, workdir: Path) -> int:
-    """PostgreSQL: ingest.py registers into the database it is given, so each round gets a fresh one
-    (dropped and created again through psql); each round runs ideal and legampi back to back."""
+def small_ab(files: int, rounds: int, db: str, groups: list[int], workdir: Path) -> int:
+    """Rounds of ingest.py runs (ideal and legampi back to back, on the same files), one per `group_files`
+    value in GROUPS in turn (0: every file made durable on its own), so the variants share the machine's
+    load; legampi/ideal per variant. PostgreSQL: ingest.py registers into the database it is given, so
+    each run gets a fresh one (dropped and created again through psql)."""
     import json
     import subprocess
 
-    base, _, name = url.rpartition("/")
-    ratios, code = [], 0
+    base, _, name = db.rpartition("/")
+    ratios: dict[int, list[float]] = defaultdict(list)
+    code = 0
     for i in range(rounds):
-        for sql in (f"drop database if exists {name}", f"create database {name}"):
-            subprocess.run(["psql", "-q", f"{base}/postgres", "-c", sql], check=True)
-        out = workdir / f"round{i}.json"
-        argv = ["--files", str(files), "--size", "1KiB", "-W", "2", "--repeat", "1", "--warmup", "0"]
-        code = max(code, _ingest([*argv, "--json", str(out), *_COMMON, "--legampi-db", url]))
-        ratios.append(json.loads(out.read_text())["ratios"]["legampi/ideal (full)"])
-    print(f"PostgreSQL, {rounds} rounds: legampi/ideal {ratios}; median {statistics.median(ratios):.2f}x")
+        for group in groups:
+            if db.startswith("postgres"):
+                for sql in (f"drop database if exists {name}", f"create database {name}"):
+                    subprocess.run(["psql", "-q", f"{base}/postgres", "-c", sql], check=True)
+            out = workdir / f"round{i}-group{group}.json"
+            argv = ["--files", str(files), "--size", "1KiB", "-W", "2", "--repeat", "1", "--warmup", "0"]
+            code = max(code, _ingest([*argv, "--json", str(out), *_COMMON, "--legampi-db", db], group))
+            ratios[group].append(json.loads(out.read_text())["ratios"]["legampi/ideal (full)"])
+            print(f"load average {os.getloadavg()[0]:.1f} after round {i} group_files={group}", flush=True)
+    which = "PostgreSQL" if db.startswith("postgres") else "SQLite"
+    for group, r in ratios.items():
+        print(f"{which}, group_files={group}, {rounds} rounds: legampi/ideal {r}; median {statistics.median(r):.2f}x")
     return code
 
 
 _COMMON = ["--contenders", "ideal,legampi", "--modes", "full", "--no-balance-real"]
 
 
-def _ingest(argv: list[str]) -> int:
+def _ingest(argv: list[str], group: int | None = None) -> int:
+    """benchmarks/ingest.py's main; GROUP: legampi's [func_conf] group_files (None: its default)."""
+    import configparser
+
     sys.path.insert(0, str(HERE))
     import ingest  # benchmarks/ingest.py
 
-    return int(ingest.main(argv))
+    real = ingest.write_legampi_config
+
+    def write_config(path: Path, *a: Any, **kw: Any) -> Any:
+        spaces = real(path, *a, **kw)
+        if group is not None:
+            cfg = configparser.ConfigParser()
+            cfg.read(path)
+            cfg["func_conf"]["group_files"] = str(group)
+            with open(path, "w", encoding="utf-8") as f:
+                cfg.write(f)
+        return spaces
+
+    ingest.write_legampi_config = write_config
+    try:
+        return int(ingest.main(argv))
+    finally:
+        ingest.write_legampi_config = real
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,29 +246,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="1GB", help="huge: the one file's size")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--db", default="sqlite", help="legampi database for small/huge (sqlite or a URL)")
+    p.add_argument("--group", type=int, default=64, help="files a worker makes durable together (0: one by one)")
+    p.add_argument("--ab", action="store_true", help="small: rounds alternate --group 0 and --group N")
     p.add_argument("--smoke", action="store_true", help="profile 40 files and compare on 40 x 1 KiB; seconds")
     a = p.parse_args(argv)
     common = ["--contenders", "ideal,legampi", "--modes", "full", "--legampi-db", a.db, "--no-balance-real"]
     if a.smoke:
         with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
-            print_profile(profile(40, Path(d)))
+            print_profile(profile(40, Path(d), group=a.group))
         return _ingest(["--files", "40", "--size", "1KiB", "--repeat", "1", "--warmup", "0", *common])
     if a.what == "profile":
         with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
-            print_profile(profile(a.files, Path(d)))
+            print_profile(profile(a.files, Path(d), group=a.group))
         return 0
     if a.what == "ab":
-        ab(a.files, a.repeat)
+        ab(a.files, a.repeat, a.group)
         return 0
     if a.what == "threads":
         with tempfile.TemporaryDirectory(prefix="legampi-huge-") as d:
             threads(datagen.parse_size(a.size), a.repeat, Path(d))
         return 0
-    if a.what == "small" and a.db.startswith("postgres"):
+    if a.what == "small" and (a.ab or a.db.startswith("postgres")):
+        groups = [0, a.group] if a.ab else [a.group]
         with tempfile.TemporaryDirectory(prefix="legampi-small-") as d:
-            return small_pg(a.files, a.repeat, a.db, Path(d))
+            return small_ab(a.files, a.repeat, a.db, groups, Path(d))
     if a.what == "small":  # ingest.py runs legampi with W workers + rank 0: -W 2 is `mpiexec -n 3`
-        return _ingest(["--files", str(a.files), "--size", "1KiB", "-W", "2", "--repeat", str(a.repeat), *common])
+        return _ingest(
+            ["--files", str(a.files), "--size", "1KiB", "-W", "2", "--repeat", str(a.repeat), *common], a.group
+        )
     return _ingest(["--files", "1", "--size", a.size, "-W", "1", "--repeat", str(a.repeat), "--verify", "1", *common])
 
 

@@ -174,7 +174,7 @@ class TempArchiveFile:
         self.hasher = hashlib.new(checksum)
         self.checksum_type = checksum
         self.size = 0
-        self.committed = False
+        self.committed = self.finished = False
         self._fd: int | None = os.open(
             self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode
         )
@@ -186,8 +186,8 @@ class TempArchiveFile:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Hash and write all of `data` (os.write may write less than asked)."""
-        if self._fd is None:
-            raise ValueError("write to a closed archive temp file")
+        if self._fd is None or self.finished:
+            raise ValueError("write to a finished archive temp file")
         view = memoryview(data)
         self.hasher.update(view)
         total = len(view)
@@ -196,16 +196,29 @@ class TempArchiveFile:
             off += os.write(self._fd, view[off:])
         self.size += total
 
-    def finish(self) -> str:
-        """fsync and close the temp file; return the hex checksum of the bytes written."""
-        if self._fd is None:
-            raise ValueError("archive temp file already closed")
-        fd, self._fd = self._fd, None
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def finish(self, sync: bool = True) -> str:
+        """fsync and close the temp file; return the hex checksum of the bytes written. sync=False leaves
+        both to `sync()`, so that a group of small files is made durable in a row (legampi.groupsync)."""
+        if self._fd is None or self.finished:
+            raise ValueError("archive temp file already finished")
+        self.finished = True
+        if sync:
+            self.sync()
         return self.hasher.hexdigest()
+
+    def start_writeback(self) -> None:
+        """Start writing the finished file's data, without waiting (groupsync.start_writeback)."""
+        if self._fd is not None:
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def sync(self) -> None:
+        """fsync and close the finished temp file (once)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def commit(self, durable: bool = True) -> Path:
         """Link the temp file to its final name (never replacing one) and make it durable.

@@ -44,6 +44,7 @@ class FuncConfig:
     claim_timeout: int = 600
     batch_size: int = 200
     flush_interval: float = 5.0
+    group_files: int = 64  # small files a worker makes durable together (issue 15); 0: one at a time
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def _func(r: IniReader) -> FuncConfig:
         claim_timeout=r.int("func_conf", "claim_timeout", FuncConfig.claim_timeout, 1),
         batch_size=r.int("func_conf", "batch_size", FuncConfig.batch_size, 1),
         flush_interval=r.float("func_conf", "flush_interval", FuncConfig.flush_interval),
+        group_files=r.int("func_conf", "group_files", FuncConfig.group_files, 0),
     )
 
 

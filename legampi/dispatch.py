@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 
@@ -104,11 +104,15 @@ def coordinate(
 def serve(team: Team, work: Callable[[Any], Any], should_stop: Callable[[], bool]) -> None:
     """A worker: run tasks as they come. WORK may return a Future (the end of the task continuing in a
     thread, e.g. waiting for the disk): its result is sent as soon as it is done, in task order, while
-    the next task runs; at most one such tail is left running when the next task starts."""
+    the next task runs; at most one such tail is left running when the next task starts.
+
+    A WORK with a `flush` method (grouping.GroupedWork) holds some results back until several files are
+    durable together: it is told to flush whenever nothing more is queued here, and bounds its own tails."""
     queue: deque[Any] = deque()
     running: deque[Any] = deque()
     told = False
     status = team.MPI.Status()
+    flush: Callable[[], None] | None = getattr(work, "flush", None)
 
     def deliver(block: bool = False) -> None:
         while running and (block or running[0].done()):
@@ -116,6 +120,8 @@ def serve(team: Team, work: Callable[[Any], Any], should_stop: Callable[[], bool
 
     while True:
         while not queue or told or team.comm.Iprobe(source=0, tag=team.MPI.ANY_TAG, status=status):
+            if flush is not None and (not queue or told):
+                flush()  # nothing more to start now: what is held becomes durable, its results follow
             msg, _src, tag = team.recv(0, idle=deliver)
             if tag == TASKS:
                 queue.extend(msg)
@@ -130,12 +136,50 @@ def serve(team: Team, work: Callable[[Any], Any], should_stop: Callable[[], bool
             told = True  # start nothing new: wait for rank 0's CANCEL (drops the queue), then STOP
             continue
         out = work(queue.popleft())
-        deliver(block=True)
+        deliver(block=flush is None)
         if is_future(out):
             out.add_done_callback(lambda _f: team.bell.ring_self())
             running.append(out)
         else:
             team.send(out, 0, RESULT)
+
+
+def serve_in_process(
+    work: Callable[[Any], Any],
+    queue: deque[Any],
+    on_result: Callable[[Any], None],
+    tick: Callable[[], None],
+    should_stop: Callable[[], bool],
+    more: Callable[[], Iterable[Any]] | None = None,
+) -> None:
+    """`serve` and `coordinate` in one process (one rank): results in task order, a Future awaited; MORE
+    (a lazy source) gives the next tasks once the queue is empty; a WORK with `flush` is flushed when
+    nothing more will start, and its results taken as they are ready."""
+    flush: Callable[[], None] | None = getattr(work, "flush", None)
+    held: deque[Any] = deque()
+
+    def refill() -> None:
+        if not queue and more is not None and not should_stop():
+            queue.extend(more())
+
+    def deliver(last: bool) -> None:
+        while held and (last or flush is None or not is_future(held[0]) or held[0].done()):
+            out = held.popleft()
+            on_result(out.result() if is_future(out) else out)
+            tick()
+
+    refill()
+    while queue and not should_stop():
+        held.append(work(queue.popleft()))
+        refill()
+        last = not queue or should_stop()
+        if last and flush is not None:
+            flush()
+        deliver(last)
+    if held:  # stopped (a signal) while a group was still held: make it durable, report every result
+        if flush is not None:
+            flush()
+        deliver(True)
 
 
 class Dispatch:

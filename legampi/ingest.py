@@ -79,14 +79,16 @@ def open_database(connect: Callable[[], Database]) -> Database:
 
 
 def load_pipeline(cfg: Config, rank: int) -> Callable[[FileTask], Any]:
-    """A working rank's work function: stream one file; its fsync and commit overlap the next file."""
-    from .stream import PipelineContext, process_file_overlapped
+    """A working rank's work function: stream one file; its fsync and commit overlap the next file, and
+    small files are made durable in groups (grouping.GroupedWork)."""
+    from .grouping import GroupedWork
+    from .stream import PipelineContext
 
     try:
         ctx = PipelineContext.from_config(cfg)
     except Exception as exc:  # noqa: BLE001 - any key/passphrase problem must reach rank 0 as text
         raise NotReady(f"cannot prepare the pipeline: {exc}") from None
-    return lambda task: process_file_overlapped(task, ctx, rank=rank)
+    return GroupedWork(ctx, rank, cfg.func.group_files)
 
 
 def process_files(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from . import dispatch as ds
-from .dispatch import AGREE, RESULT_OF_JOB, More, coordinate, drain, is_future, order, serve, tell_rank0
+from .dispatch import AGREE, RESULT_OF_JOB, More, coordinate, drain, order, serve, serve_in_process, tell_rank0
 from .transport import Doorbell, quiet_transport_defaults
 from .transport import LostRank as LostRank  # re-exported: the executor face's errors
 from .transport import StopFlag as StopFlag
@@ -113,14 +113,9 @@ class InProcess(Executor):
         more: More | None = None,
     ) -> None:
         queue = order(list(tasks) if schedule == "dynamic" else drain(tasks, more, 1), schedule, key, name, 1)[0]
-        while not should_stop():
-            if not queue and more is not None and schedule == "dynamic":  # a lazy source: its next batch
-                queue.extend(order(list(more(1)), schedule, key, name, 1)[0])
-            if not queue:
-                return
-            out = self.work(queue.popleft())
-            on_result(out.result() if is_future(out) else out)
-            tick()
+        lazy = more if schedule == "dynamic" else None  # static: `drain` took everything up front
+        refill = None if lazy is None else lambda: order(list(lazy(1)), schedule, key, name, 1)[0]
+        serve_in_process(self.work, queue, on_result, tick, should_stop, refill)
 
 
 class _Coordinator(Executor):

@@ -55,12 +55,7 @@ def commit(
     of this attempt stays visible (the sidecar written here is removed again).
     """
     final = writer.final
-    side = checksum.sidecar_path(final, algo)
-    if os.path.lexists(side):
-        owner = _owner(side, algo)
-        if owner != prov["file_id"] or os.path.lexists(final):
-            raise _conflict(rel, side, owner)
-        side.unlink()  # this file's own attempt that crashed before its link: start over
+    side = clear_sidecar_path(final, algo, prov, rel)
     # One folder fsync for both names where the file system journals the folder's operations in order
     # (archive.ORDERED_DIR_FS): the sidecar's link is made first, so a crash before that fsync leaves
     # nothing, the sidecar alone (an own orphan: the next attempt or recovery drops it) or both, never
@@ -71,7 +66,7 @@ def commit(
     except FileExistsError:
         raise _conflict(rel, side, _owner(side, algo)) from None
     except OSError as e:
-        raise _os_error(rel, f"writing the checksum sidecar {side}", e) from None
+        raise os_error(rel, f"writing the checksum sidecar {side}", e) from None
     try:
         writer.commit(durable=True)
     except BaseException as e:
@@ -79,8 +74,25 @@ def commit(
             side.unlink(missing_ok=True)
             archive.fsync_dir(side.parent)
         if isinstance(e, OSError):
-            raise _os_error(rel, f"moving the archived file into place at {final}", e) from None
+            raise os_error(rel, f"moving the archived file into place at {final}", e) from None
         raise
+
+
+def clear_sidecar_path(final: Path, algo: str, prov: dict[str, Any], rel: str) -> Path:
+    """The sidecar path of FINAL, free for this file's sidecar: a stale sidecar of this file's own earlier
+    attempt (crashed before its link) is removed; anything else there is an `archive_conflict`."""
+    side = checksum.sidecar_path(final, algo)
+    if os.path.lexists(side):
+        owner = _owner(side, algo)
+        if owner != prov["file_id"] or os.path.lexists(final):
+            raise _conflict(rel, side, owner)
+        side.unlink()  # this file's own attempt that crashed before its link: start over
+    return side
+
+
+def sidecar_taken(rel: str, side: Path, algo: str) -> IngestError:
+    """A sidecar appeared at SIDE between the check and the link (a concurrent writer of the same path)."""
+    return _conflict(rel, side, _owner(side, algo))
 
 
 def _conflict(rel: str, side: Path, owner: str | None) -> IngestError:
@@ -99,7 +111,8 @@ def _owner(side: Path, algo: str) -> str | None:
         return None
 
 
-def _os_error(rel: str, stage: str, e: OSError) -> IngestError:
+def os_error(rel: str, stage: str, e: OSError) -> IngestError:
+    """An OSError of a commit step as the failure kind the operator acts on (`nospace` or `io`)."""
     import errno
 
     if e.errno in (errno.ENOSPC, errno.EDQUOT):

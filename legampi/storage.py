@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from legampi import archive, provenance
+from legampi import archive, groupsync, provenance
 from legampi.formats import IngestError
 from legampi.s3config import ArchiveConfig
 
@@ -72,6 +72,8 @@ class _PosixWriter:
         self.tmp = archive.TempArchiveFile(final, mode, algo)
         self.rel, self.mode, self.algo = rel, mode, algo
         self.digest: str | None = None
+        self.group: groupsync.Group | None = None
+        self.handed = False  # to a group, which commits or removes the temp file
 
     @property
     def size(self) -> int:
@@ -79,7 +81,7 @@ class _PosixWriter:
 
     @property
     def committed(self) -> bool:
-        return self.tmp.committed
+        return self.tmp.committed or self.handed
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -88,15 +90,21 @@ class _PosixWriter:
             raise io_error(self.rel, f"writing the archive temp file in {self.tmp.final.parent}", e) from None
 
     def finish(self) -> str:
+        self.group = groupsync.collecting()  # a group fsyncs the data later, with its other files
         try:
-            self.digest = self.tmp.finish()
+            self.digest = self.tmp.finish() if self.group is None else self.tmp.finish(sync=False)
         except OSError as e:
             raise io_error(self.rel, f"flushing the archive temp file in {self.tmp.final.parent}", e) from None
         return self.digest
 
     def commit(self, prov: dict[str, Any]) -> str:
+        """Final and durable when this returns; in a group, handed to it (final once `Group.sync` says so)."""
         assert self.digest is not None, "finish() before commit()"
-        provenance.commit(self.tmp, self.digest, self.algo, self.mode, prov, self.rel)
+        if self.group is not None:
+            self.group.add(self.tmp, self.digest, self.algo, self.mode, prov, self.rel)
+            self.handed = True
+        else:
+            provenance.commit(self.tmp, self.digest, self.algo, self.mode, prov, self.rel)
         return str(self.tmp.final.absolute())
 
     def abort(self) -> None:

@@ -171,6 +171,7 @@ def serve_in_process(
     refill()
     while queue and not should_stop():
         held.append(work(queue.popleft()))
+        deliver(False)  # what is ready, before asking for more (its results may stop the job)
         refill()
         last = not queue or should_stop()
         if last and flush is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import archive, storage
+from . import archive, namelimits, storage
 from .checksum import is_hex_digest
 from .config import Config
 from .formats.base import IngestError
@@ -22,20 +22,20 @@ def prepare(entries: list[dict[str, Any]], cfg: Config, source: str) -> list[dic
     """Add each entry's archive_name and refuse (ManifestError naming the line) what cannot be archived."""
     ws, exts = cfg.workspaces, tuple(cfg.func.extensions)
     s3 = cfg.archive if cfg.archive.backend == "s3" else None
-    processing = archive.fs_limits(ws.processing)
+    processing = namelimits.fs_limits(ws.processing)
     # an S3 archive has no file system limits, only its key length (checked below)
     if s3 is not None:
-        end_storage = archive.FsLimits(f"s3://{s3.s3_bucket}", None, None)
+        end_storage = namelimits.FsLimits(f"s3://{s3.s3_bucket}", None, None)
     else:
         assert ws.end_storage is not None  # config requires it for the folder backend
-        end_storage = archive.fs_limits(ws.end_storage)
-    quarantine = archive.fs_limits(ws.quarantine) if ws.quarantine is not None else None
+        end_storage = namelimits.fs_limits(ws.end_storage)
+    quarantine = namelimits.fs_limits(ws.quarantine) if ws.quarantine is not None else None
     seen: dict[str, dict[str, Any]] = {}
     for e in entries:
         where = f"{source}:{e['line']}"
         try:
             arch = archive.archive_name(e["file_name"], exts)
-            problem = archive.name_limits_problem(e["file_name"], exts, processing, end_storage, quarantine, arch)
+            problem = namelimits.name_limits_problem(e["file_name"], exts, processing, end_storage, quarantine, arch)
             problem = problem or (storage.key_problem(s3, arch) if s3 else None)
         except IngestError as exc:
             raise ManifestError(f"{where}: {exc.message}") from None

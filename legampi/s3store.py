@@ -204,7 +204,7 @@ class S3Store:
 
     def key_problem(self, rel: str) -> str | None:
         """Why archive name REL cannot be an object key here (S3 keys are at most 1024 bytes), or None:
-        for `register`'s name checks, next to archive.name_limits_problem."""
+        for `register`'s name checks, next to namelimits.name_limits_problem."""
         n = len(self.key(rel).encode("utf-8"))
         return None if n <= 1024 else f"{rel!r}: the S3 key would be {n} bytes, S3 allows 1024"
 

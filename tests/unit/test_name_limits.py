@@ -1,4 +1,4 @@
-"""archive.name_limits_problem: the longest name it accepts is the longest whose derived names (archive
+"""namelimits.name_limits_problem: the longest name it accepts is the longest whose derived names (archive
 name, sidecars, temp names with the largest pid) the real file system accepts, and one byte more is refused."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from legampi import archive
-from legampi.archive import FsLimits, fs_limits, name_limits_problem
+from legampi import archive, namelimits
+from legampi.namelimits import FsLimits, fs_limits, name_limits_problem
 
 EXTS = (".c4gh", ".cip", ".gpg")
 
@@ -36,11 +36,11 @@ def test_the_boundary_is_the_file_systems_own(tmp_path: Path, suffix: str) -> No
     n = longest_accepted(rel, proc, end)
     final = Path(archive.archive_name(rel(n), EXTS)).name
     # every name legampi derives fits on the real file system...
-    for name in (final, final + ".sha256", archive._longest_temp(final + ".sha256")):
+    for name in (final, final + ".sha256", namelimits._longest_temp(final + ".sha256")):
         (end_dir / name).write_bytes(b"")
     (proc_dir / rel(n)).write_bytes(b"")
     # ...and one byte more would make the longest of them impossible
-    longer = archive._longest_temp(Path(archive.archive_name(rel(n + 1), EXTS)).name + ".sha256")
+    longer = namelimits._longest_temp(Path(archive.archive_name(rel(n + 1), EXTS)).name + ".sha256")
     with pytest.raises(OSError) as exc:
         (end_dir / longer).write_bytes(b"")
     assert exc.value.errno == errno.ENAMETOOLONG
@@ -72,5 +72,5 @@ def test_limits_of_a_folder_not_yet_created_come_from_its_parent(tmp_path: Path)
 
 def test_the_pid_bound_covers_this_kernel() -> None:
     with open("/proc/sys/kernel/pid_max") as f:
-        assert int(f.read()) <= archive.PID_MAX_LIMIT
-    assert str(os.getpid()) not in archive._longest_temp("x") or os.getpid() == archive.PID_MAX_LIMIT
+        assert int(f.read()) <= namelimits.PID_MAX_LIMIT
+    assert str(os.getpid()) not in namelimits._longest_temp("x") or os.getpid() == namelimits.PID_MAX_LIMIT

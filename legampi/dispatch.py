@@ -133,6 +133,8 @@ class Dispatch:
         self.held = dict.fromkeys(self.workers, 0)  # bytes outstanding per worker
         self.active = set(self.workers)
         self.stopping = False
+        hosts = getattr(team, "hosts", {})  # every rank's host, once the ranks agreed (parallel.Team)
+        self.node_workers = {w: sum(hosts.get(v, v) == hosts.get(w, w) for v in self.workers) for w in self.workers}
         if self.dynamic:  # deal the first files round-robin, one at a time, so small jobs spread over all ranks
             while self.pending and any(self.wants(w) for w in self.workers):
                 for w in self.workers:
@@ -155,15 +157,25 @@ class Dispatch:
             batch: list[Any] = []
             while self.wants(w) and (most is None or len(batch) < most):
                 t = self.pending.popleft()
+                self.mark(t, w)
                 batch.append(t)
                 self.outstanding[w][ident(t)] = t
                 self.held[w] += self.key(t)
         else:
             batch = list(self.queues[w - 1])
             self.queues[w - 1].clear()
+            for t in batch:
+                self.mark(t, w)
             self.outstanding[w].update((ident(t), t) for t in batch)
         if batch:
             self.team.send(batch, w, TASKS)
+
+    def mark(self, task: Any, w: int) -> None:
+        """What a FileTask-like task tells its worker about idle cores (`spread.threads_for`): the worker
+        ranks on W's node, and `spread` when fewer files are left than workers (dynamic schedule)."""
+        if hasattr(task, "spread"):
+            task.spread = self.dynamic and len(self.pending) < len(self.workers)
+            task.node_workers = self.node_workers[w]
 
     def settle(self, w: int, ids: Sequence[Any]) -> None:
         """Worker W no longer holds these tasks (a result came back, or it dropped them unstarted)."""

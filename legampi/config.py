@@ -44,6 +44,7 @@ class FuncConfig:
     claim_timeout: int = 600
     batch_size: int = 200
     flush_interval: float = 5.0
+    threads_per_file: str = "auto"  # '1', '2', '3' or 'auto': one Crypt4GH file's stages on threads (spread.py)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,15 @@ def _func(r: IniReader) -> FuncConfig:
         claim_timeout=r.int("func_conf", "claim_timeout", FuncConfig.claim_timeout, 1),
         batch_size=r.int("func_conf", "batch_size", FuncConfig.batch_size, 1),
         flush_interval=r.float("func_conf", "flush_interval", FuncConfig.flush_interval),
+        threads_per_file=_threads_per_file(r),
     )
+
+
+def _threads_per_file(r: IniReader) -> str:
+    raw = (r.str("func_conf", "threads_per_file") or FuncConfig.threads_per_file).strip().lower()
+    if raw != "auto" and not (raw.isdigit() and int(raw) >= 1):
+        raise r.err("func_conf", "threads_per_file", f"must be auto or a number of threads (1, 2, 3), got {raw!r}")
+    return raw if raw == "auto" else str(int(raw))
 
 
 def _api(r: IniReader) -> ApiConfig:

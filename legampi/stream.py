@@ -101,7 +101,7 @@ class PipelineContext:
     chunk_size: int = 4 * 1024 * 1024  # bytes read per I/O call (rounded to whole segments)
     archive: ArchiveConfig | None = None  # [archive]; None or backend posix: end_storage
     job_id: str | None = None  # named in an S3 upload's claim, when the worker knows it
-    threads_per_file: str = "1"  # a Crypt4GH file's stages on '1', '2', '3' threads, or 'auto' (legampi.spread)
+    threads_per_file: str = "auto"  # a Crypt4GH file's stages on '1', '2', '3' threads, or 'auto' (legampi.spread)
 
     def __post_init__(self) -> None:
         checks = [
@@ -159,7 +159,7 @@ class PipelineContext:
             file_mode=crypto.file_mode,
             chunk_size=func.chunk_size,
             archive=getattr(cfg, "archive", None),
-            threads_per_file=str(getattr(func, "threads_per_file", "1")),
+            threads_per_file=func.threads_per_file,
         )
 
     def secrets(self) -> list[str]:

@@ -165,3 +165,24 @@ def test_auto_uses_threads_only_where_cores_would_idle(monkeypatch) -> None:
     assert spread.threads_for("1", huge, task(1)) == 1 and spread.threads_for("2", 1 << 20, task(2)) == 2
     monkeypatch.setattr(spread, "usable_cores", lambda: 1)  # the launcher pinned the rank to one core
     assert spread.threads_for("auto", huge, task(1, spread_=True)) == 1
+
+
+def test_rank0_marks_the_last_files_spread_and_counts_workers_per_node() -> None:
+    from legampi.dispatch import TASKS, Dispatch
+    from legampi.stream import FileTask
+
+    class Team:  # what Dispatch uses of parallel.Team: sends, the size, every rank's host
+        MPI = comm = bell = None
+
+        def __init__(self) -> None:
+            self.size, self.hosts, self.sent = 4, {0: "a", 1: "a", 2: "a", 3: "b"}, []
+
+        def send(self, obj, dest: int, tag: int) -> None:
+            self.sent.append((dest, tag, obj))
+
+    tasks = [FileTask(f"F{i}", "D", f"f{i}.c4gh", None, None, size=100 << 20) for i in range(7)]
+    team = Team()
+    Dispatch(team, tasks, "dynamic", key=lambda t: t.size, name=lambda t: t.rel)
+    dealt = [(dest, t) for dest, tag, batch in team.sent if tag == TASKS for t in batch]
+    assert [t.spread for _w, t in dealt] == [False, False, False, False, True, True]  # 1 left after these
+    assert {w: t.node_workers for w, t in dealt} == {1: 2, 2: 2, 3: 1}

@@ -222,6 +222,8 @@ class _Stages:
                     b = self.pool.get_nowait()
                 except queue.Empty:
                     break
+                if b is None:  # only close() puts None
+                    break
                 self.produce(b)
         b = self.to_caller.get()
         if self.error is not None:

@@ -110,8 +110,8 @@ class PipelineContext:
             ("legacy_cipher", self.legacy_cipher, ("aes128", "aes256")),
             ("decrypt_via", self.decrypt_via, ("local", "res")),
         ]
-        if self.threads_per_file != "auto" and not self.threads_per_file.isdigit() or self.threads_per_file == "0":
-            checks.append(("threads_per_file", self.threads_per_file, ("1", "2", "3", "auto")))
+        if not (self.threads_per_file == "auto" or self.threads_per_file.isdigit() and int(self.threads_per_file)):
+            raise ValueError(f"threads_per_file = {self.threads_per_file!r}; expected auto or a number (1, 2, 3)")
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{name} = {value!r}; expected one of {', '.join(allowed)}")
@@ -320,7 +320,8 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
                 raw, ctx.inbox_secret_key, ctx.archive_public_key, sink, chunk_size=ctx.chunk_size, label=rel
             )
             stages.append(out)
-        elif fmt == "crypt4gh" and (out := spread.for_file(raw, task, ctx, st0.st_size, (md5, sha), count)):
+        elif fmt == "crypt4gh" and (threaded := spread.for_file(raw, task, ctx, st0.st_size, (md5, sha), count)):
+            out = threaded
             stages.append(out)
         else:
             from_res = ctx.decrypt_via == "res" and fmt in ("legacy_aes", "openpgp")

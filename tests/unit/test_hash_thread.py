@@ -186,3 +186,21 @@ def test_rank0_marks_the_last_files_spread_and_counts_workers_per_node() -> None
     dealt = [(dest, t) for dest, tag, batch in team.sent if tag == TASKS for t in batch]
     assert [t.spread for _w, t in dealt] == [False, False, False, False, True, True]  # 1 left after these
     assert {w: t.node_workers for w, t in dealt} == {1: 2, 2: 2, 3: 1}
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_transfer_checksum_is_checked_on_the_reader_thread(right: bool, ws, plaintexts, h) -> None:
+    import dataclasses
+
+    src, data = plaintexts.make(3 << 20, 6)
+    rel = "t/sent.dat.c4gh"
+    enc = h.c4gh_encrypt(src, ws.keys.inbox.pub, ws.source(rel))
+    digest = hashlib.sha256(enc.read_bytes() if right else b"other").hexdigest()
+    task = dataclasses.replace(h.task_for(rel, data), transfer_checksum=digest, transfer_checksum_type="sha256")
+    result = process_file(task, ws.ctx(threads_per_file="3", chunk_size=1 << 20))
+    if right:
+        assert result.status == "available", result.error
+    else:
+        assert result.status == "failed" and result.error_kind == "transfer_corrupt", result.error
+        assert ws.end_files() == []
+    assert _stage_threads() == []

@@ -7,4 +7,5 @@ python benchmarks/ingest.py --smoke
 python benchmarks/s3.py --smoke
 python benchmarks/rank0_scaling.py --smoke
 python benchmarks/smallfiles.py --smoke
+python benchmarks/smallfiles.py huge --size 16MB --repeat 1
 python -m pytest -q -p no:cacheprovider tests "$@"

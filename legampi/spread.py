@@ -1,17 +1,20 @@
 """One Crypt4GH file's stages on threads of their own, for a worker whose cores would otherwise idle.
 
 The serial pipeline keeps one core busy: read, decrypt, md5 + sha256 of the plaintext, encrypt,
-sha256 of the output, write. Spread over threads (`threads_per_file`), batches of whole segments flow
-through three stages with bounded hand-offs:
+sha256 of the output, write. Spread (`threads_per_file`), batches of whole segments flow through
+three stages with bounded hand-offs (POOL buffers per hand-off: memory stays flat for any size):
 
-    reader   read + decrypt a batch, sha256 of the plaintext  ─┐ (a pool of POOL batch buffers:
-    md5      md5 of the plaintext (the serial floor)           │  memory stays flat whatever the
-    caller   encrypt, then the archive writer hashes + writes ─┘  file size)
+    caller   read, decrypt, encrypt (per 64 KiB segment)
+    hasher   md5 + sha256 of the plaintext (md5 is the serial floor)     one call per batch
+    writer   the archive writer: sha256 of the output, write              one call per batch
 
-hashlib releases the GIL on large buffers, but crypt4gh's own `sodium` module holds it for every
-segment, so threads would just take turns. The AEAD calls here go through ctypes to the libsodium
-functions that module exports (ctypes releases the GIL during the call): the same ChaCha20-Poly1305
-IETF construction, so the output is a Crypt4GH file like `formats.crypt4gh.encrypt_stream`'s.
+Only the caller runs Python per segment; the other two take the GIL a few times per batch, so they
+do not queue behind each other for it (with 1 ms switch intervals under MPI that queueing cost more
+than the threads gave). With two threads the caller also writes. hashlib and os.write release the
+GIL on large buffers, but crypt4gh's own `sodium` module holds it for every segment, so the AEAD
+calls here go through ctypes to the libsodium functions that module exports (ctypes releases the
+GIL during the call): the same ChaCha20-Poly1305 IETF construction and Crypt4GH layout as
+`formats.crypt4gh.encrypt_stream`.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from crypt4gh import sodium as c4gh_sodium
 
 from legampi.formats import crypt4gh as c4gh
 from legampi.formats.base import ByteSource, IngestError, read_exact_into
+from legampi.storage import io_error
 
 SEG, CSEG, NONCE = c4gh.SEGMENT_SIZE, c4gh.CIPHER_SEGMENT_SIZE, 12
-POOL = 4  # plaintext batches in flight: memory is POOL + 2 batches (~6 chunk_size) for any file size
-MIN_BATCH = 16  # segments per hand-off at least (1 MiB): per-batch queue costs vanish against the crypto
+POOL = 3  # buffers per hand-off (plaintext, sealed): ~7 batches in all (14 MiB at 2 MiB), for any file size
+MIN_BATCH = 32  # segments per hand-off at least (2 MiB): fewer GIL hand-overs for the hasher and writer
 AUTO_MIN_SIZE = 64 << 20  # threads_per_file = auto: smaller files are over before the threads pay off
-_END = None  # the end of a stage's stream (the reader also ends it after a failure)
+_END = None  # the end of a thread's queue
 
 
 def _load_sodium() -> Any | None:
@@ -107,7 +111,7 @@ def _address(buf: bytearray) -> int:
 
 
 class _Stages:
-    """The reader and md5 threads of one file, the queues between them, and the first failure."""
+    """The hasher and writer threads of one file, the buffer pools between them, the first failure."""
 
     def __init__(
         self,
@@ -115,35 +119,55 @@ class _Stages:
         keys: list[bytes],
         hashers: tuple[Any, Any],
         count: list[int],
+        writer: Any,
         *,
         threads: int,
         segments: int,
         label: str,
     ) -> None:
-        self.source, self.keys, self.count, self.label = source, list(keys), count, label
-        self.md5, self.sha = hashers
+        self.source, self.keys, self.hashers, self.count, self.label = source, list(keys), hashers, count, label
+        self.writer, self.segment = writer, 0  # index of the next ciphertext segment, for error messages
+        self.session_key = os.urandom(32)  # the archive copy's, sealed in its header for the archive key
         self.cbuf = bytearray(segments * CSEG)
         self.caddr = _address(self.cbuf)
-        self.pool: queue.Queue[_Batch | None] = queue.Queue()
-        for _ in range(POOL):
-            self.pool.put(_Batch(segments * SEG))
-        self.to_md5: queue.Queue[_Batch | None] = queue.Queue()  # bounded by the pool, as is to_caller
-        self.to_caller: queue.Queue[_Batch | None] = queue.Queue()
+        self.plain = _pool(segments * SEG)
+        self.sealed = _pool(segments * CSEG)
+        self.to_hash: queue.Queue[_Batch | None] = queue.Queue()  # bounded by the pools
+        self.to_write: queue.Queue[_Batch | None] = queue.Queue()
         self.error: BaseException | None = None
         self.stop = threading.Event()
-        self.eof = self.ended = False
-        self.segment = 0  # index of the next ciphertext segment, for error messages
-        self.inline = threads < 3  # two threads: the caller reads and decrypts too
-        self.threads = [threading.Thread(target=self._hash, name="legampi-md5", daemon=True)]
-        if not self.inline:
-            self.threads.append(threading.Thread(target=self._read, name="legampi-read", daemon=True))
+        self.threads = [threading.Thread(target=self._hash, name="legampi-hash", daemon=True)]
+        if threads >= 3:
+            self.threads.append(threading.Thread(target=self._write, name="legampi-write", daemon=True))
         for t in self.threads:
             t.start()
 
-    def fill(self, b: _Batch) -> None:
-        """Read and decrypt the next batch into B (sets eof at the end of the source)."""
+    def run(self) -> None:
+        """Every batch of the source through the stages; raises the first failure of any thread."""
+        eof = False
+        while not eof:
+            p = self.plain.get()
+            eof = self.fill(p)
+            if not p.n:
+                self.plain.put(p)
+                continue
+            self.to_hash.put(p)  # hashed while this thread encrypts it (both only read it)
+            o = self.sealed.get()
+            self.seal(p, o)
+            if len(self.threads) > 1:
+                self.to_write.put(o)
+            else:
+                self.write(o)
+            if self.error is not None:
+                raise self.error
+        self.close()
+        if self.error is not None:
+            raise self.error
+
+    def fill(self, b: _Batch) -> bool:
+        """Read and decrypt the next batch into B; True at the end of the source."""
         n = read_exact_into(self.source, self.cbuf)
-        self.eof = n < len(self.cbuf)
+        eof = n < len(self.cbuf)
         off = b.n = 0
         while off < n:
             seg_len = min(CSEG, n - off)
@@ -153,13 +177,12 @@ class _Stages:
                     f"{self.label}: last Crypt4GH segment (#{self.segment}) has only {seg_len} bytes, under "
                     "nonce + MAC: the file is truncated",
                 )
-            self._open(b.addr + b.n, self.caddr + off, seg_len, self.eof and off + seg_len == n)
+            self._open(b.addr + b.n, self.caddr + off, seg_len, eof and off + seg_len == n)
             b.n += seg_len - c4gh.CIPHER_DIFF
             off += seg_len
             self.segment += 1
-        if b.n:
-            self.sha.update(b.view[: b.n])
-            self.count[0] += b.n
+        self.count[0] += b.n
+        return eof
 
     def _open(self, out: int, seg: int, seg_len: int, last: bool) -> None:
         assert SODIUM is not None
@@ -175,89 +198,72 @@ class _Stages:
                 return
         raise c4gh._segment_failure(self.label, self.segment, seg_len, last)
 
-    def produce(self, b: _Batch) -> None:
-        """Fill B and hand it to the md5 stage; at the end of the source end that stage's stream."""
-        self.fill(b)
-        if b.n:
-            self.to_md5.put(b)
-        else:
-            self.pool.put(b)
-        if self.eof:
-            self.end()
+    def seal(self, p: _Batch, o: _Batch) -> None:
+        """Encrypt batch P into O with this file's session key (a random nonce per segment)."""
+        assert SODIUM is not None
+        o.n = 0
+        for pos in range(0, p.n, SEG):
+            mlen = min(SEG, p.n - pos)
+            SODIUM.randombytes_buf(o.addr + o.n, NONCE)
+            SODIUM.crypto_aead_chacha20poly1305_ietf_encrypt(
+                o.addr + o.n + NONCE, None, p.addr + pos, mlen, None, 0, None, o.addr + o.n, self.session_key
+            )
+            o.n += mlen + c4gh.CIPHER_DIFF
 
-    def end(self) -> None:
-        if not self.ended:
-            self.ended = True
-            self.to_md5.put(_END)
+    def write(self, o: _Batch) -> None:
+        if not self.stop.is_set():
+            try:
+                self.writer.write(o.view[: o.n])
+            except OSError as e:  # as the serial pipeline names it: the kind (nospace, io) and the file
+                self.fail(io_error(self.label, "I/O error", e))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
+                self.fail(e)
+        self.sealed.put(o)
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
         self.stop.set()
 
-    def _read(self) -> None:
-        try:
-            while not self.eof and not self.stop.is_set() and (b := self.pool.get()) is not None:
-                self.produce(b)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
-            self.fail(e)
-        finally:
-            self.end()
-
     def _hash(self) -> None:
-        while (b := self.to_md5.get()) is not _END:
+        while (b := self.to_hash.get()) is not _END:
             if not self.stop.is_set():
                 try:
-                    self.md5.update(b.view[: b.n])
+                    for h in self.hashers:
+                        h.update(b.view[: b.n])
                 except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, which raises it
                     self.fail(e)
-            self.to_caller.put(b)
-        self.to_caller.put(_END)
+            self.plain.put(b)  # back to the caller, hashed or not: it never waits for a dead stage
 
-    def next_batch(self) -> _Batch | None:
-        """The caller's next hashed batch (running the reader's part itself with 2 threads), or None."""
-        if self.inline:
-            while not self.eof and not self.stop.is_set():
-                try:
-                    b = self.pool.get_nowait()
-                except queue.Empty:
-                    break
-                if b is None:  # only close() puts None
-                    break
-                self.produce(b)
-        b = self.to_caller.get()
-        if self.error is not None:
-            raise self.error
-        return b
+    def _write(self) -> None:
+        while (b := self.to_write.get()) is not _END:
+            self.write(b)
 
     def close(self) -> None:
-        """Stop and join both threads (idempotent): nothing of this file keeps running after it."""
-        self.stop.set()
-        self.pool.put(None)  # wakes a reader waiting for a buffer
-        if self.inline:
-            self.end()
-        for t in reversed(self.threads):
+        """Stop and join the threads (idempotent): nothing of this file runs after it."""
+        self.to_hash.put(_END)
+        self.to_write.put(_END)
+        for t in self.threads:
             t.join()
 
 
+def _pool(size: int) -> queue.Queue[_Batch]:
+    pool: queue.Queue[_Batch] = queue.Queue()
+    for _ in range(POOL):
+        pool.put(_Batch(size))
+    return pool
+
+
 def for_file(
-    source: ByteSource, task: Any, ctx: Any, size: int, hashers: tuple[Any, Any], count: list[int]
-) -> Iterator[bytes | memoryview] | None:
+    source: ByteSource, task: Any, ctx: Any, size: int, hashers: tuple[Any, Any], count: list[int], writer: Any
+) -> Iterator[bytes] | None:
     """`reencrypt` for a Crypt4GH source of SIZE bytes when `threads_for` says threads (CTX is stream's
     PipelineContext, TASK its FileTask); None: the serial pipeline (which also reports a missing key)."""
     n = threads_for(ctx.threads_per_file, size, task)
     if n < 2 or ctx.inbox_secret_key is None:
         return None
-    return reencrypt(
-        source,
-        ctx.inbox_secret_key,
-        ctx.archive_public_key,
-        hashers,
-        count,
-        threads=n,
-        chunk_size=ctx.chunk_size,
-        label=task.rel,
-    )
+    key, pk = ctx.inbox_secret_key, ctx.archive_public_key
+    return reencrypt(source, key, pk, hashers, count, writer, threads=n, chunk_size=ctx.chunk_size, label=task.rel)
 
 
 def reencrypt(
@@ -266,35 +272,29 @@ def reencrypt(
     recipient_pk: bytes,
     hashers: tuple[Any, Any],
     count: list[int],
+    writer: Any,
     *,
     threads: int = 3,
     chunk_size: int = 4 << 20,
     label: str = "<stream>",
-) -> Iterator[bytes | memoryview]:
-    """The archived Crypt4GH file for a Crypt4GH SOURCE, its stages on THREADS threads (2 or 3).
-
-    HASHERS (md5, sha256) get the plaintext and count[0] its length, as in the serial pipeline. Yields the
-    header, then one view per batch (reused for the next: write it before asking for more). Errors on
-    any thread are raised here, in the caller's thread; closing the generator stops and joins the rest."""
+) -> Iterator[bytes]:
+    """Write the archived Crypt4GH file for a Crypt4GH SOURCE through WRITER (`write(bytes)`), its stages
+    on THREADS threads (2 or 3). HASHERS (md5, sha256) get the plaintext and count[0] its length, as in
+    the serial pipeline. A generator that yields nothing: the pipeline's loop drives it, the transfer
+    check wraps it, and a failure on any thread is raised from it in the caller's thread (a write error
+    as the IngestError the serial pipeline gives), after every thread of the file has stopped."""
     assert SODIUM is not None, "spread.reencrypt without libsodium: threads_for answers 1"
     hdr = c4gh.read_header(source, secret_key, label)
-    session_key = os.urandom(32)
-    yield c4gh.build_header([c4gh_header.make_packet_data_enc(0, session_key)], recipient_pk)
     segments = max(MIN_BATCH, c4gh.segments_per_read(chunk_size))
-    obuf = bytearray(segments * CSEG)
-    oview, oaddr = memoryview(obuf), _address(obuf)
-    stages = _Stages(source, hdr.session_keys, hashers, count, threads=threads, segments=segments, label=label)
+    stages = _Stages(source, hdr.session_keys, hashers, count, writer, threads=threads, segments=segments, label=label)
     try:
-        while (b := stages.next_batch()) is not _END:
-            olen = 0
-            for pos in range(0, b.n, SEG):
-                mlen = min(SEG, b.n - pos)
-                SODIUM.randombytes_buf(oaddr + olen, NONCE)
-                SODIUM.crypto_aead_chacha20poly1305_ietf_encrypt(
-                    oaddr + olen + NONCE, None, b.addr + pos, mlen, None, 0, None, oaddr + olen, session_key
-                )
-                olen += mlen + c4gh.CIPHER_DIFF
-            stages.pool.put(b)
-            yield oview[:olen]
+        packet = c4gh_header.make_packet_data_enc(0, stages.session_key)
+        try:
+            writer.write(c4gh.build_header([packet], recipient_pk))
+        except OSError as e:
+            raise io_error(label, "I/O error", e) from None
+        stages.run()
     finally:
+        stages.stop.set()
         stages.close()
+    yield from ()

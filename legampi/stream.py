@@ -320,7 +320,9 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
                 raw, ctx.inbox_secret_key, ctx.archive_public_key, sink, chunk_size=ctx.chunk_size, label=rel
             )
             stages.append(out)
-        elif fmt == "crypt4gh" and (threaded := spread.for_file(raw, task, ctx, st0.st_size, (md5, sha), count)):
+        elif fmt == "crypt4gh" and (
+            threaded := spread.for_file(raw, task, ctx, st0.st_size, (md5, sha), count, writer)
+        ):
             out = threaded
             stages.append(out)
         else:

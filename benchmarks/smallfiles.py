@@ -181,7 +181,7 @@ def _cpu_children() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def huge(size: int, rounds: int, workdir: Path, db: str) -> int:
+def huge(size: int, rounds: int, workdir: Path, db: str, settings: tuple[str, ...] = ("1", "auto")) -> int:
     """One file of SIZE: the ideal script (one process) vs `mpiexec -n 2 legampi process` (one worker)
     with `[func_conf] threads_per_file` 1 (serial, before) and auto (the spread pipeline), interleaved
     rounds; wall time, the load average around each run, and user+sys CPU seconds of all processes."""
@@ -197,7 +197,7 @@ def huge(size: int, rounds: int, workdir: Path, db: str) -> int:
     cpu: dict[str, list[float]] = defaultdict(list)
     loads: list[float] = []
     for i in range(rounds):
-        for name in ("ideal", "legampi threads_per_file=1", "legampi threads_per_file=auto"):
+        for name in ("ideal", *(f"legampi threads_per_file={t}" for t in settings)):
             loads.append(os.getloadavg()[0])
             c0, t0 = _cpu_children(), time.perf_counter()
             if name == "ideal":
@@ -356,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--size", default="1GB", help="huge: the one file's size")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", default="1,auto", help="huge: threads_per_file settings to compare (default 1,auto)")
     p.add_argument("--db", default="sqlite", help="legampi database for small/huge (sqlite or a URL)")
     p.add_argument("--smoke", action="store_true", help="profile 40 files and compare on 40 x 1 KiB; seconds")
     a = p.parse_args(argv)
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.what == "stages":
             stages(datagen.parse_size(a.size), Path(d))
             return 0
-        return huge(datagen.parse_size(a.size), a.repeat, Path(d), a.db)
+        return huge(datagen.parse_size(a.size), a.repeat, Path(d), a.db, tuple(a.threads.split(",")))
 
 
 if __name__ == "__main__":

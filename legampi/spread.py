@@ -78,10 +78,10 @@ def usable_cores() -> int:
 def threads_for(setting: str, size: int, task: Any = None) -> int:
     """Threads for one file of SIZE bytes under `threads_per_file` SETTING ('1', '2', ... or 'auto').
 
-    auto uses threads only where the worker would otherwise leave cores idle: its node has at least two
-    usable cores per worker rank (TASK.node_workers, 0 = unknown: this process alone), or rank 0 marked
-    the task `spread` (fewer files left than workers: the other workers' cores are about to idle). Many
-    files queued on a full node stay serial: every core already has a file of its own."""
+    auto uses threads only where the worker would otherwise leave cores idle: at least two usable cores
+    (its affinity) per worker rank on its node (TASK.node_workers, 0 = unknown: this process alone), or
+    rank 0 marked the task `spread` (fewer files left than workers: their cores are about to idle).
+    Many files queued on a full node stay serial: every core already has a file of its own."""
     if not available() or size <= SEG:
         return 1
     if setting != "auto":
@@ -89,13 +89,13 @@ def threads_for(setting: str, size: int, task: Any = None) -> int:
     cores = usable_cores()
     if cores < 2 or size < AUTO_MIN_SIZE:
         return 1
-    bound = cores < (os.cpu_count() or cores)  # the launcher pinned this rank: its cores are its own
-    share = cores if bound else cores // max(1, getattr(task, "node_workers", 0))
+    # The node's other workers may see the same cores (a Slurm cpuset, no binding): share them out.
+    share = cores // max(1, getattr(task, "node_workers", 0))
     return 3 if share >= 2 or getattr(task, "spread", False) else 1
 
 
 class _Batch:
-    """One plaintext buffer of whole segments and its address for the C calls."""
+    """One buffer of whole segments (plaintext, or sealed for the archive) and its address for the C calls."""
 
     __slots__ = ("addr", "buf", "n", "view")
 

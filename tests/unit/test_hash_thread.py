@@ -171,7 +171,6 @@ def test_memory_is_flat_whatever_the_file_size(ws, plaintexts, h) -> None:
 
 def test_auto_uses_threads_only_where_cores_would_idle(monkeypatch) -> None:
     monkeypatch.setattr(spread, "usable_cores", lambda: 2)
-    monkeypatch.setattr(spread.os, "cpu_count", lambda: 2)
     huge = 1 << 30
 
     def task(node_workers: int, spread_: bool = False) -> SimpleNamespace:
@@ -185,6 +184,8 @@ def test_auto_uses_threads_only_where_cores_would_idle(monkeypatch) -> None:
     assert spread.threads_for("1", huge, task(1)) == 1 and spread.threads_for("2", 1 << 20, task(2)) == 2
     monkeypatch.setattr(spread, "usable_cores", lambda: 1)  # the launcher pinned the rank to one core
     assert spread.threads_for("auto", huge, task(1, spread_=True)) == 1
+    monkeypatch.setattr(spread, "usable_cores", lambda: 8)  # 8 cores, 4 workers: 2 each
+    assert spread.threads_for("auto", huge, task(4)) == 3 and spread.threads_for("auto", huge, task(8)) == 1
 
 
 def test_rank0_marks_the_last_files_spread_and_counts_workers_per_node() -> None:

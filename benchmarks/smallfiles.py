@@ -300,6 +300,7 @@ def stages(size: int, workdir: Path) -> None:
     bound = max(total / 2, cpu["md5"])  # two cores; md5 cannot be split
     print(f"  sum {total:.2f} s; on 2 idle cores at best max(sum/2, md5) = {bound:.2f} s: {total / bound:.2f}x serial")
     task = stream.FileTask("F1", "D", made.name, made.md5, made.sha256, made.enc_size)
+    per_thread = _thread_timer(spread)
     for tpf in ("1", "2", "3"):
         (end := workdir / f"end{tpf}").mkdir()
         ctx = stream.PipelineContext(
@@ -310,13 +311,36 @@ def stages(size: int, workdir: Path) -> None:
             inbox_secret_key=ks.inbox_secret(),
             archive_public_key=ks.archive_public(),
             threads_per_file=tpf,
+            chunk_size=1 << 20,  # [func_conf] chunk_size's default
         )
-        c0, w0 = time.process_time(), time.perf_counter()
+        per_thread.clear()
+        c0, w0, m0 = time.process_time(), time.perf_counter(), time.thread_time()
         r = stream.process_file(task, ctx)
         c, w = time.process_time() - c0, time.perf_counter() - w0
+        per_thread["caller"] = time.thread_time() - m0
         assert r.status == "available", r.error
-        print(f"  pipeline threads_per_file={tpf}: cpu {c:6.2f} s  wall {w:6.2f} s  (spread: {spread.available()})")
+        threads = "  ".join(f"{k} {v:.2f}" for k, v in per_thread.items())
+        idle2 = max(max(per_thread.values()), c / 2)  # two idle cores: the busiest thread, or half the work
+        print(f"  pipeline threads_per_file={tpf}: cpu {c:6.2f} s  wall {w:6.2f} s  per thread: {threads}")
+        print(f"    on 2 idle cores at best {idle2:.2f} s (the busiest thread or cpu/2)")
         shutil.rmtree(end)
+
+
+def _thread_timer(spread: Any) -> dict[str, float]:
+    """Wrap spread's hasher and writer threads to record their own CPU seconds (time.thread_time)."""
+    seconds: dict[str, float] = {}
+
+    def timed(fn: Callable[[Any], None], name: str) -> Callable[[Any], None]:
+        def run(self: Any) -> None:
+            t0 = time.thread_time()
+            fn(self)
+            seconds[name] = time.thread_time() - t0
+
+        return run
+
+    spread._Stages._hash = timed(spread._Stages._hash, "hasher")
+    spread._Stages._write = timed(spread._Stages._write, "writer")
+    return seconds
 
 
 def small_pg(files: int, rounds: int, url: str, workdir: Path) -> int:

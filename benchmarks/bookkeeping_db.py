@@ -141,8 +141,8 @@ def _phase_monitor(db: Any, cfg: Any, names: list[str]) -> int:
 
 
 def _phase_claim(db: Any, names: list[str], job_id: str) -> list[dict[str, Any]]:
-    from legampi.db import chunks
     from legampi.claims import PLAN_COLUMNS
+    from legampi.db import chunks
 
     db.job_start(job_id, "process", socket.gethostname(), 3)
     claimed: list[dict[str, Any]] = []

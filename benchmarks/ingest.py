@@ -342,6 +342,9 @@ def _tool(name: str) -> str | None:
     return str(here) if here.exists() else shutil.which(name)
 
 
+FUNC_CONF_EXTRA: dict[str, str] = {}  # more [func_conf] keys (smallfiles.py huge: threads_per_file 1 vs auto)
+
+
 def write_legampi_config(path: Path, base: Path, keys: KeySet, mode: str, db_url: str) -> dict[str, Path]:
     """Write the INI legampi reads; returns the workspace folders (created, empty)."""
     spaces = {w: base / w for w in ("receiving", "processing", "end_storage", "metadata")}
@@ -356,7 +359,7 @@ def write_legampi_config(path: Path, base: Path, keys: KeySet, mode: str, db_url
         "reencrypt": mode,
         "archive_checksum": "sha256",
     }
-    cfg["func_conf"] = {"extensions": ".c4gh,.cip,.gpg"}
+    cfg["func_conf"] = {"extensions": ".c4gh,.cip,.gpg", **FUNC_CONF_EXTRA}
     with open(path, "w", encoding="utf-8") as f:
         cfg.write(f)
     return spaces

@@ -5,7 +5,8 @@
     python benchmarks/smallfiles.py profile --files 2000  # where a worker's time per small file goes
     python benchmarks/smallfiles.py small --repeat 3    # legampi -n 3 vs ideal, 2,000 x 1 KiB (ingest.py)
     python benchmarks/smallfiles.py small --ab --db postgresql://127.0.0.1/bench  # group_files 0 vs 64
-    python benchmarks/smallfiles.py huge --size 1GB     # legampi -n 2 vs ideal (one process), one file
+    python benchmarks/smallfiles.py huge --size 1GB     # ideal (one process) vs legampi -n 2, threads_per_file 1 / auto
+    python benchmarks/smallfiles.py stages --size 1GB   # CPU seconds per stage; pipeline serial vs spread
 
 `profile` runs the worker's pipeline (`stream.process_file`) in this process on fresh 1 KiB Crypt4GH
 files and times the system calls and set-up steps it makes per file (wrapping os.fsync, os.link,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import stat
 import statistics
 import sys
@@ -143,9 +145,7 @@ def ab(files: int, rounds: int, group: int = 64) -> None:
 
 def threads(size: int, rounds: int, workdir: Path) -> None:
     """One file of SIZE: the ideal script (one process) vs the worker pipeline in this process, serial
-    (threads_per_file 1) and with the plaintext hashes on their own thread (2); interleaved rounds."""
-    import shutil
-
+    (threads_per_file 1) and spread over 2 and 3 threads (legampi.spread); interleaved rounds."""
     import baselines
 
     from legampi import stream
@@ -160,7 +160,7 @@ def threads(size: int, rounds: int, workdir: Path) -> None:
         run = baselines.ideal([made], out / "ideal", ks, 1)
         secs["ideal"].append(time.perf_counter() - t0)
         assert all(o.md5 == made.md5 for o in run.outcomes), "ideal: wrong md5"
-        for tpf in ("1", "2"):
+        for tpf in ("1", "2", "3"):
             (end := out / f"legampi{tpf}").mkdir(parents=True)
             ctx = stream.PipelineContext(
                 processing=workdir / "inbox",
@@ -181,6 +181,175 @@ def threads(size: int, rounds: int, workdir: Path) -> None:
     for name, v in secs.items():
         med = statistics.median(v)
         print(f"{name:32} {size / med / 1e6:8.1f} MB/s  {ideal_s / med:5.2f}x ideal")
+
+
+def _cpu_children() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def huge(size: int, rounds: int, workdir: Path, db: str, settings: tuple[str, ...] = ("1", "auto")) -> int:
+    """One file of SIZE: the ideal script (one process) vs `mpiexec -n 2 legampi process` (one worker)
+    with `[func_conf] threads_per_file` 1 (serial, before) and auto (the spread pipeline), interleaved
+    rounds; wall time, the load average around each run, and user+sys CPU seconds of all processes."""
+    import random
+
+    import baselines
+    import ingest
+
+    ks = datagen.make_keys(workdir / "keys")
+    (made,) = datagen.generate(workdir / "inbox", [("huge.dat", size)], ks)
+    datagen.write_manifest(workdir / "manifest.tsv", [made])
+    secs: dict[str, list[float]] = defaultdict(list)
+    cpu: dict[str, list[float]] = defaultdict(list)
+    loads: list[float] = []
+    for i in range(rounds):
+        for name in ("ideal", *(f"legampi threads_per_file={t}" for t in settings)):
+            loads.append(os.getloadavg()[0])
+            c0, t0 = _cpu_children(), time.perf_counter()
+            if name == "ideal":
+                run = baselines.ideal([made], workdir / "out" / "ideal", ks, 1)
+                run.wall = time.perf_counter() - t0
+            else:
+                ingest.FUNC_CONF_EXTRA = {"threads_per_file": name.rsplit("=", 1)[1]}
+                run = ingest.run_legampi(workdir, [made], 1, "full", db)
+            cpu[name].append(_cpu_children() - c0)
+            secs[name].append(run.wall)
+            problems = ingest.verify(run, [made], ks, "all", random.Random(1)) if i == rounds - 1 else []
+            if run.status != "ok" or problems:
+                print(f"{name}: {run.status} {run.error or ''} {problems}")
+                return 1
+            shutil.rmtree(workdir / "out", ignore_errors=True)
+    ideal_s = statistics.median(secs["ideal"])
+    print(f"one {datagen.human(size)} file, {rounds} interleaved rounds, {os.cpu_count()} cores")
+    print(f"load average (1 min) before each run: {' '.join(f'{x:.1f}' for x in loads)}")
+    for name, v in secs.items():
+        med = statistics.median(v)
+        print(
+            f"{name:30} {size / med / 1e6:7.1f} MB/s  {ideal_s / med:5.2f}x ideal  "
+            f"wall {med:6.2f} s  cpu {statistics.median(cpu[name]):6.2f} s  (runs: {' '.join(f'{x:.2f}' for x in v)})"
+        )
+    return 0
+
+
+def stages(size: int, workdir: Path) -> None:
+    """CPU seconds (user+sys, this process) of each stage of one file of SIZE, run alone in turn, and the
+    whole pipeline serial vs spread: what an idle 2-core machine can give (the load does not change CPU
+    time much, so this view holds on a shared machine where wall-clock ratios do not)."""
+    import hashlib
+
+    from crypt4gh import sodium
+
+    from legampi import spread, stream
+    from legampi.formats import crypt4gh as c4gh
+
+    ks = datagen.make_keys(workdir / "keys")
+    (made,) = datagen.generate(workdir / "inbox", [("huge.dat", size)], ks)
+    seg, key = c4gh.SEGMENT_SIZE, os.urandom(32)
+    batch = bytearray(os.urandom(4 << 20))
+    out = bytearray(len(batch) // seg * c4gh.CIPHER_SEGMENT_SIZE)
+    reps = max(1, size // len(batch))
+    ov, bv = memoryview(out), memoryview(batch)
+
+    def enc() -> None:
+        for _ in range(reps):
+            for j in range(len(batch) // seg):
+                sodium.chacha20poly1305_encrypt(ov[j * c4gh.CIPHER_SEGMENT_SIZE :], bv[j * seg : (j + 1) * seg], key)
+
+    def dec() -> None:
+        for _ in range(reps):
+            for j in range(len(batch) // seg):
+                sodium.chacha20poly1305_decrypt(
+                    bv[j * seg :], ov[j * c4gh.CIPHER_SEGMENT_SIZE : (j + 1) * c4gh.CIPHER_SEGMENT_SIZE], key
+                )
+
+    enc()  # out holds valid segments for dec()
+
+    def hashes(algo: str) -> Callable[[], None]:
+        def run() -> None:
+            h = hashlib.new(algo)
+            for _ in range(reps):
+                h.update(batch)
+
+        return run
+
+    def read() -> None:
+        buf = bytearray(len(out))
+        with open(made.path, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+    def write() -> None:
+        target = workdir / "w.tmp"
+        with open(target, "wb", buffering=0) as f:
+            for _ in range(reps):
+                f.write(out)
+            os.fsync(f.fileno())
+        target.unlink()
+
+    rows = [
+        ("read", read),
+        ("decrypt", dec),
+        ("md5", hashes("md5")),
+        ("sha256 plain", hashes("sha256")),
+        ("encrypt", enc),
+        ("sha256 archive", hashes("sha256")),
+        ("write + fsync", write),
+    ]
+    print(f"one {datagen.human(size)} file; load average {os.getloadavg()[0]:.1f}; CPU seconds (user+sys) per stage")
+    cpu = {}
+    for name, fn in rows:
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        cpu[name], w = time.process_time() - c0, time.perf_counter() - w0
+        print(f"  {name:16} cpu {cpu[name]:6.2f} s  wall {w:6.2f} s")
+    total = sum(cpu.values())
+    bound = max(total / 2, cpu["md5"])  # two cores; md5 cannot be split
+    print(f"  sum {total:.2f} s; on 2 idle cores at best max(sum/2, md5) = {bound:.2f} s: {total / bound:.2f}x serial")
+    task = stream.FileTask("F1", "D", made.name, made.md5, made.sha256, made.enc_size)
+    per_thread = _thread_timer(spread)
+    for tpf in ("1", "2", "3"):
+        (end := workdir / f"end{tpf}").mkdir()
+        ctx = stream.PipelineContext(
+            processing=workdir / "inbox",
+            end_storage=end,
+            quarantine=None,
+            extensions=(".c4gh",),
+            inbox_secret_key=ks.inbox_secret(),
+            archive_public_key=ks.archive_public(),
+            threads_per_file=tpf,
+            chunk_size=1 << 20,  # [func_conf] chunk_size's default
+        )
+        per_thread.clear()
+        c0, w0, m0 = time.process_time(), time.perf_counter(), time.thread_time()
+        r = stream.process_file(task, ctx)
+        c, w = time.process_time() - c0, time.perf_counter() - w0
+        per_thread["caller"] = time.thread_time() - m0
+        assert r.status == "available", r.error
+        threads = "  ".join(f"{k} {v:.2f}" for k, v in per_thread.items())
+        idle2 = max(max(per_thread.values()), c / 2)  # two idle cores: the busiest thread, or half the work
+        print(f"  pipeline threads_per_file={tpf}: cpu {c:6.2f} s  wall {w:6.2f} s  per thread: {threads}")
+        print(f"    on 2 idle cores at best {idle2:.2f} s (the busiest thread or cpu/2)")
+        shutil.rmtree(end)
+
+
+def _thread_timer(spread: Any) -> dict[str, float]:
+    """Wrap spread's hasher and writer threads to record their own CPU seconds (time.thread_time)."""
+    seconds: dict[str, float] = {}
+
+    def timed(fn: Callable[[Any], None], name: str) -> Callable[[Any], None]:
+        def run(self: Any) -> None:
+            t0 = time.thread_time()
+            fn(self)
+            seconds[name] = time.thread_time() - t0
+
+        return run
+
+    spread._Stages._hash = timed(spread._Stages._hash, "hasher")
+    spread._Stages._write = timed(spread._Stages._write, "writer")
+    return seconds
 
 
 def small_ab(files: int, rounds: int, db: str, groups: list[int], workdir: Path) -> int:
@@ -241,10 +410,13 @@ def _ingest(argv: list[str], group: int | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", choices=("profile", "ab", "threads", "small", "huge"), default="profile")
+    p.add_argument(
+        "what", nargs="?", choices=("profile", "ab", "threads", "stages", "small", "huge"), default="profile"
+    )
     p.add_argument("--files", type=int, default=2000)
     p.add_argument("--size", default="1GB", help="huge: the one file's size")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", default="1,auto", help="huge: threads_per_file settings to compare (default 1,auto)")
     p.add_argument("--db", default="sqlite", help="legampi database for small/huge (sqlite or a URL)")
     p.add_argument("--group", type=int, default=64, help="files a worker makes durable together (0: one by one)")
     p.add_argument("--ab", action="store_true", help="small: rounds alternate --group 0 and --group N")
@@ -274,7 +446,11 @@ def main(argv: list[str] | None = None) -> int:
         return _ingest(
             ["--files", str(a.files), "--size", "1KiB", "-W", "2", "--repeat", str(a.repeat), *common], a.group
         )
-    return _ingest(["--files", "1", "--size", a.size, "-W", "1", "--repeat", str(a.repeat), "--verify", "1", *common])
+    with tempfile.TemporaryDirectory(prefix="legampi-huge-") as d:
+        if a.what == "stages":
+            stages(datagen.parse_size(a.size), Path(d))
+            return 0
+        return huge(datagen.parse_size(a.size), a.repeat, Path(d), a.db, tuple(a.threads.split(",")))
 
 
 if __name__ == "__main__":

@@ -227,15 +227,6 @@ def check_sidecar(path: str | os.PathLike) -> tuple[bool, str, str]:
     return found == expected, expected, found
 
 
-HUGE = 1 << 30  # threads_per_file = auto: a file this large gets a hashing thread
-
-
-def threaded(threads_per_file: str, size: int) -> bool:
-    """Hash on a second thread: `threads_per_file` 2, or `auto` for a file of HUGE bytes or more (few
-    such files per worker, so the node's other cores would idle; many small files never pay the thread)."""
-    return threads_per_file == "2" or (threads_per_file == "auto" and size >= HUGE)
-
-
 def hashing(chunks: Iterable[Any], hashers: list[Any], count: list[int]) -> Iterator[Any]:
     """Pass CHUNKS on, feeding each to HASHERS and adding its length to count[0]."""
     for chunk in chunks:
@@ -243,50 +234,3 @@ def hashing(chunks: Iterable[Any], hashers: list[Any], count: list[int]) -> Iter
             h.update(chunk)
         count[0] += len(chunk)
         yield chunk
-
-
-class HashThread:
-    """Plaintext hashes on a thread of their own, so one huge file keeps a second core busy.
-
-    hashlib releases the GIL on large buffers: md5 (the serial floor) and sha256 run here while the
-    caller decrypts, re-encrypts and writes. Chunks are copied (the producer may reuse its buffer) into
-    a bounded queue: at most DEPTH batches of BATCH bytes (~20 MB) in flight, whatever the file size."""
-
-    DEPTH, BATCH = 4, 4 << 20
-
-    def __init__(self, hashers: list[Any]) -> None:
-        import queue
-        import threading
-
-        self.hashers = hashers
-        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=self.DEPTH)
-        self.error: BaseException | None = None
-        self.buf = bytearray()
-        self.thread = threading.Thread(target=self._run, name="legampi-hash", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self.q.get()) is not None:
-            if self.error is None:
-                try:
-                    for h in self.hashers:
-                        h.update(chunk)
-                except BaseException as e:  # noqa: BLE001 - re-raised by close() in the caller's thread
-                    self.error = e
-
-    def update(self, chunk: bytes | bytearray | memoryview) -> None:
-        self.buf += chunk  # batched: one hand-over per BATCH bytes, not per 64 KiB segment
-        if len(self.buf) >= self.BATCH:
-            self.q.put(bytes(self.buf))
-            self.buf.clear()
-
-    def close(self) -> None:
-        """Wait for every queued chunk to be hashed (idempotent); re-raise a hashing error."""
-        if self.thread.is_alive():
-            if self.buf:
-                self.q.put(bytes(self.buf))
-                self.buf.clear()
-            self.q.put(None)
-            self.thread.join()
-        if self.error is not None:
-            raise self.error

@@ -45,6 +45,7 @@ class FuncConfig:
     batch_size: int = 200
     flush_interval: float = 5.0
     group_files: int = 64  # small files a worker makes durable together (issue 15); 0: one at a time
+    threads_per_file: str = "auto"  # '1', '2', '3' or 'auto': one Crypt4GH file's stages on threads (spread.py)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,15 @@ def _func(r: IniReader) -> FuncConfig:
         batch_size=r.int("func_conf", "batch_size", FuncConfig.batch_size, 1),
         flush_interval=r.float("func_conf", "flush_interval", FuncConfig.flush_interval),
         group_files=r.int("func_conf", "group_files", FuncConfig.group_files, 0),
+        threads_per_file=_threads_per_file(r),
     )
+
+
+def _threads_per_file(r: IniReader) -> str:
+    raw = (r.str("func_conf", "threads_per_file") or FuncConfig.threads_per_file).strip().lower()
+    if raw != "auto" and not (raw.isdigit() and int(raw) >= 1):
+        raise r.err("func_conf", "threads_per_file", f"must be auto or a number of threads (1, 2, 3), got {raw!r}")
+    return raw if raw == "auto" else str(int(raw))
 
 
 def _api(r: IniReader) -> ApiConfig:

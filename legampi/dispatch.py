@@ -211,6 +211,8 @@ class Dispatch:
         # ~128 per TASKS message instead of one per result); "single": after every result, as before.
         self.single = os.environ.get(HANDOUT_ENV, "").strip().lower() == "single"
         self.topped = dict.fromkeys(self.workers, 0)  # tasks outstanding on each worker after its last top-up
+        hosts = getattr(team, "hosts", {})  # every rank's host, once the ranks agreed (parallel.Team)
+        self.node_workers = {w: sum(hosts.get(v, v) == hosts.get(w, w) for v in self.workers) for w in self.workers}
         self.refill()
         if self.dynamic:  # deal the first files round-robin, so small jobs spread over all ranks
             dealt: list[tuple[int, list[Any]]] = []  # in dealing order, one file each
@@ -244,6 +246,7 @@ class Dispatch:
         batch: list[Any] = []
         while self.wants(w) and (most is None or len(batch) < most):
             t = self.pending.popleft()
+            self.mark(t, w)
             batch.append(t)
             self.outstanding[w][ident(t)] = t
             self.held[w] += self.key(t)
@@ -259,6 +262,8 @@ class Dispatch:
         else:
             batch = list(self.queues[w - 1])
             self.queues[w - 1].clear()
+            for t in batch:
+                self.mark(t, w)
             self.outstanding[w].update((ident(t), t) for t in batch)
         if batch:
             self.team.send(batch, w, TASKS)
@@ -275,6 +280,14 @@ class Dispatch:
             self.more = None  # no more: workers stop as their queues empty
             return
         self.pending.extend(order(batch, "dynamic", self.key, self.name, 1)[0])
+
+    def mark(self, task: Any, w: int) -> None:
+        """What a FileTask-like task tells its worker about idle cores (`spread.threads_for`): the worker
+        ranks on W's node, and `spread` when fewer files are left than workers (dynamic schedule)."""
+        if hasattr(task, "spread"):
+            # fewer files left than workers: the claims source (`more`) must be empty too, or more will come
+            task.spread = self.dynamic and self.more is None and len(self.pending) < len(self.workers)
+            task.node_workers = self.node_workers[w]
 
     def settle(self, w: int, ids: Sequence[Any]) -> None:
         """Worker W no longer holds these tasks (a result came back, or it dropped them unstarted)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from legampi import archive, checksum, provenance, storage, transfer
+from legampi import archive, checksum, provenance, spread, storage, transfer
 from legampi.formats import IngestError, detect_format, open_plaintext
 from legampi.formats import crypt4gh as c4gh
 from legampi.keys import fingerprint, load_public_key, load_secret_key
@@ -49,6 +49,8 @@ class FileTask:
     size: int | None = None  # size of the source file, for scheduling
     transfer_checksum: str | None = None  # of the source as transferred (EGA `checksum`), lower-case hex
     transfer_checksum_type: str | None = None  # 'md5' | 'sha256'
+    spread: bool = False  # rank 0: fewer files left than workers (threads_per_file = auto may use threads)
+    node_workers: int = 0  # worker ranks on this worker's node, as rank 0 knows them (0: unknown)
 
 
 @dataclass
@@ -99,7 +101,7 @@ class PipelineContext:
     chunk_size: int = 4 * 1024 * 1024  # bytes read per I/O call (rounded to whole segments)
     archive: ArchiveConfig | None = None  # [archive]; None or backend posix: end_storage
     job_id: str | None = None  # named in an S3 upload's claim, when the worker knows it
-    threads_per_file: str = "1"  # '1' | '2' (plaintext hashes on their own thread) | 'auto' (for huge files)
+    threads_per_file: str = "auto"  # a Crypt4GH file's stages on '1', '2', '3' threads, or 'auto' (legampi.spread)
 
     def __post_init__(self) -> None:
         checks = [
@@ -107,8 +109,9 @@ class PipelineContext:
             ("archive_checksum", self.archive_checksum, checksum.ALGOS),
             ("legacy_cipher", self.legacy_cipher, ("aes128", "aes256")),
             ("decrypt_via", self.decrypt_via, ("local", "res")),
-            ("threads_per_file", self.threads_per_file, ("1", "2", "auto")),
         ]
+        if not (self.threads_per_file == "auto" or self.threads_per_file.isdigit() and int(self.threads_per_file)):
+            raise ValueError(f"threads_per_file = {self.threads_per_file!r}; expected auto or a number (1, 2, 3)")
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{name} = {value!r}; expected one of {', '.join(allowed)}")
@@ -156,7 +159,7 @@ class PipelineContext:
             file_mode=crypto.file_mode,
             chunk_size=func.chunk_size,
             archive=getattr(cfg, "archive", None),
-            threads_per_file=str(getattr(func, "threads_per_file", "1")),
+            threads_per_file=func.threads_per_file,
         )
 
     def secrets(self) -> list[str]:
@@ -290,7 +293,6 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
     writer: storage.ArchiveWriter | None = None
     feeder: transfer.Feeder | None = None
     stages: list[Any] = []  # generators to close on failure (a gpg child must not outlive its file)
-    hasher: checksum.HashThread | None = None
     try:
         st0 = os.fstat(fd)
         # Buffers sized to the file: a 1 KiB file must not allocate several MiB (bookkeeping-bound runs).
@@ -318,6 +320,11 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
                 raw, ctx.inbox_secret_key, ctx.archive_public_key, sink, chunk_size=ctx.chunk_size, label=rel
             )
             stages.append(out)
+        elif fmt == "crypt4gh" and (
+            threaded := spread.for_file(raw, task, ctx, st0.st_size, (md5, sha), count, writer)
+        ):
+            out = threaded
+            stages.append(out)
         else:
             from_res = ctx.decrypt_via == "res" and fmt in ("legacy_aes", "openpgp")
             if reader is not None and from_res:  # the service reads the file itself: check it before
@@ -331,8 +338,7 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
             if feeder is not None:
                 stages.append(plain)
                 plain = feeder.after_start(plain)
-            hasher = checksum.HashThread([md5, sha]) if checksum.threaded(ctx.threads_per_file, st0.st_size) else None
-            hashed = checksum.hashing(plain, [hasher] if hasher else [md5, sha], count)
+            hashed = checksum.hashing(plain, [md5, sha], count)
             out = c4gh.encrypt_stream(
                 hashed, ctx.archive_public_key, batch_segments=c4gh.segments_per_read(ctx.chunk_size)
             )
@@ -350,8 +356,6 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
             writer.write(block)
         for gen in reversed(stages):
             gen.close()  # done with the source: a gpg child ends now, not after the fsync
-        if hasher is not None:
-            hasher.close()
         yield
         archive_hex = writer.finish()
         st1 = os.stat(src, follow_symlinks=False)
@@ -391,7 +395,5 @@ def _steps(task: FileTask, ctx: PipelineContext, res: FileResult) -> Iterator[No
         if feeder is not None:
             feeder.finish()  # a source read error is reported by `verified`, or moot after another failure
         source.close()
-        if hasher is not None:
-            hasher.close()
         if writer is not None and not writer.committed:
             writer.abort()

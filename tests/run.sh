@@ -10,4 +10,5 @@ python benchmarks/smallfiles.py --smoke
 python benchmarks/overlap.py --smoke
 python benchmarks/bookkeeping.py --db-only --smoke
 python benchmarks/file_number.py --smoke
+python benchmarks/smallfiles.py huge --size 16MB --repeat 1
 python -m pytest -q -p no:cacheprovider tests "$@"

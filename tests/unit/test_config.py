@@ -137,6 +137,8 @@ def test_missing_archive_public_key_and_missing_database_url(tmp_path: Path) -> 
         ("func_conf", "pass_limit = 0", "pass_limit", "at least 1"),
         ("func_conf", "chunk_size = 12", "chunk_size", "at least 4096"),
         ("func_conf", "flush_interval = fast", "flush_interval", "must be a number"),
+        ("func_conf", "threads_per_file = many", "threads_per_file", "auto or a number"),
+        ("func_conf", "threads_per_file = 0", "threads_per_file", "auto or a number"),
         ("func_conf", "extensions = c4gh", "extensions", "look like .c4gh"),
         ("workspaces", "keep_processed = maybe", "keep_processed", "yes or no"),
         ("crypto", "reencrypt = partial", "reencrypt", "one of full, header"),
@@ -159,6 +161,13 @@ def test_wrong_type_names_file_section_and_key(tmp_path: Path, section: str, lin
     e = refused(path)
     assert (e.path, e.section, e.key) == (path, section, key)
     assert str(e).startswith(f"{path}: [{section}] {key}: ") and words in str(e)
+
+
+def test_threads_per_file_defaults_to_auto_and_reaches_the_pipeline(tmp_path: Path) -> None:
+    p = layout(tmp_path)
+    assert config.load(write(tmp_path, ini(p)), env={}).func.threads_per_file == "auto"
+    text = ini(p).replace("[func_conf]\n", "[func_conf]\nthreads_per_file = 03\n")
+    assert config.load(write(tmp_path, text), env={}).func.threads_per_file == "3"
 
 
 def test_workspace_folder_that_does_not_exist(tmp_path: Path) -> None:

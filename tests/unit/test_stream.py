@@ -423,7 +423,7 @@ def test_context_from_config(ws, keys, h, tmp_path: Path) -> None:
     ns = lambda **kw: type("NS", (), kw)  # noqa: E731 - tiny attribute bag
     cfg = ns(
         workspaces=ns(processing=ws.processing, end_storage=ws.end_storage, quarantine=None),
-        func=ns(extensions=("c4gh", ".CIP"), res_url=None, chunk_size=1 << 20),
+        func=ns(extensions=("c4gh", ".CIP"), res_url=None, chunk_size=1 << 20, threads_per_file="2"),
         crypto=ns(
             inbox_secret_key=keys.locked.sec,
             inbox_passphrase=Secret(h.LOCKED_KEY_PASSPHRASE),
@@ -441,7 +441,7 @@ def test_context_from_config(ws, keys, h, tmp_path: Path) -> None:
         ),
     )
     ctx = PipelineContext.from_config(cfg)
-    assert ctx.extensions == (".c4gh", ".cip")
+    assert ctx.extensions == (".c4gh", ".cip") and ctx.threads_per_file == "2"
     assert ctx.inbox_secret_key == load_locked(keys, h) and ctx.archive_public_key == keys.archive.public
     assert (ctx.reencrypt, ctx.archive_checksum, ctx.legacy_cipher, ctx.file_mode, ctx.chunk_size) == (
         "header",

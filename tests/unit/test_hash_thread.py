@@ -205,7 +205,10 @@ def test_rank0_marks_the_last_files_spread_and_counts_workers_per_node() -> None
     team = Team()
     Dispatch(team, tasks, "dynamic", key=lambda t: t.size, name=lambda t: t.rel)
     dealt = [(dest, t) for dest, tag, batch in team.sent if tag == TASKS for t in batch]
-    assert [t.spread for _w, t in dealt] == [False, False, False, False, True, True]  # 1 left after these
+    # dealt round-robin (one message per worker): f0-f2, then f3-f5; f6 waits. A file is marked spread
+    # when fewer than 3 (the workers) are left after taking it: f4 (2 left) and f5 (1 left)
+    assert sorted(t.rel for _w, t in dealt) == [f"f{i}.c4gh" for i in range(6)]
+    assert sorted(t.rel for _w, t in dealt if t.spread) == ["f4.c4gh", "f5.c4gh"]
     assert {w: t.node_workers for w, t in dealt} == {1: 2, 2: 2, 3: 1}
 
 

@@ -182,8 +182,9 @@ class ArchivedClaims(Pace):
     executor's lazy source; sized by `claims.Pace` like `process`, at most MOST files per transaction).
 
     A candidate another job holds is set aside (`later`) and tried again once the candidates run out and
-    at the end (`finish`): only a file never ours by then is skipped. A file held by a job of SHARED's
-    command is that job's part, not ours and not skipped (`verify-archive`: the other audit reads it).
+    at the end (`finish`): only a file never ours by then is skipped. A file a run of SHARED's command
+    working alongside ours holds (claimed after we started) is its part, not ours and not skipped
+    (`verify-archive`: the other audit reads it).
     Each claimed row is read again; one KEEP refuses (another job finished it meanwhile) goes back at once.
     """
 
@@ -249,7 +250,7 @@ class ArchivedClaims(Pace):
         holders = {h["file_id"]: h for h in self.db.archived_claims([r["file_id"] for r in missed])} if missed else {}
         for r in missed:
             h = holders.get(r["file_id"])
-            if h is not None and self.shared is not None and h["command"] == self.shared:
+            if self._alongside(h, self.shared):
                 self.later.pop(r["file_id"], None)
                 self.theirs.append((r, holder_text(h)))
             else:
@@ -299,9 +300,16 @@ class ArchivedClaims(Pace):
         self.skipped = [(r, holder_text(self.holders.get(fid))) for fid, r in self.later.items()]
         return out
 
-    def _waited(self, command: str | None) -> bool:
-        return command is not None and any(
-            h["command"] == command and h["ended_at"] is None and str(h["claimed_at"]) >= self.since
-            for fid in self.later
-            if (h := self.holders.get(fid)) is not None
+    def _alongside(self, h: Row | None, command: str | None) -> bool:
+        """Is H's claim one of a run of COMMAND working alongside ours (a live job that claimed it after
+        this job started)? One that held it from before is no part of our work: its files are skipped."""
+        return (
+            h is not None
+            and command is not None
+            and h["command"] == command
+            and h["ended_at"] is None
+            and str(h["claimed_at"]) >= self.since
         )
+
+    def _waited(self, command: str | None) -> bool:
+        return any(self._alongside(self.holders.get(fid), command) for fid in self.later)

@@ -1,13 +1,15 @@
 """`rekey` and `verify-archive` claim each `available` file before they touch it (like `process`).
 
-A file claimed by another live job is skipped and reported, never touched: two rotations of one file
-cannot race on its header and pending marker, and an audit never reads a file mid-rotation (nor does a
-rotation start under an audit). The claim leaves the status `available` (legampi.db.archived), and a file
-that `process` holds is `processing`, so neither command ever lists it. Claims are taken in batches of
-short transactions (two jobs started together share the archive instead of one waiting for the other),
-each row is read again once claimed (another job may have rotated the file since the listing), and the
-claims go back as results are recorded and, all of them, when the job ends. A dead job's claims are freed
-at the start of the next `rekey` or `verify-archive` and by `recover`.
+A file claimed by another live job is never touched: two rotations of one file cannot race on its header
+and pending marker, and an audit never reads a file mid-rotation (nor does a rotation start under an
+audit). The claim leaves the status `available` (legampi.db.archived), and a file that `process` holds is
+`processing`, so neither command ever lists it. Claims are taken in batches as the workers need them
+(`ArchivedClaims.more`, the executor's lazy source, sized like `process`'s by `claims.Pace`), so runs
+started together each take a part; each row is read again once claimed (another job may have rotated the
+file since the listing); a file another job holds is tried again at the end, and skipped and reported
+only if held to the end (a rotation running alongside is waited for). The claims go back as results are
+recorded and, all of them, when the job ends. A dead job's claims are freed at the start of the next
+`rekey` or `verify-archive` and by `recover`.
 """
 
 from __future__ import annotations

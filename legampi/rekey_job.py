@@ -1,10 +1,12 @@
 """The `legampi rekey` command: which files to rotate, recording each result, the operator's report.
 
 Rotating one file (crash-safe, with its pending marker) is `rekey.rekey_file`; this module lists the
-`available` files not yet on the new key, claims them (legampi.archived_claims: a file another live job
-holds is skipped and reported, never touched), spreads them over the ranks, records every flush of results
-in one transaction (then drops the pending markers and gives the claims back), and keeps a job row with a
-heartbeat so that `recover` leaves the temp files and claims of a live rekey alone.
+`available` files not yet on the new key and claims them in batches as the ranks need them
+(legampi.archived_claims: a file another live job holds is never touched; one a rotation alongside holds
+is waited for at the end, one held to the end by another job is skipped and reported), records every
+flush of results in one transaction (then drops the pending markers and gives the claims back), and keeps
+a job row with a heartbeat so that `recover` leaves the temp files and claims of a live rekey alone. The
+recorder writes on rank 0's own thread (no recorder thread here): the lazy source claims on the same one.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 One read per file: the archived bytes are hashed as they stream past and, with ``--decrypt`` (needs the
 archive secret key), decrypted in the same pass so the plaintext md5/sha256 are compared with the manifest.
 The work function is plain Python; `parallel.execute` spreads it over the ranks like `process`. Like
-`process`, the audit is a job that claims each file before reading it (legampi.archived_claims): a file
-held by another live job (a `rekey` rotating it) is skipped and reported, never judged mid-rotation.
+`process`, the audit is a job that claims each file before reading it, in batches as the ranks need them
+(legampi.archived_claims): a file held by another live job (a `rekey` rotating it) is never judged
+mid-rotation (tried again at the end; skipped and reported if held to the end), and one another audit
+running alongside holds is that audit's part.
 
 An object in an S3 archive (`archive_path` s3://bucket/key) is read the same way, once, through the
 process's store (legampi.storage): its bytes are compared with the recorded checksum and with the sha256

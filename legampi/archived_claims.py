@@ -282,25 +282,28 @@ class ArchivedClaims(Pace):
         tick: Callable[[], None] = lambda: None,
         claim_timeout: int = 600,
     ) -> list[Row]:
-        """After the run: the files set aside, tried once more; those a live job of WAIT_FOR's command
-        claimed after this job started (a run alongside ours) are waited for while it releases some at
-        least every PATIENCE seconds (a holder found dead meanwhile, by CLAIM_TIMEOUT too, is freed).
-        Returns the rows claimed now (to do here); the rest are skipped, with who holds them."""
-        out = self._retry()
+        """After the run, called until it gives []: the files set aside, tried again; those a live job of
+        WAIT_FOR's command claimed after this job started (a run alongside ours) are waited for while it
+        lets one go at least every PATIENCE seconds (a holder found dead, by CLAIM_TIMEOUT too, is freed).
+        Returns the rows claimed now, to do and give back before the next call (so that we hold nothing
+        while we wait, and nobody waits for us); once it gives [], the rest are skipped."""
         deadline = freed = time.monotonic()
         deadline += patience
-        while self.later and self._waited(wait_for) and time.monotonic() < deadline:
+        while True:
+            before = len(self.later)
+            if out := self._retry():
+                return out
+            if len(self.later) < before:  # some were let go (and found done): the other run goes on
+                deadline = time.monotonic() + patience
+            if not (self.later and self._waited(wait_for) and time.monotonic() < deadline):
+                break
             time.sleep(POLL)
             tick()
             if time.monotonic() - freed >= FREE_DEAD_EVERY:  # a holder that died: its claims freed
                 freed = time.monotonic()
                 free_dead_claims(self.db, claim_timeout)
-            before = len(self.later)
-            out += self._retry()
-            if len(self.later) < before:
-                deadline = time.monotonic() + patience
         self.skipped = [(r, holder_text(self.holders.get(fid))) for fid, r in self.later.items()]
-        return out
+        return []
 
     def _alongside(self, h: Row | None, command: str | None) -> bool:
         """Is H's claim one of a run of COMMAND working alongside ours (a live job that claimed it after

@@ -282,10 +282,13 @@ def _rotate(ex: Executor, claims: ArchivedClaims, recorder: RekeyRecorder, keys:
     recorder.flush()
     if recorder.book is not None:  # ours back before waiting for theirs: another rotation may wait for ours
         recorder.book.flush()
-    last = claims.finish("rekey", wait_patience(cfg.func.flush_interval), tick, cfg.func.claim_timeout)
-    if last:
-        InProcess(load_rotator(keys, 0)).run(tasks(last), on_result, tick=tick, key=size, name=name)
+    here = None
+    while last := claims.finish("rekey", wait_patience(cfg.func.flush_interval), tick, cfg.func.claim_timeout):
+        here = here or InProcess(load_rotator(keys, 0))
+        here.run(tasks(last), on_result, tick=tick, key=size, name=name)
         recorder.flush()
+        if recorder.book is not None:
+            recorder.book.flush()
     progress.close()
 
 

@@ -304,8 +304,10 @@ def _audit(
     size, name = (lambda t: t.size), (lambda t: t.archive_path)
     ex.run([], on_result, tick=tick, key=size, name=name, more=lambda workers: tasks(claims.more(workers)))
     book.flush()
-    last = claims.finish(tick=book.tick)
-    if last:
-        InProcess(load_auditor(cfg, decrypt)).run(tasks(last), on_result, tick=tick, key=size, name=name)
+    here = None
+    while last := claims.finish(tick=book.tick):
+        here = here or InProcess(load_auditor(cfg, decrypt))
+        here.run(tasks(last), on_result, tick=tick, key=size, name=name)
+        book.flush()
     progress.close()
     return results, other_key

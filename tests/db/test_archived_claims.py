@@ -265,11 +265,44 @@ def test_a_rekey_waits_for_the_files_a_rotation_alongside_holds_and_takes_those_
     )
     last = c.finish("rekey", patience=600, tick=lambda: next(steps, lambda: None)())
     assert [r["file_id"] for r in last] == every[1:2]  # not on the new key: ours to do, here
-    assert [r["file_id"] for r in c.dropped] == every[:1] and c.skipped == []
+    assert [r["file_id"] for r in c.dropped] == every[:1]
     assert claims(db) == {every[1]: me}
-    db.release_archived(None, me)
+    db.release_archived(None, me)  # done here: given back before the next call
+    assert c.finish("rekey", patience=600) == [] and c.skipped == []
     # a rotation alongside that lets nothing go: skipped once PATIENCE passes without a release
     c = archived_claims.ArchivedClaims(db, me, rows[2:3])
     db.claim_archived(every[2:3], other)
     assert drain(c) == [] and c.finish("rekey", patience=0.5) == []
     assert [(r["file_id"], why.split(" (")[0]) for r, why in c.skipped] == [(every[2], "claimed by job job-b")]
+
+
+def test_rekey_rotates_itself_a_file_a_rotation_alongside_let_go_unrotated(arch: Any, monkeypatch: Any) -> None:
+    """The other rotation claims a file after ours started, then lets it go without rotating it (it failed
+    or died): ours waits for it, then rotates it on rank 0, and exits 0 with every file on the new key."""
+    import time
+
+    db, ws, cfg = arch.db, arch.ws, arch.cfg
+    every = ids(db)
+    other = other_job(db, "job-b", "rekey")
+
+    class Alongside(InProcess):
+        def run(self, tasks: Any, on_result: Any, **kw: Any) -> None:
+            db.claim_archived(every[:1], other)  # after our job started: a run alongside ours
+            super().run(tasks, on_result, **kw)
+
+    waits = []
+
+    def pause(seconds: float) -> None:  # the other run lets the file go while ours waits
+        waits.append(seconds)
+        db.release_archived(every[:1], other)
+
+    monkeypatch.setattr(archived_claims, "time", SimpleNamespace(monotonic=time.monotonic, sleep=pause))
+    sk, pk = make_keypair(ws.root / "keys", "archive2")
+    keys = rekey.load_rekey_keys(cfg, pk, sk)
+    out = io.StringIO()
+    code = rekey_job.rotate_archive(db, Alongside(rekey_job.load_rotator(keys, 1)), cfg, keys, out=out)
+    text = out.getvalue()
+    assert code == 0 and len(waits) == 1, text
+    assert f"{len(every)} rekeyed" in text and "0 skipped because claimed" in text
+    assert text.count("(rank 0, ") == 1 and text.count("(rank 1, ") == len(every) - 1  # the let-go one here
+    assert {r["archive_key"] for r in db.files()} == {keys.new_fp} and claims(db) == {}

@@ -287,6 +287,8 @@ class ArchivedClaims(Pace):
         lets one go at least every PATIENCE seconds (a holder found dead, by CLAIM_TIMEOUT too, is freed).
         Returns the rows claimed now, to do and give back before the next call (so that we hold nothing
         while we wait, and nobody waits for us); once it gives [], the rest are skipped."""
+        if self._room(1) <= 0:  # LIMIT files taken: those set aside are not wanted (nor skipped)
+            self.later.clear()
         deadline = freed = time.monotonic()
         deadline += patience
         while True:

@@ -227,6 +227,11 @@ def test_archived_claims_take_a_batch_at_a_time_and_try_a_held_file_again_at_the
     db.release_archived(None, holder)  # the audit lets it go while we work: ours by the end
     assert drain(c) == [every[3:5], every[5:], every[:1]]
     assert c.finish() == [] and c.skipped == [] and len(c.rows) == len(every)
+    db.release_archived(None, me)
+    # LIMIT reached: a file set aside is not wanted, so not skipped
+    db.claim_archived([every[0]], holder)
+    c = archived_claims.ArchivedClaims(db, me, rows, limit=3)
+    assert drain(c, 4) == [every[1:4]] and c.finish() == [] and c.skipped == []
 
 
 def test_a_file_an_audit_alongside_holds_is_its_part_one_held_from_before_is_skipped(arch: Any) -> None:

@@ -109,22 +109,11 @@ def _task(r: dict[str, object], size: int) -> FileTask:
     )
 
 
-class Claims:
-    """One job's claims over its candidates: `more` claims the next batch (one transaction per claim);
-    `claimed` is every file this job holds or held (what `_finish` releases if not started)."""
+class Pace:
+    """How many files a job claims next: every worker's minimum queue at first, then CLAIM_AHEAD seconds
+    of work at the rate seen so far (`process`'s Claims, `rekey` and `verify-archive` alike)."""
 
-    def __init__(
-        self,
-        db: Database,
-        job_id: str,
-        tasks: list[FileTask],
-        retry_failed: bool = False,
-        limit: int | None = None,
-    ) -> None:
-        self.db, self.job_id, self.retry_failed, self.limit = db, job_id, retry_failed, limit
-        self.waiting: deque[FileTask] = deque(tasks)
-        self.claimed: list[FileTask] = []
-        self.taken = 0  # candidates another job claimed first: theirs, not an error
+    def __init__(self) -> None:
         self.done_files = self.done_bytes = 0
         self.started: float | None = None
 
@@ -145,6 +134,25 @@ class Claims:
             files = max(files, int(self.done_files / seconds * CLAIM_AHEAD))
             nbytes = max(nbytes, int(self.done_bytes / seconds * CLAIM_AHEAD))
         return min(files, MAX_FILES), nbytes
+
+
+class Claims(Pace):
+    """One job's claims over its candidates: `more` claims the next batch (one transaction per claim);
+    `claimed` is every file this job holds or held (what `_finish` releases if not started)."""
+
+    def __init__(
+        self,
+        db: Database,
+        job_id: str,
+        tasks: list[FileTask],
+        retry_failed: bool = False,
+        limit: int | None = None,
+    ) -> None:
+        self.db, self.job_id, self.retry_failed, self.limit = db, job_id, retry_failed, limit
+        self.waiting: deque[FileTask] = deque(tasks)
+        self.claimed: list[FileTask] = []
+        self.taken = 0  # candidates another job claimed first: theirs, not an error
+        super().__init__()
 
     def more(self, workers: int, db: Database | None = None) -> list[FileTask]:
         """Claim the next batch for WORKERS workers, in candidate order; [] once none is left for us.

@@ -1,10 +1,12 @@
 """The `legampi rekey` command: which files to rotate, recording each result, the operator's report.
 
 Rotating one file (crash-safe, with its pending marker) is `rekey.rekey_file`; this module lists the
-`available` files not yet on the new key, claims them (legampi.archived_claims: a file another live job
-holds is skipped and reported, never touched), spreads them over the ranks, records every flush of results
-in one transaction (then drops the pending markers and gives the claims back), and keeps a job row with a
-heartbeat so that `recover` leaves the temp files and claims of a live rekey alone.
+`available` files not yet on the new key and claims them in batches as the ranks need them
+(legampi.archived_claims: a file another live job holds is never touched; one a rotation alongside holds
+is waited for at the end, one held to the end by another job is skipped and reported), records every
+flush of results in one transaction (then drops the pending markers and gives the claims back), and keeps
+a job row with a heartbeat so that `recover` leaves the temp files and claims of a live rekey alone. The
+recorder writes on rank 0's own thread (no recorder thread here): the lazy source claims on the same one.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from . import archive, storage
-from .archived_claims import SKIPPED_EXIT, ClaimBook, claim_in_batches, free_dead_claims, skipped_lines, start_job
+from .archived_claims import (
+    SKIPPED_EXIT,
+    ArchivedClaims,
+    ClaimBook,
+    claim_in_batches,
+    free_dead_claims,
+    skipped_lines,
+    start_job,
+    wait_patience,
+)
 from .db import Database, DatabaseError, Event
 from .keys import fingerprint, load_public_key
-from .parallel import Executor, Job, NotReady, execute
+from .parallel import Executor, InProcess, Job, NotReady, execute
 from .progress import Progress
 from .rekey import (
     RekeyError,
@@ -109,18 +120,18 @@ class RekeyRecorder:
         self.last = time.monotonic()
 
 
-def rekey_tasks(
+def rekey_claims(
     db: Database, job_id: str, new_fp: str, dataset: str | None = None, limit: int | None = None, batch: int = 200
-) -> tuple[list[RekeyTask], int, list[tuple[dict[str, Any], str]]]:
-    """Claim the `available` files not yet on the new key (at most LIMIT), BATCH per transaction; returns
-    their tasks, how many are already on the new key, and the files other live jobs hold (skipped).
-    Markers left by a run that crashed after its commit are removed here, each under a claim."""
+) -> tuple[ArchivedClaims, int]:
+    """The `available` files not yet on the new key, to claim in batches as the workers need them (at most
+    LIMIT in all, BATCH per transaction), and how many are on it already. Markers left by a run that
+    crashed after its commit are removed here, each under a claim."""
     rows = db.files(dataset, status="available")
     todo = sorted((r for r in rows if r["archive_key"] != new_fp), key=lambda r: r["archive_path"])
     _clear_stale_markers(db, job_id, [r for r in rows if r["archive_key"] == new_fp], batch, new_fp)
-    got = claim_in_batches(db, job_id, todo, batch, keep=lambda r: r["archive_key"] != new_fp, want=limit)
-    tasks = sorted((_task(r) for r in got.rows), key=lambda t: t.archive_path)
-    return tasks, len(rows) - len(todo) + len(got.dropped), got.skipped
+    # a row read again on the new key was rotated by another run since the listing: given back at once
+    claims = ArchivedClaims(db, job_id, todo, keep=lambda r: r["archive_key"] != new_fp, limit=limit, most=batch)
+    return claims, len(rows) - len(todo)
 
 
 def _task(r: dict[str, Any]) -> RekeyTask:
@@ -219,40 +230,66 @@ def rotate_archive(
     limit: int | None = None,
     out: Any = None,
 ) -> int:
-    """Rank 0's `rekey`: claim the files not yet on the new key, rotate them through EX, record every
-    flush, print the report. Exit 0 all rotated, 1 some failed, 5 (SKIPPED_EXIT) none failed but other
-    live jobs held some files. A job row with a heartbeat keeps a live rekey's claims and temp files."""
+    """Rank 0's `rekey`: claim the files not yet on the new key in batches as the workers need them,
+    rotate them through EX, record every flush, print the report. Exit 0 all rotated (by this run or by
+    another rotation that ran alongside), 1 some failed, 5 (SKIPPED_EXIT) none failed but other live jobs
+    held some files to the end. A job row with a heartbeat keeps a live rekey's claims and temp files."""
     out = out or sys.stdout
     free_dead_claims(db, cfg.func.claim_timeout)
     job_id = start_job(db, "rekey", ex.ranks, make_job_id)
     book = ClaimBook(db, job_id, cfg.func.batch_size, cfg.func.flush_interval)
     try:
-        tasks, already, skipped = rekey_tasks(db, job_id, keys.new_fp, dataset, limit, cfg.func.batch_size)
+        claims, on_key = rekey_claims(db, job_id, keys.new_fp, dataset, limit, cfg.func.batch_size)
         recorder = RekeyRecorder(db, cfg.func.batch_size, cfg.func.flush_interval, book)
-        progress = Progress(len(tasks), sum(t.size for t in tasks), logger=log)
-
-        def on_result(r: RekeyResult) -> None:
-            progress.add(r.bytes_read, r.result == "failed")
-            recorder.add(r)
-
-        def tick() -> None:
-            recorder.tick()
-            progress.tick()
-
-        ex.run(tasks, on_result, tick=tick, key=lambda t: t.size, name=lambda t: t.archive_path)
-        recorder.flush()
-        progress.close()
+        _rotate(ex, claims, recorder, keys, cfg)
     finally:
         book.close()
+    skipped = claims.skipped
     for row, why in skipped:
         log.warning("rekey skipped: %s: %s (file %s)", row["archive_path"], why, row["file_id"])
-    lines = rekey_lines(recorder.done, keys, already, len(tasks), cfg, skipped)
+    already = on_key + len(claims.dropped)
+    lines = rekey_lines(recorder.done, keys, already, len(claims.rows), cfg, skipped)
     code = 1 if any(r.result == "failed" for r in recorder.done) else SKIPPED_EXIT if skipped else 0
     db.job_end(job_id, code, "\n".join(lines[-2:]))
     for line in lines:
         print(line, file=out)
     out.flush()
     return code
+
+
+def _rotate(ex: Executor, claims: ArchivedClaims, recorder: RekeyRecorder, keys: RekeyKeys, cfg: Any) -> None:
+    """Every file CLAIMS gives through EX, as its workers need them; then, here on rank 0, the files other
+    jobs held meanwhile and let go without them being on the new key (waiting for another rotation's)."""
+    progress = Progress(0, 0, logger=log)
+
+    def tasks(rows: Sequence[dict[str, Any]]) -> list[RekeyTask]:
+        out = [_task(r) for r in rows]
+        progress.total_files += len(out)
+        progress.total_bytes += sum(t.size for t in out)
+        return out
+
+    def on_result(r: RekeyResult) -> None:
+        claims.note(r.bytes_read)
+        progress.add(r.bytes_read, r.result == "failed")
+        recorder.add(r)
+
+    def tick() -> None:
+        recorder.tick()
+        progress.tick()
+
+    size, name = (lambda t: t.size), (lambda t: t.archive_path)
+    ex.run([], on_result, tick=tick, key=size, name=name, more=lambda workers: tasks(claims.more(workers)))
+    recorder.flush()
+    if recorder.book is not None:  # ours back before waiting for theirs: another rotation may wait for ours
+        recorder.book.flush()
+    here = None
+    while last := claims.finish("rekey", wait_patience(cfg.func.flush_interval), tick, cfg.func.claim_timeout):
+        here = here or InProcess(load_rotator(keys, 0))
+        here.run(tasks(last), on_result, tick=tick, key=size, name=name)
+        recorder.flush()
+        if recorder.book is not None:
+            recorder.book.flush()
+    progress.close()
 
 
 def rekey_lines(

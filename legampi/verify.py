@@ -3,8 +3,10 @@
 One read per file: the archived bytes are hashed as they stream past and, with ``--decrypt`` (needs the
 archive secret key), decrypted in the same pass so the plaintext md5/sha256 are compared with the manifest.
 The work function is plain Python; `parallel.execute` spreads it over the ranks like `process`. Like
-`process`, the audit is a job that claims each file before reading it (legampi.archived_claims): a file
-held by another live job (a `rekey` rotating it) is skipped and reported, never judged mid-rotation.
+`process`, the audit is a job that claims each file before reading it, in batches as the ranks need them
+(legampi.archived_claims): a file held by another live job (a `rekey` rotating it) is never judged
+mid-rotation (tried again at the end; skipped and reported if held to the end), and one another audit
+running alongside holds is that audit's part.
 
 An object in an S3 archive (`archive_path` s3://bucket/key) is read the same way, once, through the
 process's store (legampi.storage): its bytes are compared with the recorded checksum and with the sha256
@@ -22,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from . import archive, checksum, storage
-from .archived_claims import SKIPPED_EXIT, ClaimBook, claim_in_batches, free_dead_claims, skipped_lines, start_job
+from .archived_claims import SKIPPED_EXIT, ArchivedClaims, ClaimBook, free_dead_claims, skipped_lines, start_job
 from .formats import IngestError
-from .parallel import Executor, Job, NotReady, execute
+from .parallel import Executor, InProcess, Job, NotReady, execute
 from .progress import Progress
 from .workspace import make_job_id, scan
 
@@ -185,9 +187,10 @@ def _archive_key(cfg: Any) -> bytes:
 def verify_archive(
     db: Any, ex: Executor, cfg: Any, dataset: str | None = None, decrypt: bool = False, out: Any = None
 ) -> int:
-    """Rank 0's audit: claim every `available` file, audit them through EX, then the files nobody accounts
-    for; one event per result, the operator's report on OUT. Exit 1 if anything is not ok, else 5
-    (SKIPPED_EXIT) if other live jobs held some files, else 0."""
+    """Rank 0's audit: claim the `available` files in batches as EX's workers need them, audit them, then
+    the files nobody accounts for; one event per result, the operator's report on OUT. Files another
+    audit running alongside holds are its part. Exit 1 if anything is not ok, else 5 (SKIPPED_EXIT) if
+    other live jobs held some files to the end (or, with --decrypt, some are on another key), else 0."""
     import sys
 
     from .db import Event
@@ -196,11 +199,10 @@ def verify_archive(
     free_dead_claims(db, cfg.func.claim_timeout)
     job_id = start_job(db, "verify-archive", ex.ranks, make_job_id)
     book = ClaimBook(db, job_id, cfg.func.batch_size, cfg.func.flush_interval)
+    rows = db.files(dataset, status="available")
+    claims = ArchivedClaims(db, job_id, rows, most=cfg.func.batch_size, shared="verify-archive", size=_archive_size)
     try:
-        got = claim_in_batches(db, job_id, db.files(dataset, status="available"), cfg.func.batch_size)
-        tasks = [_audit_task(r) for r in got.rows]
-        other_key = _other_key(tasks, cfg) if decrypt else []
-        results = _audit(ex, tasks, book)
+        results, other_key = _audit(ex, claims, book, cfg, decrypt)
     finally:
         book.close()
     if dataset is None:
@@ -208,7 +210,7 @@ def verify_archive(
         for rel in unexpected_files(cfg.workspaces.end_storage, db.files(), cfg.func.extensions, arch=arch):
             results.append(AuditResult("", "", "unexpected", f"{arch.location(rel)}: not recorded as available"))
             log.error("audit unexpected: %s", results[-1].details)
-    for row, why in got.skipped:
+    for row, why in claims.skipped:
         log.warning("audit skipped: %s: %s (file %s)", row["archive_path"], why, row["file_id"])
     with db.transaction():
         db.add_events(
@@ -217,32 +219,32 @@ def verify_archive(
         )
     counts = {k: sum(r.result == k for r in results) for k in ("ok", "mismatch", "missing", "unexpected")}
     summary = (
-        f"fixity audit: {len(tasks)} archived file(s) checked"
+        f"fixity audit: {len(claims.rows)} archived file(s) checked"
         + (" with decryption" if decrypt else "")
         + ": "
         + ", ".join(f"{v} {k}" for k, v in counts.items())
-        + f"; {len(got.skipped)} skipped because claimed by another live job"
+        + f"; {len(claims.skipped)} skipped because claimed by another live job"
+        + (f"; {len(claims.theirs)} audited by another audit running alongside" if claims.theirs else "")
         + (f"; {len(other_key)} not decrypted (archived for another key)" if other_key else "")
     )
-    code = 1 if len(results) - counts["ok"] else SKIPPED_EXIT if got.skipped or other_key else 0
+    code = 1 if len(results) - counts["ok"] else SKIPPED_EXIT if claims.skipped or other_key else 0
     db.job_end(job_id, code, summary)
     print(summary, file=out)
     for r in results:
         if r.result != "ok":
             print(f"  {r.result.upper()} {r.details}", file=out)
-    for line in skipped_lines(got.skipped, lambda r: str(r["archive_path"])):
-        print(line, file=out)
-    for line in other_key:
+    for line in skipped_lines(claims.skipped, lambda r: str(r["archive_path"])) + other_key:
         print(line, file=out)
     return code
 
 
-def _other_key(tasks: list[AuditTask], cfg: Any) -> list[str]:
-    """With --decrypt: files recorded as archived for another key than the configured secret key's (a
-    rotation under way) have their bytes checked but are not decrypted: not a corruption. One line each."""
-    from .keys import fingerprint, public_from_secret
+def _archive_size(r: dict[str, Any]) -> int:
+    return int(r["archive_size"] or 0)
 
-    fp = fingerprint(public_from_secret(_archive_key(cfg)))
+
+def _other_key(tasks: list[AuditTask], fp: str) -> list[str]:
+    """With --decrypt: files recorded as archived for another key than FP, the configured secret key's (a
+    rotation under way), have their bytes checked but are not decrypted: not a corruption. One line each."""
     lines = []
     for t in tasks:
         if t.archive_key not in (None, fp):
@@ -263,18 +265,34 @@ def _audit_task(r: dict[str, Any]) -> AuditTask:
         r["archive_checksum_type"],
         r["md5"],
         r["sha256"],
-        int(r["archive_size"] or 0),
+        _archive_size(r),
         r["archive_key"],
     )
 
 
-def _audit(ex: Executor, tasks: list[AuditTask], book: ClaimBook) -> list[AuditResult]:
-    """Every claimed file through EX; each claim goes back (in batches) once its file is audited."""
+def _audit(
+    ex: Executor, claims: ArchivedClaims, book: ClaimBook, cfg: Any, decrypt: bool
+) -> tuple[list[AuditResult], list[str]]:
+    """Every file CLAIMS gives through EX, as its workers need them (each claim goes back, in batches,
+    once its file is audited); then, here on rank 0, those other jobs held and let go meanwhile. Returns
+    the results and, with DECRYPT, one line per file on another key (not decrypted)."""
+    from .keys import fingerprint, public_from_secret
+
     results: list[AuditResult] = []
-    progress = Progress(len(tasks), sum(t.size for t in tasks), logger=log)
+    other_key: list[str] = []
+    fp = fingerprint(public_from_secret(_archive_key(cfg))) if decrypt else None
+    progress = Progress(0, 0, logger=log)
+
+    def tasks(rows: list[dict[str, Any]]) -> list[AuditTask]:
+        out = [_audit_task(r) for r in rows]
+        other_key.extend(_other_key(out, fp) if fp is not None else [])
+        progress.total_files += len(out)
+        progress.total_bytes += sum(t.size for t in out)
+        return out
 
     def on_result(r: AuditResult) -> None:
         results.append(r)
+        claims.note(r.bytes_read)
         book.done([r.file_id])
         progress.add(r.bytes_read, r.result != "ok")
         (log.info if r.result == "ok" else log.error)("audit %s: %s (file %s)", r.result, r.details, r.file_id)
@@ -283,6 +301,13 @@ def _audit(ex: Executor, tasks: list[AuditTask], book: ClaimBook) -> list[AuditR
         book.tick()
         progress.tick()
 
-    ex.run(tasks, on_result, tick=tick, key=lambda t: t.size, name=lambda t: t.archive_path)
+    size, name = (lambda t: t.size), (lambda t: t.archive_path)
+    ex.run([], on_result, tick=tick, key=size, name=name, more=lambda workers: tasks(claims.more(workers)))
+    book.flush()
+    here = None
+    while last := claims.finish(tick=book.tick):
+        here = here or InProcess(load_auditor(cfg, decrypt))
+        here.run(tasks(last), on_result, tick=tick, key=size, name=name)
+        book.flush()
     progress.close()
-    return results
+    return results, other_key

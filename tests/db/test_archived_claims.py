@@ -204,3 +204,110 @@ def test_verify_decrypt_during_a_rotation_does_not_call_files_on_the_new_key_cor
     assert f"{n} ok, 0 mismatch, 0 missing, 0 unexpected; 0 skipped" in text
     assert "2 not decrypted (archived for another key)" in text and text.count("  NOT DECRYPTED ") == 2
     assert f"archived for key {keys.new_fp}, the configured archive secret key is for {keys.old_fp}" in text
+
+
+def drain(c: archived_claims.ArchivedClaims, workers: int = 1) -> list[list[str]]:
+    """Every batch the lazy source gives, as file ids, until it gives none."""
+    out = []
+    while batch := c.more(workers):
+        out.append([r["file_id"] for r in batch])
+    return out
+
+
+def test_archived_claims_take_a_batch_at_a_time_and_try_a_held_file_again_at_the_end(arch: Any) -> None:
+    db = arch.db
+    rows = db.files(status="available")
+    every = [r["file_id"] for r in rows]
+    holder = other_job(db, "job-x", "verify-archive")
+    db.claim_archived([every[0]], holder)  # held from before we start: set aside, not skipped yet
+    me = other_job(db, "job-me", "rekey")
+    c = archived_claims.ArchivedClaims(db, me, rows, most=2)
+    assert [r["file_id"] for r in c.more(1)] == every[1:3]  # a worker's first queue, not every file
+    assert claims(db) == {every[0]: holder, every[1]: me, every[2]: me} and list(c.later) == [every[0]]
+    db.release_archived(None, holder)  # the audit lets it go while we work: ours by the end
+    assert drain(c) == [every[3:5], every[5:], every[:1]]
+    assert c.finish() == [] and c.skipped == [] and len(c.rows) == len(every)
+    db.release_archived(None, me)
+    # LIMIT reached: a file set aside is not wanted, so not skipped
+    db.claim_archived([every[0]], holder)
+    c = archived_claims.ArchivedClaims(db, me, rows, limit=3)
+    assert drain(c, 4) == [every[1:4]] and c.finish() == [] and c.skipped == []
+
+
+def test_a_file_an_audit_alongside_holds_is_its_part_one_held_from_before_is_skipped(arch: Any) -> None:
+    db = arch.db
+    rows = db.files(status="available")
+    every = [r["file_id"] for r in rows]
+    stale = other_job(db, "job-old", "verify-archive")
+    db.claim_archived([every[0]], stale)  # from before we started: not a run alongside ours
+    me = other_job(db, "job-me", "verify-archive")
+    c = archived_claims.ArchivedClaims(db, me, rows, shared="verify-archive")
+    alongside = other_job(db, "job-b", "verify-archive")
+    db.claim_archived(every[1:3], alongside)
+    assert sum(drain(c, 4), []) == every[3:]
+    assert [r["file_id"] for r, _why in c.theirs] == every[1:3]  # audited by job-b, never by us
+    assert c.finish() == []
+    assert [(r["file_id"], why.split(" (")[0]) for r, why in c.skipped] == [(every[0], "claimed by job job-old")]
+
+
+def test_a_rekey_waits_for_the_files_a_rotation_alongside_holds_and_takes_those_it_let_go(arch: Any) -> None:
+    db = arch.db
+    rows = db.files(status="available")
+    every = [r["file_id"] for r in rows]
+    me = other_job(db, "job-me", "rekey")
+    c = archived_claims.ArchivedClaims(db, me, rows, keep=lambda r: r["archive_key"] != "NEWKEY")
+    other = other_job(db, "job-b", "rekey")
+    db.claim_archived(every[:2], other)
+    assert sum(drain(c, 4), []) == every[2:]
+    db.release_archived(every[2:], me)  # done: ours back before we wait
+
+    steps = iter(
+        [  # what the other rotation does while we wait: rotates one, then lets the other go unrotated
+            lambda: db.execute("UPDATE file SET archive_key = 'NEWKEY' WHERE file_id = ?", (every[0],)),
+            lambda: db.release_archived(every[:1], other),
+            lambda: db.release_archived(every[1:2], other),
+        ]
+    )
+    last = c.finish("rekey", patience=600, tick=lambda: next(steps, lambda: None)())
+    assert [r["file_id"] for r in last] == every[1:2]  # not on the new key: ours to do, here
+    assert [r["file_id"] for r in c.dropped] == every[:1]
+    assert claims(db) == {every[1]: me}
+    db.release_archived(None, me)  # done here: given back before the next call
+    assert c.finish("rekey", patience=600) == [] and c.skipped == []
+    # a rotation alongside that lets nothing go: skipped once PATIENCE passes without a release
+    c = archived_claims.ArchivedClaims(db, me, rows[2:3])
+    db.claim_archived(every[2:3], other)
+    assert drain(c) == [] and c.finish("rekey", patience=0.5) == []
+    assert [(r["file_id"], why.split(" (")[0]) for r, why in c.skipped] == [(every[2], "claimed by job job-b")]
+
+
+def test_rekey_rotates_itself_a_file_a_rotation_alongside_let_go_unrotated(arch: Any, monkeypatch: Any) -> None:
+    """The other rotation claims a file after ours started, then lets it go without rotating it (it failed
+    or died): ours waits for it, then rotates it on rank 0, and exits 0 with every file on the new key."""
+    import time
+
+    db, ws, cfg = arch.db, arch.ws, arch.cfg
+    every = ids(db)
+    other = other_job(db, "job-b", "rekey")
+
+    class Alongside(InProcess):
+        def run(self, tasks: Any, on_result: Any, **kw: Any) -> None:
+            db.claim_archived(every[:1], other)  # after our job started: a run alongside ours
+            super().run(tasks, on_result, **kw)
+
+    waits = []
+
+    def pause(seconds: float) -> None:  # the other run lets the file go while ours waits
+        waits.append(seconds)
+        db.release_archived(every[:1], other)
+
+    monkeypatch.setattr(archived_claims, "time", SimpleNamespace(monotonic=time.monotonic, sleep=pause))
+    sk, pk = make_keypair(ws.root / "keys", "archive2")
+    keys = rekey.load_rekey_keys(cfg, pk, sk)
+    out = io.StringIO()
+    code = rekey_job.rotate_archive(db, Alongside(rekey_job.load_rotator(keys, 1)), cfg, keys, out=out)
+    text = out.getvalue()
+    assert code == 0 and len(waits) == 1, text
+    assert f"{len(every)} rekeyed" in text and "0 skipped because claimed" in text
+    assert text.count("(rank 0, ") == 1 and text.count("(rank 1, ") == len(every) - 1  # the let-go one here
+    assert {r["archive_key"] for r in db.files()} == {keys.new_fp} and claims(db) == {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -22,6 +23,8 @@ ARCHIVE_EXTENSION = ".c4gh"
 TEMP_MARKER = ".legampi-tmp-"
 PENDING_SUFFIX = ".rekey"  # a key rotation's marker next to the archived file (see rekey)
 DIR_MODE = 0o750
+log = logging.getLogger("legampi.archive")
+WRITEBACK_EVERY = 32 << 20  # bytes: a big file's data is sent to disk as it is written (see TempArchiveFile.write)
 _TEMP_RE = re.compile(r"^\..+" + re.escape(TEMP_MARKER) + r"\d+-[0-9a-f]{8,}$")
 
 
@@ -172,7 +175,7 @@ class TempArchiveFile:
         self.temp = self.final.parent / temp_name(self.final.name)
         self.hasher = hashlib.new(checksum)
         self.checksum_type = checksum
-        self.size = 0
+        self.size = self._sent = 0  # bytes written / bytes whose writeback was started
         self.committed = self.finished = False
         self._fd: int | None = os.open(
             self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode
@@ -194,6 +197,22 @@ class TempArchiveFile:
         while off < total:
             off += os.write(self._fd, view[off:])
         self.size += total
+        if self.size - self._sent >= WRITEBACK_EVERY:
+            self._start_writeback_of_written()
+
+    def _start_writeback_of_written(self) -> None:
+        """Start (not wait for) writeback of what was written since the last call: on Linux DONTNEED on a
+        dirty range queues its writeback, so a huge file's final fsync waits for the last stretch only,
+        not for the whole file (and the file does not fill the page cache). A refused hint changes
+        nothing that matters, the fsync still makes the file durable: hinting stops for this file."""
+        assert self._fd is not None
+        try:
+            os.posix_fadvise(self._fd, self._sent, self.size - self._sent, os.POSIX_FADV_DONTNEED)
+        except OSError as exc:
+            log.debug("writeback hint refused for %s (%s); the final fsync does it all", self.temp, exc)
+            self._sent = 1 << 62
+            return
+        self._sent = self.size
 
     def finish(self, sync: bool = True) -> str:
         """fsync and close the temp file; return the hex checksum of the bytes written. sync=False leaves

@@ -198,3 +198,31 @@ def test_check_sidecar_missing_or_malformed(tmp_path: Path) -> None:
     (tmp_path / "x.sha256").write_text(f"{'ab' * 32}  ../etc/passwd\n")
     with pytest.raises(ValueError, match="bare file name"):
         checksum.check_sidecar(f)
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_a_big_file_is_sent_to_disk_as_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refuse: bool
+) -> None:
+    """Every WRITEBACK_EVERY bytes the written stretch's writeback is started (so the final fsync waits for
+    the last stretch only); a file system that refuses the hint only stops the hinting: same bytes, durable."""
+    monkeypatch.setattr(archive, "WRITEBACK_EVERY", 1000)
+    hints: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        hints.append((offset, length))
+        if refuse:
+            raise OSError(22, "Invalid argument")
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    data = os.urandom(3500)
+    w = archive.TempArchiveFile(tmp_path / "big.c4gh")
+    for i in range(0, len(data), 700):
+        w.write(data[i : i + 700])
+    assert w.finish() == hashlib.sha256(data).hexdigest()
+    w.commit()
+    assert (tmp_path / "big.c4gh").read_bytes() == data
+    assert hints == ([(0, 1400)] if refuse else [(0, 1400), (1400, 1400)])  # contiguous, nothing twice

@@ -171,6 +171,7 @@ COMMANDS = (
             arg("file_id"),
             arg("status", choices=list(STATUSES)),
             arg("--reason", help="why (kept in the event; the error text when status is failed)"),
+            arg("--force", action="store_true", help="change it even while a running job holds the file's claim"),
         ),
         ("database",),
     ),

@@ -215,6 +215,16 @@ def cmd_checksum(cfg: Config | None, args: argparse.Namespace) -> int:
 def cmd_update(cfg: Config, args: argparse.Namespace) -> int:
     """`legampi update`: an operator's status change, kept as an event with who and why."""
     db = open_db(cfg)
+    holder = _live_holder(db, cfg, args.file_id)
+    if holder is not None and not args.force:
+        print(
+            f"legampi update: file {args.file_id} is claimed by job {holder['job_id']} ({holder['command']} on "
+            f"{holder['host']}, pid {holder['pid']}), which is alive: changing its status now could let a second "
+            "job take it or lose that job's result; nothing changed. Wait for the job to end (or run `legampi "
+            "recover` if it died), or pass --force",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     try:
         old = db.set_status(
             args.file_id,
@@ -228,6 +238,17 @@ def cmd_update(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"file {args.file_id}: {old['status']} -> {args.status}")
     return EXIT_OK
+
+
+def _live_holder(db: Any, cfg: Config, file_id: str) -> dict[str, Any] | None:
+    """The running job (by `recover`'s test: its pid, Slurm, its heartbeat) that holds FILE_ID's claim, if any."""
+    from .archived_claims import dead_job_check
+
+    row = db.file_row(file_id)
+    if row is None or not row.claimed_by:
+        return None
+    dead = dead_job_check(db, cfg.func.claim_timeout)
+    return next((j for j in db.running_jobs() if j["job_id"] == row.claimed_by and not dead(j)), None)
 
 
 def cmd_log_event(cfg: Config, args: argparse.Namespace) -> int:

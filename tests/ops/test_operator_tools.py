@@ -199,3 +199,30 @@ def test_testdata_gpg_files_are_archived(workspace, tmp_path):
     files = json.loads(workspace.legampi("status", "--json").stdout)["files"]
     assert [f["status"] for f in files] == ["available", "available"]
     assert all(f["file_name"].endswith(".gpg") and f["archive_path"].endswith(".bam.c4gh") for f in files)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_update_refuses_a_file_a_running_job_holds(workspace):
+    """An operator's status change must not pull a file from under a live job (two jobs could then take
+    it, or the job's result be lost): refused, nothing changed, unless --force; once the job ended, allowed."""
+    from legampi.config import load
+    from legampi.db import Database
+
+    _ingest(workspace, n=1)
+    db = Database.connect(load(workspace.config).database)
+    try:
+        db.job_start("holder-job", "rekey", "this-host-is-not-ours", 1)  # pid: this test's, heartbeat fresh
+        assert db.claim_archived(["d/f0.bam.c4gh"], "holder-job") == ["d/f0.bam.c4gh"]
+        p = workspace.legampi("update", "d/f0.bam.c4gh", "failed", "--reason", "x", check=False)
+        assert p.returncode == 1 and "claimed by job holder-job (rekey on this-host-is-not-ours" in p.stderr
+        assert "nothing changed" in p.stderr and "--force" in p.stderr
+        row = db.file_row("d/f0.bam.c4gh")
+        assert row.status == "available" and row.claimed_by == "holder-job"
+        forced = workspace.legampi("update", "d/f0.bam.c4gh", "received", "--reason", "re-run", "--force")
+        assert "available -> received" in forced.stdout
+        db.claim(["d/f0.bam.c4gh"], "holder-job")  # held again, then the job ends: no longer in the way
+        db.job_end("holder-job", 0, "done", [])
+        workspace.legampi("update", "d/f0.bam.c4gh", "failed", "--reason", "after the job")
+        assert db.file_row("d/f0.bam.c4gh").status == "failed"
+    finally:
+        db.close()

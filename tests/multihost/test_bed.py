@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,22 @@ def _leftovers(index: int) -> list[str]:
     return found
 
 
+def _wait_inside(pid: int, netns: str | Path, timeout: float = 10.0) -> None:
+    """Until process PID runs `sleep` in the network namespace NETNS (nsenter has entered it and exec'd)."""
+    want = f"net:[{os.stat(netns).st_ino}]"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            inside = os.readlink(f"/proc/{pid}/ns/net") == want
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError as exc:
+            raise AssertionError(f"process {pid} is gone before entering {netns}: {exc}") from None
+        if inside and comm == "sleep":
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not enter {netns} within {timeout} s"
+        time.sleep(0.01)
+
+
 def test_a_crashed_owners_bed_is_removed_by_the_next_one() -> None:
     problem = bedlib.why_not()
     if problem:
@@ -32,6 +50,7 @@ def test_a_crashed_owners_bed_is_removed_by_the_next_one() -> None:
     owner.wait()
     stale = Bed.up(2, owner=owner.pid)
     sleeper = subprocess.Popen([*stale.enter(1), "sleep", "600"])
+    _wait_inside(sleeper.pid, stale.host(1).netns)  # else the cleanup can run before nsenter has entered
     assert _leftovers(stale.index)
     fresh = Bed.up(2)  # starts by removing stale beds
     try:

@@ -143,6 +143,22 @@ def ab(files: int, rounds: int, group: int = 64) -> None:
         print(f"{name:28} {ms:7.2f} ms/file  speed-up {first / ms:5.2f}x")
 
 
+def _context(workdir: Path, end: Path, ks: Any, threads_per_file: str, **extra: Any) -> Any:
+    """The worker's pipeline context over WORKDIR/inbox into END, as `threads` and `stages` both use it."""
+    from legampi import stream
+
+    return stream.PipelineContext(
+        processing=workdir / "inbox",
+        end_storage=end,
+        quarantine=None,
+        extensions=(".c4gh",),
+        inbox_secret_key=ks.inbox_secret(),
+        archive_public_key=ks.archive_public(),
+        threads_per_file=threads_per_file,
+        **extra,
+    )
+
+
 def threads(size: int, rounds: int, workdir: Path) -> None:
     """One file of SIZE: the ideal script (one process) vs the worker pipeline in this process, serial
     (threads_per_file 1) and spread over 2 and 3 threads (legampi.spread); interleaved rounds."""
@@ -162,15 +178,7 @@ def threads(size: int, rounds: int, workdir: Path) -> None:
         assert all(o.md5 == made.md5 for o in run.outcomes), "ideal: wrong md5"
         for tpf in ("1", "2", "3"):
             (end := out / f"legampi{tpf}").mkdir(parents=True)
-            ctx = stream.PipelineContext(
-                processing=workdir / "inbox",
-                end_storage=end,
-                quarantine=None,
-                extensions=(".c4gh",),
-                inbox_secret_key=ks.inbox_secret(),
-                archive_public_key=ks.archive_public(),
-                threads_per_file=tpf,
-            )
+            ctx = _context(workdir, end, ks, tpf)
             t0 = time.perf_counter()
             r = stream.process_file(task, ctx)
             secs[f"legampi threads_per_file={tpf}"].append(time.perf_counter() - t0)
@@ -312,16 +320,7 @@ def stages(size: int, workdir: Path) -> None:
     per_thread = _thread_timer(spread)
     for tpf in ("1", "2", "3"):
         (end := workdir / f"end{tpf}").mkdir()
-        ctx = stream.PipelineContext(
-            processing=workdir / "inbox",
-            end_storage=end,
-            quarantine=None,
-            extensions=(".c4gh",),
-            inbox_secret_key=ks.inbox_secret(),
-            archive_public_key=ks.archive_public(),
-            threads_per_file=tpf,
-            chunk_size=1 << 20,  # [func_conf] chunk_size's default
-        )
+        ctx = _context(workdir, end, ks, tpf, chunk_size=1 << 20)  # [func_conf] chunk_size's default
         per_thread.clear()
         c0, w0, m0 = time.process_time(), time.perf_counter(), time.thread_time()
         r = stream.process_file(task, ctx)

@@ -70,10 +70,6 @@ class FilesMixin(Connection):
             raise ValueError(f"unknown file columns {sorted(set(columns) - set(FILE_COLUMNS))}")
         return self.query(f"SELECT {','.join(columns)} FROM file WHERE status <> 'available'")
 
-    def file_names(self) -> list[str]:
-        """Every registered file name, sorted (array shares do not use it: they go by file_number)."""
-        return [r["file_name"] for r in self.query("SELECT file_name FROM file ORDER BY file_name")]
-
     def datasets(self, dataset_id: str | None = None) -> list[dict[str, Any]]:
         """Dataset rows (DATASET_COLUMNS), by dataset id."""
         sql = f"SELECT {','.join(DATASET_COLUMNS)} FROM dataset_log"
